@@ -1,0 +1,66 @@
+"""The `creditline` command line: serve the services, run the suite, train the models."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="creditline: credit lines as gRPC services.")
+serve_app = typer.Typer(no_args_is_help=True, help="Start one service in this process.")
+model_app = typer.Typer(no_args_is_help=True, help="Train and inspect the credit models.")
+app.add_typer(serve_app, name="serve")
+app.add_typer(model_app, name="model")
+
+# The services `creditline run` starts, in dependency order (callees first).
+SUITE = ("scoring",)
+
+Port = Annotated[int | None, typer.Option(help="gRPC port (default from the environment).")]
+Host = Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1).")]
+MetricsPort = Annotated[int | None, typer.Option(help="Prometheus /metrics port.")]
+
+
+@serve_app.command("scoring")
+def serve_scoring(port: Port = None, host: Host = None, metrics_port: MetricsPort = None) -> None:
+    """Serve ScoringService (default 127.0.0.1:50051)."""
+    from services.scoring.__main__ import main
+
+    main(port=port, host=host, metrics_port=metrics_port)
+
+
+@app.command()
+def run() -> None:
+    """Start the whole suite on the local defaults, each service in its own process."""
+    processes = [
+        subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=os.environ.copy())
+        for name in SUITE
+    ]
+    typer.echo(f"started {', '.join(SUITE)}; Ctrl-C stops them", err=True)
+
+    def stop(*_: object) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    codes = [process.wait() for process in processes]
+    raise typer.Exit(max(codes, key=abs))
+
+
+@model_app.command("train")
+def train(
+    output: Annotated[Path, typer.Option(help="Model directory to write into.")] = Path("models"),
+    name: Annotated[
+        str | None, typer.Option(help="Train only this model: application or behaviour.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 7,
+    version: Annotated[str, typer.Option(help="Version of the trained models.")] = "1.0.0",
+) -> None:
+    """Train, check parity and publish the credit models with their cards and plots."""
+    from services.scoring.modelling.cli import train_with_progress
+
+    train_with_progress(output, name=name, seed=seed, version=version)
