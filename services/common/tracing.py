@@ -4,6 +4,8 @@ Trace context travels in the W3C `traceparent` header through the gRPC instrumen
 server and client interceptors, so one trace spans monitoring, limits and scoring.
 """
 
+import atexit
+
 import grpc
 
 _enabled = False
@@ -21,8 +23,12 @@ def configure_tracing(service: str, otlp_endpoint: str | None) -> bool:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    exporter = OTLPSpanExporter(
+        endpoint=otlp_endpoint, insecure=not otlp_endpoint.startswith("https://")
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    atexit.register(provider.shutdown)  # flush the last spans on the way out
     _enabled = True
     return True
 

@@ -193,7 +193,8 @@ def test_downstream_call_gets_the_callers_remaining_time_and_request_id(probe_se
     server, _ = probe_server
     reply = call(server, "Relay", timeout=1.5, metadata=[("x-request-id", "req-7")])
     remaining, request_id = reply.decode().split("|")
-    assert 0 < float(remaining) < 1.5  # not the 5 s default: the caller's own deadline
+    # Not the 5 s default: the caller's own deadline (the wire format may round it up a little).
+    assert 0 < float(remaining) < 1.6
     assert request_id == "req-7"
 
 

@@ -1,0 +1,84 @@
+"""Measurement helpers for `make bench`: servers in their own processes, latency and rates."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p99_ms: float
+    calls: int
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def server_process(args: list[str], port: int, env: dict | None = None):
+    """Runs a server in its own process (its own GIL) until the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        env={**ENV, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+        time.sleep(0.5)  # let the server finish loading before it is timed
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def sequential(call: Callable[[], object], calls: int, warmup: int = 200) -> Latency:
+    for _ in range(warmup):
+        call()
+    timings = np.empty(calls)
+    for i in range(calls):
+        started = time.perf_counter()
+        call()
+        timings[i] = time.perf_counter() - started
+    return Latency(
+        float(np.percentile(timings, 50) * 1000), float(np.percentile(timings, 99) * 1000), calls
+    )
+
+
+def concurrent_rate(call: Callable[[], object], in_flight: int, seconds: float) -> float:
+    """Calls per second with `in_flight` callers, each calling back to back."""
+    for _ in range(50):
+        call()
+    counts = [0] * in_flight
+    stop = threading.Event()
+
+    def caller(slot: int) -> None:
+        while not stop.is_set():
+            call()
+            counts[slot] += 1
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(in_flight)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started)

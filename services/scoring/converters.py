@@ -1,0 +1,126 @@
+"""Conversions between the scoring protos and the transport-free model results."""
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from creditline.scoring.v1 import scoring_service_pb2 as pb
+from creditline.type.v1 import risk_pb2
+from services.scoring.model import ScoreDistribution, ScoredRows, ServedModel
+from services.scoring.registry import ModelPair
+
+RISK_BANDS = {letter: risk_pb2.RiskBand.Value(f"RISK_BAND_{letter}") for letter in "ABCDE"}
+STABILITY = {
+    "insufficient_data": pb.STABILITY_STATUS_INSUFFICIENT_DATA,
+    "stable": pb.STABILITY_STATUS_STABLE,
+    "watch": pb.STABILITY_STATUS_WATCH,
+    "act": pb.STABILITY_STATUS_ACT,
+}
+# Left out of the card a client sees: rows for the server's own parity re-check.
+INTERNAL_CARD_KEYS = frozenset({"parity_sample"})
+
+
+def feature_values(features) -> dict[str, object]:
+    """A ScoreRequest's feature map as plain Python: numbers, strings; anything else as is."""
+    return {name: _plain(value) for name, value in features.items()}
+
+
+def _plain(value: struct_pb2.Value) -> object:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None  # null, a list or a struct: never a valid feature value
+
+
+def feature_columns(columns) -> list[tuple[str, list[float], list[str]]]:
+    return [(c.name, c.numbers, c.categories) for c in columns]
+
+
+def score_response(
+    model: ServedModel, scored: ScoredRows, locale: str, evaluation_id: str
+) -> pb.ScoreResponse:
+    points = scored.reason_points[0]
+    return pb.ScoreResponse(
+        probability_of_default=float(scored.probability_of_default[0]),
+        score=int(scored.score[0]),
+        risk_band=RISK_BANDS[scored.band[0]],
+        reasons=[
+            risk_pb2.Reason(
+                code=model.features[f].reason_code,
+                feature=model.features[f].name,
+                points=round(float(points[f]), 2),
+                text=model.reason_text(f, locale),
+            )
+            for f in scored.reason_features[0]
+        ],
+        model=model.name,
+        model_version=model.version,
+        evaluation_id=evaluation_id,
+    )
+
+
+def batch_response(
+    model: ServedModel, scored: ScoredRows, locale: str, evaluation_id: str
+) -> pb.BatchScoreResponse:
+    codes = [f.reason_code for f in model.features]
+    used = sorted({f for row in scored.reason_features for f in row})
+    response = pb.BatchScoreResponse(
+        model=model.name,
+        model_version=model.version,
+        reason_texts={codes[f]: model.reason_text(f, locale) for f in used},
+        evaluation_id=evaluation_id,
+    )
+    add_result = response.results.add  # measured fastest way to build a thousand results
+    for pd, score, band, reasons in zip(
+        scored.probability_of_default.tolist(),
+        scored.score.tolist(),
+        scored.band,
+        scored.reason_features,
+        strict=True,
+    ):
+        add_result(
+            probability_of_default=pd,
+            score=score,
+            risk_band=RISK_BANDS[band],
+            reason_codes=[codes[f] for f in reasons],
+        )
+    return response
+
+
+def model_message(pair: ModelPair) -> pb.Model:
+    champion = pair.champion
+    create_time = timestamp_pb2.Timestamp()
+    create_time.FromDatetime(champion.created_at)
+    card = struct_pb2.Struct()
+    json_format.ParseDict(
+        {k: v for k, v in champion.artifact.card.items() if k not in INTERNAL_CARD_KEYS}, card
+    )
+    return pb.Model(
+        name=champion.name,
+        version=champion.version,
+        challenger_version=pair.challenger.version if pair.challenger else "",
+        create_time=create_time,
+        features=[
+            pb.FeatureSpec(
+                name=f.name,
+                type=pb.FEATURE_TYPE_CATEGORICAL if f.categorical else pb.FEATURE_TYPE_NUMERIC,
+                min_value=0.0 if f.categorical else f.minimum,
+                max_value=0.0 if f.categorical else f.maximum,
+                categories=f.categories,
+                description=f.description,
+            )
+            for f in champion.features
+        ],
+        population_stability=stability_message(champion.distribution),
+        card=card,
+    )
+
+
+def stability_message(distribution: ScoreDistribution) -> pb.PopulationStability:
+    return pb.PopulationStability(
+        index=round(distribution.index(), 6),
+        live_count=distribution.live_count,
+        status=STABILITY[distribution.status()],
+    )

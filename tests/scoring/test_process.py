@@ -1,0 +1,93 @@
+"""The scoring service as an operator runs it: its own process, env config, logs, metrics,
+SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.harness import free_port
+from creditline.scoring.v1 import scoring_service_pb2_grpc
+from tests.scoring.helpers import card, score_request, valid_features
+
+# A value to look for in the logs: it must never appear there.
+MARKER_AMOUNT = 7373.0
+
+
+def test_process_logs_json_serves_metrics_and_stops_on_sigterm():
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "CREDITLINE_SCORING_PORT": str(port),
+        "CREDITLINE_SCORING_METRICS_PORT": str(metrics_port),
+        "CREDITLINE_SCORING_RELOAD_INTERVAL_SECONDS": "0",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.scoring"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=60, wait_for_ready=True)
+            for update in watch:
+                if update.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            features = valid_features(card("application"))
+            features["credit_amount"] = MARKER_AMOUNT
+            stub = scoring_service_pb2_grpc.ScoringServiceStub(channel)
+            stub.Score(
+                score_request("application", features),
+                timeout=5,
+                metadata=[("x-request-id", "req-process-1")],
+            )
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read()
+            process.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    reader.join(5)
+
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    rpc = next(r for r in records if r.get("request_id") == "req-process-1")
+    assert rpc["method"] == "creditline.scoring.v1.ScoringService/Score"
+    assert rpc["code"] == "OK" and rpc["latency_ms"] > 0
+    assert rpc["service"] == "scoring"
+    assert not any("7373" in line for line in lines), "a feature value reached the logs"
+    assert [r["event"] for r in records if r["event"].startswith("server.stop")] == [
+        "server.stopping",
+        "server.stopped",
+    ]
+    text = metrics.decode()
+    assert (
+        'grpc_server_handling_seconds_count{grpc_code="OK",grpc_method="Score",'
+        'grpc_service="creditline.scoring.v1.ScoringService"} 1.0' in text
+    )
+    assert 'creditline_model_serving{model="application",role="champion",version="1.0.0"}' in text
+
+
+def test_bad_configuration_fails_fast_with_the_variable_named():
+    env = {**os.environ, "CREDITLINE_SCORING_MAX_BATCH_ROWS": "lots"}
+    result = subprocess.run(
+        [sys.executable, "-m", "services.scoring"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "CREDITLINE_SCORING_MAX_BATCH_ROWS" in result.stderr

@@ -1,0 +1,130 @@
+"""Hot reload, refused artifacts, and the challenger scored in shadow."""
+
+import json
+import shutil
+import threading
+import time
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from creditline.scoring.v1 import scoring_service_pb2 as pb
+from creditline.scoring.v1 import scoring_service_pb2_grpc
+from services.scoring.__main__ import build_server
+from tests.scoring.conftest import scoring_settings
+from tests.scoring.helpers import card, score_request, valid_features
+
+
+def add_version(model_dir, name: str, version: str, *, corrupt: str | None = None):
+    """Copies the bundled version as a new one, the way an operator publishes it: into a
+    dot-directory first, renamed into place once complete."""
+    source = sorted((model_dir / name).iterdir())[0]
+    staging = model_dir / name / f".{version}"
+    shutil.copytree(source, staging)
+    card_path = staging / "card.json"
+    model_card = json.loads(card_path.read_text())
+    model_card["version"] = version
+    if corrupt == "card":
+        del model_card["score_scale"]
+    card_path.write_text(json.dumps(model_card))
+    if corrupt == "onnx":
+        onnx = staging / "model.onnx"
+        onnx.write_bytes(onnx.read_bytes()[:-100])
+    staging.rename(model_dir / name / version)
+
+
+def serving_version(stub, name: str) -> str:
+    return stub.GetModel(pb.GetModelRequest(name=name), timeout=5).model.version
+
+
+@pytest.fixture
+def server_on(model_dir):
+    started = []
+
+    def start(**overrides):
+        server, registry = build_server(scoring_settings(model_dir=model_dir, **overrides))
+        started.append(server)
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        return server, registry, scoring_service_pb2_grpc.ScoringServiceStub(channel)
+
+    yield start
+    for server in started:
+        server.stop(0)
+
+
+def test_new_version_swaps_in_under_load_without_a_failed_call(server_on, model_dir):
+    _, _, stub = server_on(reload_interval_seconds=0.1)
+    request = score_request("application", valid_features(card("application")))
+    versions_seen: list[str] = []
+    failures: list[grpc.RpcError] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                versions_seen.append(stub.Score(request, timeout=5).model_version)
+            except grpc.RpcError as error:
+                failures.append(error)
+
+    clients = [threading.Thread(target=client) for _ in range(6)]
+    for thread in clients:
+        thread.start()
+    time.sleep(0.5)
+    add_version(model_dir, "application", "1.1.0")
+    deadline = time.monotonic() + 20
+    while serving_version(stub, "application") != "1.1.0" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    stop.set()
+    for thread in clients:
+        thread.join()
+
+    assert not failures, failures[:3]
+    assert versions_seen[0] == "1.0.0" and versions_seen[-1] == "1.1.0"
+    switch = versions_seen.index("1.1.0")
+    assert set(versions_seen[switch:]) == {"1.1.0"}, "once swapped, the old model is gone"
+
+
+@pytest.mark.parametrize("corrupt", ["onnx", "card"])
+def test_a_bad_artifact_is_refused_and_the_old_model_keeps_serving(server_on, model_dir, corrupt):
+    _, registry, stub = server_on()
+    refused = (
+        REGISTRY.get_sample_value(
+            "creditline_model_loads_total", {"model": "application", "outcome": "refused"}
+        )
+        or 0
+    )
+    add_version(model_dir, "application", "2.0.0", corrupt=corrupt)
+    registry.refresh()
+    registry.refresh()  # a refused artifact is not tried again until it changes
+    assert serving_version(stub, "application") == "1.0.0"
+    request = score_request("application", valid_features(card("application")))
+    assert stub.Score(request, timeout=5).model_version == "1.0.0"
+    assert (
+        REGISTRY.get_sample_value(
+            "creditline_model_loads_total", {"model": "application", "outcome": "refused"}
+        )
+        == refused + 1
+    )
+
+
+def test_challenger_is_scored_in_shadow_and_never_returned(server_on, model_dir):
+    add_version(model_dir, "application", "1.1.0")
+    _, registry, stub = server_on(challenger_versions={"application": "1.1.0"})
+    model = stub.GetModel(pb.GetModelRequest(name="application"), timeout=5).model
+    assert (model.version, model.challenger_version) == ("1.0.0", "1.1.0")
+
+    labels = {
+        "model": "application",
+        "champion_version": "1.0.0",
+        "challenger_version": "1.1.0",
+        "band_agreement": "same",
+    }
+    before = REGISTRY.get_sample_value("creditline_shadow_evaluations_total", labels) or 0
+    for pick in range(5):
+        request = score_request("application", valid_features(card("application"), pick))
+        assert stub.Score(request, timeout=5).model_version == "1.0.0"
+    registry.shadow.drain()
+    # The challenger is a copy of the champion here, so every band agrees.
+    assert REGISTRY.get_sample_value("creditline_shadow_evaluations_total", labels) == before + 5

@@ -1,0 +1,250 @@
+"""ScoringService over a real server and channel: results, reasons, batches, models, errors."""
+
+import math
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from creditline.scoring.v1 import scoring_service_pb2 as pb
+from creditline.type.v1 import risk_pb2
+from services.scoring.settings import BUNDLED_MODELS
+from tests.scoring.helpers import (
+    batch_request,
+    card,
+    field_violations,
+    score_request,
+    to_value,
+    valid_features,
+)
+
+MODELS = ("application", "behaviour")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_score_returns_a_complete_result(scoring_stub, model):
+    model_card = card(model)
+    response = scoring_stub.Score(score_request(model, valid_features(model_card)), timeout=5)
+    scale = model_card["score_scale"]
+    assert 0 < response.probability_of_default < 1
+    assert scale["min_points"] <= response.score <= scale["max_points"]
+    assert response.risk_band != risk_pb2.RISK_BAND_UNSPECIFIED
+    assert len(response.reasons) <= 4
+    assert (response.model, response.model_version) == (model, model_card["version"])
+    assert len(response.evaluation_id) == 32
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("pick", range(6))
+def test_reasons_are_the_largest_scored_contributions(scoring_stub, model, pick):
+    """Independently of the server: run the ONNX file and rank its per-feature points."""
+    model_card = card(model)
+    features = valid_features(model_card, pick)
+    response = scoring_stub.Score(score_request(model, features), timeout=5)
+
+    specs = model_card["features"]
+    row = np.array(
+        [
+            [
+                spec["categories"].index(features[spec["name"]])
+                if spec["type"] == "categorical"
+                else features[spec["name"]]
+                for spec in specs
+            ]
+        ],
+        dtype=np.float32,
+    )
+    version_dir = BUNDLED_MODELS / model / model_card["version"]
+    session = ort.InferenceSession(str(version_dir / "model.onnx"))
+    probability, reason_logits = session.run(None, {"features": row})
+    points = reason_logits[0] * model_card["score_scale"]["pdo"] / math.log(2)
+    largest = [i for i in np.argsort(-points, kind="stable")[:4] if points[i] > 0.005]
+
+    assert [r.code for r in response.reasons] == [specs[i]["reason_code"] for i in largest]
+    assert [r.feature for r in response.reasons] == [specs[i]["name"] for i in largest]
+    assert [r.points for r in response.reasons] == pytest.approx(points[largest], abs=0.01)
+    assert response.probability_of_default == pytest.approx(float(probability[0]), abs=1e-6)
+    points_list = [r.points for r in response.reasons]
+    assert points_list == sorted(points_list, reverse=True)
+
+
+def test_score_is_the_scaled_log_odds_and_band_follows_the_cutoffs(scoring_stub):
+    model_card = card("application")
+    response = scoring_stub.Score(
+        score_request("application", valid_features(model_card, 3)), timeout=5
+    )
+    scale = model_card["score_scale"]
+    factor = scale["pdo"] / math.log(2)
+    offset = scale["base_points"] - factor * math.log(scale["base_odds"])
+    pd = response.probability_of_default
+    expected = min(
+        max(round(offset + factor * math.log((1 - pd) / pd)), scale["min_points"]),
+        scale["max_points"],
+    )
+    assert abs(response.score - expected) <= 1
+    band = next(b["band"] for b in model_card["risk_bands"] if response.score >= b["min_score"])
+    assert response.risk_band == risk_pb2.RiskBand.Value(f"RISK_BAND_{band}")
+
+
+def test_reason_texts_follow_the_locale(scoring_stub):
+    model_card = card("application")
+    features = valid_features(model_card, 1)
+    english = scoring_stub.Score(score_request("application", features, "en"), timeout=5)
+    chinese = scoring_stub.Score(score_request("application", features, "zh-CN"), timeout=5)
+    assert english.reasons, "this applicant should have reasons"
+    assert [r.code for r in english.reasons] == [r.code for r in chinese.reasons]
+    for en, zh in zip(english.reasons, chinese.reasons, strict=True):
+        assert en.text and en.text.isascii()
+        assert any("\u4e00" <= ch <= "\u9fff" for ch in zh.text)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_batch_score_matches_single_scores(scoring_stub, model):
+    model_card = card(model)
+    rows = [valid_features(model_card, pick) for pick in range(25)]
+    batch = scoring_stub.BatchScore(batch_request(model, rows, "zh-CN"), timeout=10)
+    assert len(batch.results) == len(rows)
+    for row, result in zip(rows, batch.results, strict=True):
+        single = scoring_stub.Score(score_request(model, row), timeout=5)
+        assert result.probability_of_default == pytest.approx(single.probability_of_default)
+        assert (result.score, result.risk_band) == (single.score, single.risk_band)
+        assert list(result.reason_codes) == [r.code for r in single.reasons]
+    used = {code for result in batch.results for code in result.reason_codes}
+    assert set(batch.reason_texts) == used
+
+
+def test_get_and_list_models_show_the_cards(scoring_stub):
+    listed = scoring_stub.ListModels(pb.ListModelsRequest(), timeout=5)
+    assert sorted(m.name for m in listed.models) == sorted(MODELS)
+    model = scoring_stub.GetModel(pb.GetModelRequest(name="application"), timeout=5).model
+    model_card = card("application")
+    assert model.version == model_card["version"]
+    assert [f.name for f in model.features] == [f["name"] for f in model_card["features"]]
+    assert model.card["metrics"]["cross_validation"]["auc_mean"] >= 0.76
+    assert "parity_sample" not in model.card
+    assert model.create_time.seconds > 0
+
+
+def test_population_stability_counts_live_scores(scoring_stub):
+    before = scoring_stub.GetModel(pb.GetModelRequest(name="behaviour"), timeout=5).model
+    rows = [valid_features(card("behaviour"), pick) for pick in range(200)]
+    scoring_stub.BatchScore(batch_request("behaviour", rows), timeout=10)
+    after = scoring_stub.GetModel(pb.GetModelRequest(name="behaviour"), timeout=5).model
+    stability = after.population_stability
+    assert stability.live_count == before.population_stability.live_count + 200
+    # Synthetic rows spread evenly over every range look nothing like real accounts.
+    assert stability.index > 0.25
+    assert stability.status == pb.STABILITY_STATUS_ACT
+
+
+# -- bad input: INVALID_ARGUMENT with one field violation per problem, never UNKNOWN/INTERNAL
+
+
+def invalid(call, request) -> dict[str, str]:
+    with pytest.raises(grpc.RpcError) as raised:
+        call(request, timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    violations = field_violations(raised.value)
+    assert violations, "an INVALID_ARGUMENT must name the fields"
+    return violations
+
+
+def test_unknown_or_missing_model(scoring_stub):
+    features = valid_features(card("application"))
+    assert "model" in invalid(scoring_stub.Score, score_request("fraud", features))
+    assert "model" in invalid(scoring_stub.Score, score_request("", features))
+    assert "name" in invalid(scoring_stub.GetModel, pb.GetModelRequest(name="fraud"))
+
+
+def test_missing_and_unknown_features_are_each_named(scoring_stub):
+    features = valid_features(card("application"))
+    first, second = list(features)[:2]
+    del features[first], features[second]
+    features["shoe_size"] = 42
+    violations = invalid(scoring_stub.Score, score_request("application", features))
+    assert set(violations) == {
+        f"features[{first}]",
+        f"features[{second}]",
+        "features[shoe_size]",
+    }
+    assert "missing" in violations[f"features[{first}]"]
+
+
+@pytest.mark.parametrize(
+    "bad_value", [math.nan, math.inf, -math.inf, -1e9, 1e12, "seven", True, None]
+)
+def test_bad_numeric_values(scoring_stub, bad_value):
+    model_card = card("behaviour")
+    features = valid_features(model_card)
+    numeric = next(f["name"] for f in model_card["features"] if f["type"] == "numeric")
+    request = score_request("behaviour", features)
+    request.features[numeric].CopyFrom(to_value(bad_value))
+    assert list(invalid(scoring_stub.Score, request)) == [f"features[{numeric}]"]
+
+
+@pytest.mark.parametrize("bad_value", ["no_such_category", 3, ""])
+def test_bad_categorical_values(scoring_stub, bad_value):
+    model_card = card("application")
+    features = valid_features(model_card)
+    categorical = next(f["name"] for f in model_card["features"] if f["type"] == "categorical")
+    features[categorical] = bad_value
+    violations = invalid(scoring_stub.Score, score_request("application", features))
+    assert list(violations) == [f"features[{categorical}]"]
+
+
+def test_unsupported_locale(scoring_stub):
+    request = score_request("application", valid_features(card("application")), "fr")
+    assert list(invalid(scoring_stub.Score, request)) == ["locale"]
+
+
+def test_empty_batch(scoring_stub):
+    assert "columns" in invalid(scoring_stub.BatchScore, pb.BatchScoreRequest(model="behaviour"))
+
+
+def test_batch_with_no_rows(scoring_stub):
+    request = batch_request("behaviour", [valid_features(card("behaviour"))])
+    for column in request.columns:
+        del column.numbers[:]
+        del column.categories[:]
+    assert "columns" in invalid(scoring_stub.BatchScore, request)
+
+
+def test_batch_over_the_limit(scoring_stub):
+    rows = [valid_features(card("behaviour"))] * 10_001
+    violations = invalid(scoring_stub.BatchScore, batch_request("behaviour", rows))
+    assert "limit" in violations["columns"]
+
+
+def test_batch_problems_are_named_by_column_and_row(scoring_stub):
+    model_card = card("application")
+    rows = [valid_features(model_card, pick) for pick in range(5)]
+    request = batch_request("application", rows)
+    names = [c.name for c in request.columns]
+    numeric = next(f["name"] for f in model_card["features"] if f["type"] == "numeric")
+    categorical = next(f["name"] for f in model_card["features"] if f["type"] == "categorical")
+    request.columns[names.index(numeric)].numbers[3] = math.nan
+    request.columns[names.index(categorical)].categories[1] = "nope"
+    request.columns.add(name="shoe_size").numbers.extend([1] * 5)
+    violations = invalid(scoring_stub.BatchScore, request)
+    assert set(violations) == {
+        f"columns[{names.index(numeric)}].numbers[3]",
+        f"columns[{names.index(categorical)}].categories[1]",
+        f"columns[{len(names)}].name",
+    }
+
+
+def test_batch_columns_of_different_lengths(scoring_stub):
+    rows = [valid_features(card("behaviour"), pick) for pick in range(4)]
+    request = batch_request("behaviour", rows)
+    del request.columns[2].numbers[-1]
+    assert set(invalid(scoring_stub.BatchScore, request)) == {"columns[2].numbers"}
+
+
+def test_batch_missing_feature(scoring_stub):
+    rows = [valid_features(card("behaviour"), pick) for pick in range(4)]
+    request = batch_request("behaviour", rows)
+    missing = request.columns[0].name
+    del request.columns[0]
+    violations = invalid(scoring_stub.BatchScore, request)
+    assert missing in violations["columns"]
