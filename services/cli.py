@@ -62,5 +62,8 @@ def train(
 ) -> None:
     """Train, check parity and publish the credit models with their cards and plots."""
     from services.scoring.modelling.cli import train_with_progress
+    from services.scoring.modelling.training import MODEL_NAMES
 
+    if name is not None and name not in MODEL_NAMES:
+        raise typer.BadParameter(f"one of {', '.join(MODEL_NAMES)}", param_hint="--name")
     train_with_progress(output, name=name, seed=seed, version=version)
