@@ -1,0 +1,268 @@
+"""The credit policy as data: tiers, review, reward, requested increases, signal actions,
+staged reopening and hardship, validated when loaded.
+
+A policy is a YAML document (`default_policy.yaml` ships as the default). Loading checks every
+field and the rules between them, and names each problem by its path; a policy that fails is
+never used. `PolicyHolder` keeps the policy in force and swaps in a changed file only when the
+new one validates.
+"""
+
+import threading
+from enum import IntEnum, StrEnum
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+import structlog
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+log = structlog.get_logger("creditline.limits.policy")
+
+DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
+BANDS = ("A", "B", "C", "D", "E")
+
+Fen = Annotated[int, Field(ge=0, description="Integer minor units (fen).")]
+PositiveFen = Annotated[int, Field(gt=0, description="Integer minor units (fen).")]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Band = Literal["A", "B", "C", "D", "E"]
+
+
+class Severity(IntEnum):
+    info = 1
+    low = 2
+    medium = 3
+    high = 4
+    critical = 5
+
+
+class SignalAction(StrEnum):
+    watchlist = "watchlist"  # no increases
+    reduce = "reduce"  # to a fraction of the line, never below what is drawn
+    freeze = "freeze"  # no draws
+    close = "close"
+
+
+class _Strict(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tier(_Strict):
+    name: str = Field(min_length=1)
+    bands: list[Band] = Field(min_length=1)
+    initial_line: PositiveFen
+    max_line: PositiveFen
+    increase_step: PositiveFen
+    min_months_on_book_for_increase: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _lines_in_order(self) -> Self:
+        if self.initial_line > self.max_line:
+            raise ValueError("initial_line is above max_line")
+        return self
+
+
+class Review(_Strict):
+    cadence_days: int = Field(gt=0)
+    max_change_fraction: Fraction
+
+
+class Reward(_Strict):
+    consecutive_on_time_repayments: int = Field(gt=0)
+    min_months_on_book: int = Field(ge=0)
+
+
+class RequestedIncrease(_Strict):
+    cool_off_days_after_decline: int = Field(ge=0)
+    max_changes: int = Field(gt=0)
+    period_days: int = Field(gt=0)
+    max_debt_to_income: Fraction
+    assumed_term_months: int = Field(gt=0)
+
+
+class SignalRule(_Strict):
+    signal: str = Field(min_length=1)
+    min_severity: Severity
+    action: SignalAction
+    # For `reduce`: the share of the current line that remains.
+    line_fraction: Fraction | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _severity_by_name(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("min_severity"), str):
+            name = data["min_severity"]
+            if name not in Severity.__members__:
+                raise ValueError(f"min_severity must be one of {', '.join(Severity.__members__)}")
+            data = {**data, "min_severity": Severity[name]}
+        return data
+
+    @model_validator(mode="after")
+    def _fraction_only_for_reduce(self) -> Self:
+        if (self.action is SignalAction.reduce) != (self.line_fraction is not None):
+            raise ValueError("line_fraction is required for reduce, and only for reduce")
+        if self.line_fraction == 1:
+            raise ValueError("a reduce with line_fraction 1 changes nothing")
+        return self
+
+
+class ReopeningEligibility(_Strict):
+    min_days_since_closure: int = Field(ge=0)
+    max_days_since_last_on_time_repayment: int = Field(gt=0)
+    worst_risk_band: Band
+
+
+class ReopeningStage(_Strict):
+    stage: int = Field(ge=1)
+    # Exactly one of: a fixed line, a share of the line before closure, the tier's line.
+    line: PositiveFen | None = None
+    former_line_fraction: Fraction | None = None
+    tier_line: bool = False
+    # On-time repayments at this stage before the next one; none for the last stage.
+    advance_after_on_time_repayments: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind_of_line(self) -> Self:
+        kinds = [self.line is not None, self.former_line_fraction is not None, self.tier_line]
+        if sum(kinds) != 1:
+            raise ValueError("set exactly one of line, former_line_fraction, tier_line")
+        return self
+
+
+class Reopening(_Strict):
+    eligibility: ReopeningEligibility
+    stages: list[ReopeningStage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> Self:
+        if [s.stage for s in self.stages] != list(range(1, len(self.stages) + 1)):
+            raise ValueError("stages must be numbered 1, 2, 3, ... in order")
+        *earlier, last = self.stages
+        if any(s.advance_after_on_time_repayments is None for s in earlier):
+            raise ValueError("every stage but the last needs advance_after_on_time_repayments")
+        if last.advance_after_on_time_repayments is not None:
+            raise ValueError("the last stage has nowhere to advance to")
+        return self
+
+
+class Hardship(_Strict):
+    min_months_on_book: int = Field(ge=0)
+    max_in_12_months: int = Field(ge=0)
+    max_in_5_years: int = Field(ge=0)
+    max_term_months: int = Field(gt=0)
+
+
+class Policy(_Strict):
+    """One complete, validated version of the credit policy."""
+
+    version: str = Field(min_length=1)
+    currency_code: str = Field(pattern=r"^[A-Z]{3}$")
+    tiers: list[Tier] = Field(min_length=1)
+    declined_bands: list[Band] = []
+    review: Review
+    reward: Reward
+    requested_increase: RequestedIncrease
+    prohibited_purposes: list[str] = []
+    signal_actions: list[SignalRule] = []
+    reopening: Reopening
+    hardship: Hardship
+
+    @model_validator(mode="after")
+    def _every_band_once(self) -> Self:
+        owners: dict[str, str] = {}
+        for tier in self.tiers:
+            for band in tier.bands:
+                if band in owners:
+                    raise ValueError(f"band {band} is in tiers {owners[band]} and {tier.name}")
+                owners[band] = tier.name
+        for band in self.declined_bands:
+            if band in owners:
+                raise ValueError(f"band {band} is declined and also in tier {owners[band]}")
+            owners[band] = "declined"
+        missing = [band for band in BANDS if band not in owners]
+        if missing:
+            raise ValueError(f"bands {', '.join(missing)} are neither in a tier nor declined")
+        if len({tier.name for tier in self.tiers}) != len(self.tiers):
+            raise ValueError("tier names must be unique")
+        return self
+
+    def tier_for(self, band: str) -> Tier | None:
+        """The tier of a risk band, or None when the band is declined."""
+        return next((tier for tier in self.tiers if band in tier.bands), None)
+
+    def actions_for(self, signal: str, severity: Severity) -> list[SignalRule]:
+        """The rules a signal of this type and severity triggers, strongest action last."""
+        order = list(SignalAction)
+        matching = [
+            rule
+            for rule in self.signal_actions
+            if rule.signal == signal and severity >= rule.min_severity
+        ]
+        return sorted(matching, key=lambda rule: order.index(rule.action))
+
+
+class PolicyError(Exception):
+    """A policy document that must not be used; the message names every problem."""
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise PolicyError(f"{source}: not valid YAML: {error}") from None
+    if not isinstance(document, dict):
+        raise PolicyError(f"{source}: expected a mapping at the top level")
+    try:
+        return Policy.model_validate(document)
+    except ValidationError as error:
+        problems = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in error.errors()
+        ]
+        raise PolicyError(f"{source}: invalid policy:\n" + "\n".join(problems)) from None
+
+
+def load_policy(path: Path = DEFAULT_POLICY) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise PolicyError(f"{path}: cannot read: {error.strerror}") from None
+    return parse_policy(text, str(path))
+
+
+class PolicyHolder:
+    """The policy in force, reloaded from its file when the file changes and validates."""
+
+    def __init__(self, path: Path = DEFAULT_POLICY) -> None:
+        self.path = path
+        self._policy = load_policy(path)  # a bad file at start is fatal: fail fast
+        self._stamp = _stamp(path)
+        self._lock = threading.Lock()
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def reload_if_changed(self) -> bool:
+        """Swaps in a changed file if it validates; returns whether the policy changed."""
+        with self._lock:
+            stamp = _stamp(self.path)
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            try:
+                policy = load_policy(self.path)
+            except PolicyError as error:
+                log.error("policy.refused", error=str(error), version_in_force=self._policy.version)
+                return False
+            self._policy = policy
+            log.info("policy.loaded", version=policy.version)
+            return True
+
+
+def _stamp(path: Path) -> tuple[float, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
