@@ -1,0 +1,150 @@
+"""What the limits service keeps: accounts, the decisions in their history, appeals.
+
+Plain frozen dataclasses, shared by the policy engine (which decides), the store (which keeps)
+and the servicer (which converts to protobuf). Money is integer minor units (fen); times are
+timezone-aware UTC datetimes.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from services.limits.ledger import AccountStatus, Line
+
+
+class EventType(StrEnum):
+    opened = "opened"
+    declined = "declined"
+    increased = "increased"
+    increase_declined = "increase_declined"
+    reduced = "reduced"
+    reviewed_unchanged = "reviewed_unchanged"
+    watchlisted = "watchlisted"
+    frozen = "frozen"
+    unfrozen = "unfrozen"
+    closed = "closed"
+    reopened = "reopened"
+    reopen_declined = "reopen_declined"
+    reopening_stage_advanced = "reopening_stage_advanced"
+    hardship_enrolled = "hardship_enrolled"
+    preferences_changed = "preferences_changed"
+    appeal_reversed = "appeal_reversed"
+
+
+class ActorKind(StrEnum):
+    customer = "customer"
+    policy = "policy"
+    monitoring = "monitoring"
+    review = "review"
+    operator = "operator"
+
+
+class ReasonSource(StrEnum):
+    model = "model"
+    policy = "policy"
+    operator = "operator"
+
+
+@dataclass(frozen=True)
+class Reason:
+    """A principal reason: a scored model factor or a policy rule, in every locale."""
+
+    code: str
+    texts: dict[str, str]  # {"en": ..., "zh-CN": ...}
+    source: ReasonSource
+
+
+@dataclass(frozen=True)
+class Hardship:
+    """A temporary repayment arrangement; draws pause until it ends."""
+
+    started_at: datetime
+    ends_at: datetime
+    term_months: int
+    monthly_instalment: int
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    customer_id: str
+    currency_code: str
+    line: Line
+    opened_at: datetime
+    tier: str | None = None
+    risk_band: str | None = None
+    # 0 when not reopening; 1, 2, 3 for the stages of a staged reopening.
+    reopening_stage: int = 0
+    # The line before the account was closed, for the reopening stage that restores part of it.
+    line_before_closure: int | None = None
+    # When the line was last frozen or closed: reopening counts its waiting period from here.
+    suspended_at: datetime | None = None
+    next_review_at: datetime | None = None
+    automatic_increases: bool = True
+    hardship: Hardship | None = None
+    # Repayment behaviour as signals have reported it.
+    on_time_streak: int = 0
+    last_on_time_repayment_at: datetime | None = None
+    days_past_due: int = 0
+    open_anomaly: bool = False
+    # Incremented by every change; the etag clients send back (AIP-154).
+    version: int = 1
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def status(self) -> AccountStatus:
+        return self.line.status
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What the customer is told of an adverse decision, and when."""
+
+    texts: dict[str, str]
+    sent_at: datetime
+
+
+@dataclass(frozen=True)
+class LimitEvent:
+    """One decision in an account's append-only history."""
+
+    event_id: str
+    account_id: str
+    type: EventType
+    line_before: int
+    line_after: int
+    status_before: AccountStatus
+    status_after: AccountStatus
+    adverse: bool
+    reasons: tuple[Reason, ...]
+    policy_version: str
+    actor_kind: ActorKind
+    created_at: datetime
+    request_id: str
+    actor_id: str = ""
+    model_name: str = ""
+    model_version: str = ""
+    notice: Notice | None = None
+    # Machine-readable details (the signal id, the appealed event, ...).
+    details: dict[str, str] = field(default_factory=dict)
+
+
+class AppealStatus(StrEnum):
+    open = "open"
+    upheld = "upheld"
+    reversed = "reversed"
+
+
+@dataclass(frozen=True)
+class Appeal:
+    appeal_id: str
+    account_id: str
+    event_id: str
+    statement: str
+    status: AppealStatus
+    created_at: datetime
+    resolution: str = ""
+    resolved_at: datetime | None = None
