@@ -156,6 +156,17 @@ def internal_status(domain: str, request_id: str) -> grpc.Status:
     )
 
 
+def violations_of(error: grpc.RpcError) -> list[FieldViolation]:
+    """The BadRequest field violations a failed call carries, if any."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            return [FieldViolation(v.field, v.description) for v in bad_request.field_violations]
+    return []
+
+
 def _summary(violations: list[FieldViolation]) -> str:
     if not violations:
         return "invalid request"

@@ -8,20 +8,15 @@ import grpc
 import pytest
 
 from creditline.scoring.v1 import scoring_service_pb2_grpc
-from services.scoring.__main__ import build_server
-from services.scoring.settings import BUNDLED_MODELS, ScoringSettings
+from services.scoring.settings import BUNDLED_MODELS
 from tests.reflection_client import ReflectionClient
-
-
-def scoring_settings(**overrides) -> ScoringSettings:
-    defaults = dict(port=0, reload_interval_seconds=0, shutdown_grace_seconds=2)
-    return ScoringSettings(**{**defaults, **overrides})
+from tests.servers import start_scoring
 
 
 @pytest.fixture(scope="session")
 def scoring_server():
     """A scoring server on the bundled models, shared by the read-only tests."""
-    server, registry = build_server(scoring_settings())
+    server, registry = start_scoring()
     yield server, registry
     server.stop(0)
 

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from creditline.scoring.v1 import scoring_service_pb2 as pb
+from services.common.errors import violations_of
 from services.scoring.settings import BUNDLED_MODELS
 
 
@@ -62,10 +61,4 @@ def batch_request(model: str, rows: list[dict], locale: str = "") -> pb.BatchSco
 
 def field_violations(error: grpc.RpcError) -> dict[str, str]:
     """The BadRequest field violations of a failed call, by field."""
-    status = rpc_status.from_call(error)
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            return {v.field: v.description for v in bad_request.field_violations}
-    return {}
+    return {v.field: v.description for v in violations_of(error)}

@@ -11,9 +11,8 @@ from prometheus_client import REGISTRY
 
 from creditline.scoring.v1 import scoring_service_pb2 as pb
 from creditline.scoring.v1 import scoring_service_pb2_grpc
-from services.scoring.__main__ import build_server
-from tests.scoring.conftest import scoring_settings
 from tests.scoring.helpers import card, score_request, valid_features
+from tests.servers import start_scoring
 
 
 def add_version(model_dir, name: str, version: str, *, corrupt: str | None = None):
@@ -43,7 +42,7 @@ def server_on(model_dir):
     started = []
 
     def start(**overrides):
-        server, registry = build_server(scoring_settings(model_dir=model_dir, **overrides))
+        server, registry = start_scoring(model_dir=model_dir, **overrides)
         started.append(server)
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         return server, registry, scoring_service_pb2_grpc.ScoringServiceStub(channel)
