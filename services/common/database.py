@@ -1,0 +1,145 @@
+"""Database engines, transactions and schema migrations that every service's store shares.
+
+SQLite and PostgreSQL through SQLAlchemy Core. Durability: SQLite runs in WAL mode with
+`synchronous=FULL` (survives power loss), PostgreSQL keeps `synchronous_commit=on`.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, event, exc, make_url, text
+
+from services.common.errors import Aborted, Unavailable
+
+SQLITE_PRAGMAS = (
+    # First, so that the pragmas after it also wait for a busy database instead of failing.
+    "PRAGMA busy_timeout=30000",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+)
+
+# Execution option that makes a SQLite transaction start with a plain (deferred) BEGIN.
+_SQLITE_READ_ONLY = "creditline_sqlite_read_only"
+
+# pg_advisory_xact_lock key held while any service's migrations run ("credit" in ASCII).
+MIGRATION_LOCK_KEY = 0x637265646974
+
+# SQLSTATEs of a PostgreSQL transaction that lost to a concurrent one and may simply be retried.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+# SQLite's primary result codes for a database that is busy or cannot be used right now: BUSY,
+# LOCKED, IOERR, FULL, CANTOPEN. (It reports bugs such as "no such table" as errors too.)
+_SQLITE_UNAVAILABLE_CODES = frozenset({5, 6, 10, 13, 14})
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for a SQLite or PostgreSQL URL, configured for durable, serialised writes.
+
+    On SQLite every transaction that `transaction` opens for writing starts with
+    `BEGIN IMMEDIATE`, so it holds the database write lock from its first statement.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _create_sqlite_engine(parsed)
+    # Fail at start, rather than hang, when the server does not answer.
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+    return sqlalchemy.create_engine(
+        parsed,
+        pool_pre_ping=True,
+        # Servers and proxies drop idle connections; replace them before that happens.
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+
+
+def _create_sqlite_engine(url: sqlalchemy.URL) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sqlalchemy.create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def configure_connection(dbapi_connection, _record) -> None:
+        # Take BEGIN away from the sqlite3 driver (it defers it and skips it for DDL and
+        # SELECT); the "begin" listener below emits it instead (SQLAlchemy's pysqlite recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def begin(connection: Connection) -> None:
+        # A deferred transaction that later writes fails at once with "database is locked"
+        # in WAL mode when another writer got in first; IMMEDIATE waits for the lock instead.
+        read_only = connection.get_execution_options().get(_SQLITE_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def transaction(engine: Engine, *, read_only: bool = False) -> Iterator[Connection]:
+    """One transaction, committed when the block exits normally and rolled back otherwise.
+
+    A write transaction holds the write lock on SQLite from its start; a read-only one takes
+    no lock there and is `READ ONLY` on PostgreSQL. Database failures come out as service
+    errors: `Aborted` for a transaction that lost to a concurrent one, `Unavailable` when the
+    database cannot be reached or stays locked.
+    """
+    try:
+        with engine.connect() as connection:
+            if read_only:
+                connection.execution_options(**_read_only_options(engine))
+            with connection.begin():
+                yield connection
+    except exc.DBAPIError as error:
+        sqlstate = getattr(error.orig, "sqlstate", None)
+        if sqlstate in _RETRYABLE_SQLSTATES:
+            raise Aborted(
+                "the transaction conflicted with a concurrent one; retry",
+                reason="CONCURRENT_MODIFICATION",
+            ) from error
+        if _is_unavailable(error):
+            raise Unavailable(
+                "the database is unavailable; retry later", reason="DATABASE_UNAVAILABLE"
+            ) from error
+        raise
+
+
+def _is_unavailable(error: exc.DBAPIError) -> bool:
+    sqlite_code = getattr(error.orig, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        return sqlite_code & 0xFF in _SQLITE_UNAVAILABLE_CODES
+    return error.connection_invalidated or isinstance(
+        error, exc.OperationalError | exc.InterfaceError
+    )
+
+
+def _read_only_options(engine: Engine) -> dict[str, bool]:
+    if engine.dialect.name == "postgresql":
+        return {"postgresql_readonly": True}
+    return {_SQLITE_READ_ONLY: True}
+
+
+def migrate(engine: Engine, script_location: str | Path) -> None:
+    """Upgrades the schema to the newest revision of the Alembic scripts at `script_location`.
+
+    Safe to run again (a schema at the newest revision is left alone) and from several
+    replicas at once: the upgrade runs in one transaction that first takes the SQLite write
+    lock (BEGIN IMMEDIATE) or a PostgreSQL advisory lock, so a second replica waits and then
+    finds nothing to do. The scripts' env.py runs on `config.attributes["connection"]`.
+    """
+    config = Config()
+    # The value goes through configparser interpolation, where "%" is special.
+    config.set_main_option("script_location", str(script_location).replace("%", "%%"))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
