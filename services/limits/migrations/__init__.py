@@ -1,0 +1,1 @@
+"""Alembic revisions of the limits schema, applied at start by services.common.database.migrate."""

@@ -1,0 +1,736 @@
+"""The limits service's persistence: accounts, their decision history, appeals, signals, review
+runs and idempotency records, in SQLite or PostgreSQL (SQLAlchemy Core; schema by Alembic).
+
+Columns hold what is queried; nested values (reasons, notices, details, hardship, reason texts)
+are JSON text. Money is BIGINT fen; times are stored in UTC and read back timezone-aware.
+"""
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Row,
+    Select,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    and_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from services.common.database import create_engine, migrate, transaction
+from services.common.errors import Aborted, AlreadyExists, NotFound
+from services.limits.ledger import AccountStatus, Line
+from services.limits.records import (
+    Account,
+    ActorKind,
+    Appeal,
+    AppealStatus,
+    EventType,
+    Hardship,
+    LimitEvent,
+    Notice,
+    Reason,
+    ReasonSource,
+)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+REVIEWABLE_STATUSES = (AccountStatus.active.value, AccountStatus.watchlist.value)
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """The first answer given to a request_id, replayed to every retry of it."""
+
+    method: str
+    fingerprint: str
+    response: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SignalRecord:
+    """A monitoring signal already applied, and the event it caused (None if it changed nothing)."""
+
+    signal_id: str
+    account_id: str
+    event_id: str | None
+    applied_at: datetime
+
+
+@dataclass(frozen=True)
+class ReviewRun:
+    """How far a review run got: it resumes after `last_account_id`."""
+
+    run_id: str
+    as_of: datetime
+    dry_run: bool
+    last_account_id: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    done: bool = False
+
+
+class UtcDateTime(TypeDecorator):
+    """A timezone-aware datetime, stored in UTC and read back with tzinfo UTC on any database."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = _utc(value)
+        # SQLite keeps no offset: it stores the UTC wall time.
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# The tables as the migrations in MIGRATIONS leave them; a test checks that the two agree.
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", String, primary_key=True),
+    Column("customer_id", String, nullable=False),
+    Column("currency_code", String, nullable=False),
+    Column("credit_line", BigInteger, nullable=False),
+    Column("drawn", BigInteger, nullable=False),
+    Column("status", String, nullable=False),
+    Column("customer_cap", BigInteger),
+    Column("in_hardship", Boolean, nullable=False),
+    Column("opened_at", UtcDateTime, nullable=False),
+    Column("tier", String),
+    Column("risk_band", String),
+    Column("reopening_stage", Integer, nullable=False),
+    Column("line_before_closure", BigInteger),
+    Column("suspended_at", UtcDateTime),
+    Column("next_review_at", UtcDateTime),
+    Column("automatic_increases", Boolean, nullable=False),
+    Column("hardship", Text),
+    Column("on_time_streak", Integer, nullable=False),
+    Column("last_on_time_repayment_at", UtcDateTime),
+    Column("days_past_due", Integer, nullable=False),
+    Column("open_anomaly", Boolean, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Index("ix_accounts_next_review_at", "next_review_at"),
+)
+
+limit_events = Table(
+    "limit_events",
+    metadata,
+    Column("event_id", String, primary_key=True),
+    Column(
+        "account_id",
+        String,
+        ForeignKey("accounts.account_id", name="fk_limit_events_account_id"),
+        nullable=False,
+    ),
+    Column("type", String, nullable=False),
+    Column("line_before", BigInteger, nullable=False),
+    Column("line_after", BigInteger, nullable=False),
+    Column("status_before", String, nullable=False),
+    Column("status_after", String, nullable=False),
+    Column("adverse", Boolean, nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("policy_version", String, nullable=False),
+    Column("actor_kind", String, nullable=False),
+    Column("actor_id", String, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("request_id", String, nullable=False),
+    Column("model_name", String, nullable=False),
+    Column("model_version", String, nullable=False),
+    Column("notice", Text),
+    Column("details", Text, nullable=False),
+    Index("ix_limit_events_account_id_created_at", "account_id", "created_at", "event_id"),
+)
+
+appeals = Table(
+    "appeals",
+    metadata,
+    Column("appeal_id", String, primary_key=True),
+    Column(
+        "account_id",
+        String,
+        ForeignKey("accounts.account_id", name="fk_appeals_account_id"),
+        nullable=False,
+    ),
+    Column(
+        "event_id",
+        String,
+        ForeignKey("limit_events.event_id", name="fk_appeals_event_id"),
+        nullable=False,
+    ),
+    Column("statement", Text, nullable=False),
+    Column("status", String, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("resolution", Text, nullable=False),
+    Column("resolved_at", UtcDateTime),
+    Index("ix_appeals_account_id_created_at", "account_id", "created_at", "appeal_id"),
+    Index("ix_appeals_status_created_at", "status", "created_at", "appeal_id"),
+)
+
+signals = Table(
+    "signals",
+    metadata,
+    Column("signal_id", String, primary_key=True),
+    Column(
+        "account_id",
+        String,
+        ForeignKey("accounts.account_id", name="fk_signals_account_id"),
+        nullable=False,
+    ),
+    Column("event_id", String, ForeignKey("limit_events.event_id", name="fk_signals_event_id")),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+
+review_runs = Table(
+    "review_runs",
+    metadata,
+    Column("run_id", String, primary_key=True),
+    Column("as_of", UtcDateTime, nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("last_account_id", String, nullable=False),
+    Column("counts", Text, nullable=False),
+    Column("done", Boolean, nullable=False),
+)
+
+idempotency_records = Table(
+    "idempotency_records",
+    metadata,
+    Column("request_id", String, primary_key=True),
+    Column("method", String, nullable=False),
+    Column("fingerprint", String, nullable=False),
+    Column("response", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+
+class LimitsStore:
+    """The limits database: opened once at start, then one unit of work per change."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> "LimitsStore":
+        """Connects to `url` (sqlite:///path or postgresql+psycopg://...) and migrates it."""
+        engine = create_engine(url)
+        try:
+            migrate(engine, MIGRATIONS)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator["UnitOfWork"]:
+        """One write transaction, committed durably when the block exits normally.
+
+        On SQLite it holds the write lock from its start, so read-modify-write inside it is
+        serialised; on PostgreSQL lock what you will change with `get_account(..., lock=True)`.
+        """
+        with transaction(self.engine) as connection:
+            yield UnitOfWork(connection)
+
+    @contextmanager
+    def read(self) -> Iterator["UnitOfWork"]:
+        """A read-only transaction: a consistent snapshot, and no write lock."""
+        with transaction(self.engine, read_only=True) as connection:
+            yield UnitOfWork(connection)
+
+
+class UnitOfWork:
+    """The reads and writes of one transaction (see LimitsStore.unit_of_work and read)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    # Idempotency (AIP-155).
+
+    def find_idempotent(self, request_id: str) -> IdempotencyRecord | None:
+        row = self._one(
+            select(idempotency_records).where(idempotency_records.c.request_id == request_id)
+        )
+        return None if row is None else _idempotency_from_row(row)
+
+    def save_idempotent(
+        self, request_id: str, method: str, fingerprint: str, response: bytes
+    ) -> None:
+        """Stores the first answer to `request_id`; Aborted if a concurrent call stored one."""
+        values = {
+            "request_id": request_id,
+            "method": method,
+            "fingerprint": fingerprint,
+            "response": response,
+            "created_at": _now(),
+        }
+        if not self._insert_new(idempotency_records, values):
+            raise _answered_concurrently("request", request_id)
+
+    # Accounts.
+
+    def get_account(self, account_id: str, *, lock: bool = False) -> Account | None:
+        """The account, or None; `lock` takes its row lock until the transaction ends."""
+        query = select(accounts).where(accounts.c.account_id == account_id)
+        row = self._one(query.with_for_update() if lock else query)
+        return None if row is None else _account_from_row(row)
+
+    def insert_account(self, account: Account) -> None:
+        if not self._insert_new(accounts, _account_values(account)):
+            raise AlreadyExists(
+                f"account {account.account_id} already exists",
+                metadata={"account_id": account.account_id},
+            )
+
+    def save_account(self, account: Account) -> Account:
+        """Stores `account` if the stored one is still at `account.version` (compare-and-set).
+
+        Returns the account with its new version; Aborted if someone changed it meanwhile.
+        """
+        saved = replace(account, version=account.version + 1)
+        result = self._connection.execute(
+            update(accounts)
+            .where(
+                accounts.c.account_id == account.account_id,
+                accounts.c.version == account.version,
+            )
+            .values(_account_values(saved))
+        )
+        if result.rowcount == 1:
+            return saved
+        if self.get_account(account.account_id) is None:
+            raise NotFound(
+                f"account {account.account_id} not found",
+                metadata={"account_id": account.account_id},
+            )
+        raise Aborted(
+            f"account {account.account_id} changed since version {account.version}; "
+            "read it again and retry",
+            reason="CONCURRENT_MODIFICATION",
+            metadata={"account_id": account.account_id},
+        )
+
+    def accounts_due_for_review(
+        self, as_of: datetime, after_account_id: str, limit: int
+    ) -> list[Account]:
+        """Active and watchlisted accounts due by `as_of`, by id, after `after_account_id`."""
+        query = (
+            select(accounts)
+            .where(
+                accounts.c.status.in_(REVIEWABLE_STATUSES),
+                accounts.c.next_review_at <= as_of,
+                accounts.c.account_id > after_account_id,
+            )
+            .order_by(accounts.c.account_id)
+            .limit(limit)
+        )
+        return [_account_from_row(row) for row in self._all(query)]
+
+    def accounts_page(self, after_account_id: str, limit: int) -> list[Account]:
+        """Every account by id, after `after_account_id`."""
+        query = (
+            select(accounts)
+            .where(accounts.c.account_id > after_account_id)
+            .order_by(accounts.c.account_id)
+            .limit(limit)
+        )
+        return [_account_from_row(row) for row in self._all(query)]
+
+    # History.
+
+    def append_event(self, event: LimitEvent) -> None:
+        if not self._insert_new(limit_events, _event_values(event)):
+            raise AlreadyExists(
+                f"event {event.event_id} already exists", metadata={"event_id": event.event_id}
+            )
+
+    def get_event(self, event_id: str) -> LimitEvent | None:
+        row = self._one(select(limit_events).where(limit_events.c.event_id == event_id))
+        return None if row is None else _event_from_row(row)
+
+    def list_events(
+        self, account_id: str, limit: int, before: tuple[datetime, str] | None = None
+    ) -> list[LimitEvent]:
+        """An account's events newest first; `before` is the (created_at, event_id) of the
+        last event of the previous page."""
+        query = select(limit_events).where(limit_events.c.account_id == account_id)
+        query = _newest_first(query, limit_events.c.created_at, limit_events.c.event_id, before)
+        return [_event_from_row(row) for row in self._all(query.limit(limit))]
+
+    # Signals, applied once each.
+
+    def find_signal(self, signal_id: str) -> SignalRecord | None:
+        row = self._one(select(signals).where(signals.c.signal_id == signal_id))
+        return None if row is None else _signal_from_row(row)
+
+    def save_signal(self, signal_id: str, account_id: str, event_id: str | None) -> None:
+        """Records the signal as applied; Aborted if a concurrent call recorded it first."""
+        values = {
+            "signal_id": signal_id,
+            "account_id": account_id,
+            "event_id": event_id,
+            "applied_at": _now(),
+        }
+        if not self._insert_new(signals, values):
+            raise _answered_concurrently("signal", signal_id)
+
+    # Appeals.
+
+    def insert_appeal(self, appeal: Appeal) -> None:
+        if not self._insert_new(appeals, _appeal_values(appeal)):
+            raise AlreadyExists(
+                f"appeal {appeal.appeal_id} already exists",
+                metadata={"appeal_id": appeal.appeal_id},
+            )
+
+    def get_appeal(self, appeal_id: str, *, lock: bool = False) -> Appeal | None:
+        query = select(appeals).where(appeals.c.appeal_id == appeal_id)
+        row = self._one(query.with_for_update() if lock else query)
+        return None if row is None else _appeal_from_row(row)
+
+    def save_appeal(self, appeal: Appeal) -> None:
+        result = self._connection.execute(
+            update(appeals)
+            .where(appeals.c.appeal_id == appeal.appeal_id)
+            .values(_appeal_values(appeal))
+        )
+        if result.rowcount != 1:
+            raise NotFound(
+                f"appeal {appeal.appeal_id} not found", metadata={"appeal_id": appeal.appeal_id}
+            )
+
+    def list_appeals(
+        self,
+        account_id: str | None,
+        status: AppealStatus | None,
+        limit: int,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[Appeal]:
+        """Appeals newest first, of one account and/or in one status when given; `before` is
+        the (created_at, appeal_id) of the last appeal of the previous page."""
+        query = select(appeals)
+        if account_id is not None:
+            query = query.where(appeals.c.account_id == account_id)
+        if status is not None:
+            query = query.where(appeals.c.status == AppealStatus(status).value)
+        query = _newest_first(query, appeals.c.created_at, appeals.c.appeal_id, before)
+        return [_appeal_from_row(row) for row in self._all(query.limit(limit))]
+
+    # Review runs.
+
+    def get_review_run(self, run_id: str) -> ReviewRun | None:
+        row = self._one(select(review_runs).where(review_runs.c.run_id == run_id))
+        return None if row is None else _review_run_from_row(row)
+
+    def save_review_run(self, run: ReviewRun) -> None:
+        """Inserts the run, or updates it if it exists."""
+        values = _review_run_values(run)
+        insert = _insert_statement(self._connection, review_runs).values(values)
+        self._connection.execute(
+            insert.on_conflict_do_update(index_elements=[review_runs.c.run_id], set_=values)
+        )
+
+    # Helpers.
+
+    def _one(self, query: Select) -> Row | None:
+        return self._connection.execute(query).one_or_none()
+
+    def _all(self, query: Select) -> list[Row]:
+        return list(self._connection.execute(query))
+
+    def _insert_new(self, table: Table, values: dict[str, Any]) -> bool:
+        """Inserts a row unless its key exists (then False), without failing the transaction."""
+        insert = (
+            _insert_statement(self._connection, table)
+            .values(values)
+            .on_conflict_do_nothing()
+            # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
+            .execution_options(preserve_rowcount=True)
+        )
+        return self._connection.execute(insert).rowcount == 1
+
+
+def _insert_statement(connection: Connection, table: Table):
+    """An INSERT with ON CONFLICT clauses, which SQLite and PostgreSQL spell the same way."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _newest_first(
+    query: Select,
+    created_at: Column,
+    key: Column,
+    before: tuple[datetime, str] | None,
+) -> Select:
+    """Orders by (created_at, key) descending, starting after the `before` cursor."""
+    if before is not None:
+        before_time, before_key = before
+        query = query.where(
+            or_(created_at < before_time, and_(created_at == before_time, key < before_key))
+        )
+    return query.order_by(created_at.desc(), key.desc())
+
+
+def _answered_concurrently(kind: str, key: str) -> Aborted:
+    return Aborted(
+        f"{kind} {key} was handled by a concurrent call; retry to get its answer",
+        reason="CONCURRENT_MODIFICATION",
+        metadata={f"{kind}_id": key},
+    )
+
+
+# Rows <-> records, table by table.
+
+
+def _account_values(account: Account) -> dict[str, Any]:
+    line = account.line
+    return {
+        "account_id": account.account_id,
+        "customer_id": account.customer_id,
+        "currency_code": account.currency_code,
+        "credit_line": line.credit_line,
+        "drawn": line.drawn,
+        "status": AccountStatus(line.status).value,
+        "customer_cap": line.customer_cap,
+        "in_hardship": line.in_hardship,
+        "opened_at": account.opened_at,
+        "tier": account.tier,
+        "risk_band": account.risk_band,
+        "reopening_stage": account.reopening_stage,
+        "line_before_closure": account.line_before_closure,
+        "suspended_at": account.suspended_at,
+        "next_review_at": account.next_review_at,
+        "automatic_increases": account.automatic_increases,
+        "hardship": None if account.hardship is None else _dumps(_hardship_json(account.hardship)),
+        "on_time_streak": account.on_time_streak,
+        "last_on_time_repayment_at": account.last_on_time_repayment_at,
+        "days_past_due": account.days_past_due,
+        "open_anomaly": account.open_anomaly,
+        "version": account.version,
+    }
+
+
+def _account_from_row(row: Row) -> Account:
+    return Account(
+        account_id=row.account_id,
+        customer_id=row.customer_id,
+        currency_code=row.currency_code,
+        line=Line(
+            credit_line=row.credit_line,
+            drawn=row.drawn,
+            status=AccountStatus(row.status),
+            customer_cap=row.customer_cap,
+            in_hardship=row.in_hardship,
+        ),
+        opened_at=row.opened_at,
+        tier=row.tier,
+        risk_band=row.risk_band,
+        reopening_stage=row.reopening_stage,
+        line_before_closure=row.line_before_closure,
+        suspended_at=row.suspended_at,
+        next_review_at=row.next_review_at,
+        automatic_increases=row.automatic_increases,
+        hardship=None if row.hardship is None else _hardship_from_json(json.loads(row.hardship)),
+        on_time_streak=row.on_time_streak,
+        last_on_time_repayment_at=row.last_on_time_repayment_at,
+        days_past_due=row.days_past_due,
+        open_anomaly=row.open_anomaly,
+        version=row.version,
+    )
+
+
+def _event_values(event: LimitEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "account_id": event.account_id,
+        "type": EventType(event.type).value,
+        "line_before": event.line_before,
+        "line_after": event.line_after,
+        "status_before": AccountStatus(event.status_before).value,
+        "status_after": AccountStatus(event.status_after).value,
+        "adverse": event.adverse,
+        "reasons": _dumps([_reason_json(reason) for reason in event.reasons]),
+        "policy_version": event.policy_version,
+        "actor_kind": ActorKind(event.actor_kind).value,
+        "actor_id": event.actor_id,
+        "created_at": event.created_at,
+        "request_id": event.request_id,
+        "model_name": event.model_name,
+        "model_version": event.model_version,
+        "notice": None if event.notice is None else _dumps(_notice_json(event.notice)),
+        "details": _dumps(event.details),
+    }
+
+
+def _event_from_row(row: Row) -> LimitEvent:
+    return LimitEvent(
+        event_id=row.event_id,
+        account_id=row.account_id,
+        type=EventType(row.type),
+        line_before=row.line_before,
+        line_after=row.line_after,
+        status_before=AccountStatus(row.status_before),
+        status_after=AccountStatus(row.status_after),
+        adverse=row.adverse,
+        reasons=tuple(_reason_from_json(reason) for reason in json.loads(row.reasons)),
+        policy_version=row.policy_version,
+        actor_kind=ActorKind(row.actor_kind),
+        actor_id=row.actor_id,
+        created_at=row.created_at,
+        request_id=row.request_id,
+        model_name=row.model_name,
+        model_version=row.model_version,
+        notice=None if row.notice is None else _notice_from_json(json.loads(row.notice)),
+        details=json.loads(row.details),
+    )
+
+
+def _appeal_values(appeal: Appeal) -> dict[str, Any]:
+    return {
+        "appeal_id": appeal.appeal_id,
+        "account_id": appeal.account_id,
+        "event_id": appeal.event_id,
+        "statement": appeal.statement,
+        "status": AppealStatus(appeal.status).value,
+        "created_at": appeal.created_at,
+        "resolution": appeal.resolution,
+        "resolved_at": appeal.resolved_at,
+    }
+
+
+def _appeal_from_row(row: Row) -> Appeal:
+    return Appeal(
+        appeal_id=row.appeal_id,
+        account_id=row.account_id,
+        event_id=row.event_id,
+        statement=row.statement,
+        status=AppealStatus(row.status),
+        created_at=row.created_at,
+        resolution=row.resolution,
+        resolved_at=row.resolved_at,
+    )
+
+
+def _review_run_values(run: ReviewRun) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "as_of": run.as_of,
+        "dry_run": run.dry_run,
+        "last_account_id": run.last_account_id,
+        "counts": _dumps(run.counts),
+        "done": run.done,
+    }
+
+
+def _review_run_from_row(row: Row) -> ReviewRun:
+    return ReviewRun(
+        run_id=row.run_id,
+        as_of=row.as_of,
+        dry_run=row.dry_run,
+        last_account_id=row.last_account_id,
+        counts=json.loads(row.counts),
+        done=row.done,
+    )
+
+
+def _signal_from_row(row: Row) -> SignalRecord:
+    return SignalRecord(
+        signal_id=row.signal_id,
+        account_id=row.account_id,
+        event_id=row.event_id,
+        applied_at=row.applied_at,
+    )
+
+
+def _idempotency_from_row(row: Row) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        method=row.method,
+        fingerprint=row.fingerprint,
+        response=bytes(row.response),
+        created_at=row.created_at,
+    )
+
+
+# Nested values <-> JSON.
+
+
+def _reason_json(reason: Reason) -> dict[str, Any]:
+    return {
+        "code": reason.code,
+        "texts": reason.texts,
+        "source": ReasonSource(reason.source).value,
+    }
+
+
+def _reason_from_json(value: dict[str, Any]) -> Reason:
+    return Reason(code=value["code"], texts=value["texts"], source=ReasonSource(value["source"]))
+
+
+def _notice_json(notice: Notice) -> dict[str, Any]:
+    return {"texts": notice.texts, "sent_at": _utc(notice.sent_at).isoformat()}
+
+
+def _notice_from_json(value: dict[str, Any]) -> Notice:
+    return Notice(texts=value["texts"], sent_at=datetime.fromisoformat(value["sent_at"]))
+
+
+def _hardship_json(hardship: Hardship) -> dict[str, Any]:
+    return {
+        "started_at": _utc(hardship.started_at).isoformat(),
+        "ends_at": _utc(hardship.ends_at).isoformat(),
+        "term_months": hardship.term_months,
+        "monthly_instalment": hardship.monthly_instalment,
+    }
+
+
+def _hardship_from_json(value: dict[str, Any]) -> Hardship:
+    return Hardship(
+        started_at=datetime.fromisoformat(value["started_at"]),
+        ends_at=datetime.fromisoformat(value["ends_at"]),
+        term_months=value["term_months"],
+        monthly_instalment=value["monthly_instalment"],
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"a naive datetime cannot be stored: {value!r}; use UTC")
+    return value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

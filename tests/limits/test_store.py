@@ -1,0 +1,536 @@
+"""The limits store on SQLite and on PostgreSQL: round trips of every record, pagination,
+compare-and-set, concurrent updates, migrations and durability settings."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields, replace
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, make_url
+
+from services.common.database import create_engine, migrate
+from services.common.errors import Aborted, AlreadyExists, NotFound, Unavailable
+from services.limits.ledger import AccountStatus, Line
+from services.limits.records import (
+    Account,
+    ActorKind,
+    Appeal,
+    AppealStatus,
+    EventType,
+    Hardship,
+    LimitEvent,
+    Notice,
+    Reason,
+    ReasonSource,
+)
+from services.limits.store import MIGRATIONS, LimitsStore, ReviewRun, metadata
+
+T0 = datetime(2026, 11, 1, 9, 30, 15, 123456, tzinfo=UTC)
+BEIJING = timezone(timedelta(hours=8))
+VERSION_TABLE = "limits_alembic_version"
+
+
+@pytest.fixture
+def store(database_url):
+    store = LimitsStore.open(database_url)
+    yield store
+    store.close()
+
+
+def make_account(account_id: str = "acct-1", **changes) -> Account:
+    account = Account(account_id, "cust-1", "CNY", line=Line(credit_line=500_000), opened_at=T0)
+    return replace(account, **changes)
+
+
+def make_event(event_id: str, account_id: str = "acct-1", created_at: datetime = T0) -> LimitEvent:
+    return LimitEvent(
+        event_id=event_id,
+        account_id=account_id,
+        type=EventType.reduced,
+        line_before=500_000,
+        line_after=300_000,
+        status_before=AccountStatus.active,
+        status_after=AccountStatus.watchlist,
+        adverse=True,
+        reasons=(
+            Reason("DPD_30", {"en": "30 days past due", "zh-CN": "逾期30天"}, ReasonSource.policy),
+            Reason("SCORE", {"en": "Score fell", "zh-CN": "评分下降"}, ReasonSource.model),
+        ),
+        policy_version="2026.11",
+        actor_kind=ActorKind.monitoring,
+        created_at=created_at,
+        request_id=f"req-{event_id}",
+        actor_id="monitoring-1",
+        model_name="behaviour",
+        model_version="3",
+        notice=Notice({"en": "Your line was reduced", "zh-CN": "您的额度已调整"}, T0),
+        details={"signal_id": "sig-9"},
+    )
+
+
+def make_appeal(appeal_id: str, account_id: str, event_id: str, created_at: datetime) -> Appeal:
+    return Appeal(
+        appeal_id=appeal_id,
+        account_id=account_id,
+        event_id=event_id,
+        statement="I was paid late by my employer",
+        status=AppealStatus.open,
+        created_at=created_at,
+    )
+
+
+# -- accounts ------------------------------------------------------------------------------
+
+printable = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+texts = st.text(printable, max_size=20)
+ids = st.text(printable, min_size=1, max_size=20)
+money = st.integers(-(2**63), 2**63 - 1)  # BIGINT
+small_ints = st.integers(-(2**31), 2**31 - 1)  # INTEGER
+times = st.datetimes(
+    min_value=datetime(1970, 1, 1),
+    max_value=datetime(2200, 1, 1),
+    timezones=st.sampled_from([UTC, BEIJING, timezone(timedelta(hours=-3, minutes=-30))]),
+)
+ACCOUNT_FIELDS = {
+    "account_id": ids,
+    "customer_id": ids,
+    "currency_code": texts,
+    "line": st.builds(
+        Line,
+        credit_line=money,
+        drawn=money,
+        status=st.sampled_from(AccountStatus),
+        customer_cap=st.none() | money,
+        in_hardship=st.booleans(),
+    ),
+    "opened_at": times,
+    "tier": st.none() | texts,
+    "risk_band": st.none() | texts,
+    "reopening_stage": small_ints,
+    "line_before_closure": st.none() | money,
+    "suspended_at": st.none() | times,
+    "next_review_at": st.none() | times,
+    "automatic_increases": st.booleans(),
+    "hardship": st.none()
+    | st.builds(
+        Hardship, started_at=times, ends_at=times, term_months=small_ints, monthly_instalment=money
+    ),
+    "on_time_streak": small_ints,
+    "last_on_time_repayment_at": st.none() | times,
+    "days_past_due": small_ints,
+    "open_anomaly": st.booleans(),
+    "version": money,
+}
+
+
+class Rollback(Exception):
+    pass
+
+
+def test_the_generated_accounts_set_every_field():
+    assert set(ACCOUNT_FIELDS) == {f.name for f in fields(Account)}
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(account=st.builds(Account, **ACCOUNT_FIELDS))
+def test_every_account_field_round_trips(store, account):
+    with pytest.raises(Rollback), store.unit_of_work() as uow:
+        uow.insert_account(account)
+        loaded = uow.get_account(account.account_id)
+        assert loaded == account
+        assert loaded.opened_at.tzinfo == UTC
+        raise Rollback  # leaves the database empty for the next example
+
+
+def test_a_committed_account_reads_back_equal(store):
+    account = make_account(
+        tier="T2",
+        risk_band="B",
+        reopening_stage=2,
+        line_before_closure=800_000,
+        suspended_at=T0,
+        next_review_at=T0 + timedelta(days=365),
+        automatic_increases=False,
+        hardship=Hardship(T0, T0 + timedelta(days=180), 6, 12_500),
+        on_time_streak=7,
+        last_on_time_repayment_at=T0,
+        days_past_due=3,
+        open_anomaly=True,
+        line=Line(500_000, drawn=120_000, status=AccountStatus.watchlist, customer_cap=400_000),
+    )
+    with store.unit_of_work() as uow:
+        uow.insert_account(account)
+    with store.read() as uow:
+        assert uow.get_account("acct-1") == account
+        assert uow.get_account("missing") is None
+
+
+def test_inserting_an_account_twice_is_already_exists(store):
+    with store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+    with pytest.raises(AlreadyExists), store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+
+
+def test_save_account_is_compare_and_set(store):
+    with store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+    with store.unit_of_work() as uow:
+        first = uow.get_account("acct-1", lock=True)
+        saved = uow.save_account(replace(first, tier="T3"))
+    assert saved.version == first.version + 1
+    with store.read() as uow:
+        assert uow.get_account("acct-1") == saved
+
+    with pytest.raises(Aborted) as aborted, store.unit_of_work() as uow:
+        uow.save_account(replace(first, tier="T9"))  # still at the old version
+    assert aborted.value.reason == "CONCURRENT_MODIFICATION"
+    with pytest.raises(NotFound), store.unit_of_work() as uow:
+        uow.save_account(make_account("missing"))
+    with store.read() as uow:
+        assert uow.get_account("acct-1") == saved
+
+
+def test_a_unit_of_work_that_fails_changes_nothing(store):
+    with pytest.raises(Rollback), store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+        uow.save_idempotent("req-1", "OpenAccount", "fp", b"answer")
+        raise Rollback
+    with store.read() as uow:
+        assert uow.get_account("acct-1") is None
+        assert uow.find_idempotent("req-1") is None
+
+
+def test_accounts_due_for_review_are_active_or_watchlisted_and_due(store):
+    as_of = T0 + timedelta(days=365)
+    due = {
+        "a-active": make_account("a-active", next_review_at=as_of - timedelta(days=1)),
+        "a-watchlist": make_account(
+            "a-watchlist",
+            next_review_at=as_of,
+            line=Line(500_000, status=AccountStatus.watchlist),
+        ),
+        "b-active": make_account("b-active", next_review_at=T0),
+    }
+    not_due = [
+        make_account("a-later", next_review_at=as_of + timedelta(microseconds=1)),
+        make_account("a-never"),
+        make_account(
+            "a-frozen", next_review_at=T0, line=Line(500_000, status=AccountStatus.frozen)
+        ),
+        make_account(
+            "a-closed", next_review_at=T0, line=Line(500_000, status=AccountStatus.closed)
+        ),
+    ]
+    with store.unit_of_work() as uow:
+        for account in [*due.values(), *not_due]:
+            uow.insert_account(account)
+    with store.read() as uow:
+        assert uow.accounts_due_for_review(as_of, "", 10) == [
+            due["a-active"],
+            due["a-watchlist"],
+            due["b-active"],
+        ]
+        first_page = uow.accounts_due_for_review(as_of, "", 2)
+        second_page = uow.accounts_due_for_review(as_of, first_page[-1].account_id, 2)
+    assert [a.account_id for a in first_page + second_page] == [
+        "a-active",
+        "a-watchlist",
+        "b-active",
+    ]
+
+
+def test_accounts_page_lists_every_account_by_id(store):
+    account_ids = [f"acct-{i:02}" for i in range(7)]
+    with store.unit_of_work() as uow:
+        for account_id in reversed(account_ids):
+            uow.insert_account(make_account(account_id))
+    seen, after = [], ""
+    with store.read() as uow:
+        while page := uow.accounts_page(after, 3):
+            seen += [a.account_id for a in page]
+            after = page[-1].account_id
+    assert seen == account_ids
+
+
+def test_concurrent_read_modify_writes_lose_no_update(store):
+    with store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+
+    def draw_one_fen_25_times():
+        for _ in range(25):
+            with store.unit_of_work() as uow:
+                account = uow.get_account("acct-1", lock=True)
+                line = replace(account.line, drawn=account.line.drawn + 1)
+                uow.save_account(replace(account, line=line))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for worker in [pool.submit(draw_one_fen_25_times) for _ in range(8)]:
+            worker.result()
+    with store.read() as uow:
+        account = uow.get_account("acct-1")
+    assert account.line.drawn == 200
+    assert account.version == 201
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def test_events_round_trip(store):
+    event = make_event("ev-1")
+    with store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+        uow.append_event(event)
+        uow.append_event(replace(event, event_id="ev-2", notice=None, details={}, reasons=()))
+    with store.read() as uow:
+        assert uow.get_event("ev-1") == event
+        assert uow.get_event("ev-2") == replace(
+            event, event_id="ev-2", notice=None, details={}, reasons=()
+        )
+        assert uow.get_event("missing") is None
+    with pytest.raises(AlreadyExists), store.unit_of_work() as uow:
+        uow.append_event(event)
+
+
+def test_events_page_newest_first_with_a_cursor(store):
+    created = [T0, T0 + timedelta(hours=1), T0 + timedelta(hours=1), T0 + timedelta(days=2)]
+    events = [make_event(f"ev-{i}", created_at=at) for i, at in enumerate(created)]
+    events += [make_event("ev-9", created_at=T0 + timedelta(hours=1))]  # ties ev-1 and ev-2
+    with store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+        uow.insert_account(make_account("acct-2"))
+        for event in events:
+            uow.append_event(event)
+        uow.append_event(make_event("other", "acct-2", T0 + timedelta(hours=1)))
+
+    pages, before = [], None
+    with store.read() as uow:
+        while page := uow.list_events("acct-1", 2, before):
+            pages.append([e.event_id for e in page])
+            before = (page[-1].created_at, page[-1].event_id)
+    assert pages == [["ev-3", "ev-9"], ["ev-2", "ev-1"], ["ev-0"]]
+
+
+# -- idempotency, signals, review runs -----------------------------------------------------
+
+
+def test_idempotency_records_keep_the_first_answer(store):
+    with store.unit_of_work() as uow:
+        assert uow.find_idempotent("req-1") is None
+        uow.save_idempotent("req-1", "Draw", "fp-1", b"\x00first answer\xff")
+    with store.read() as uow:
+        record = uow.find_idempotent("req-1")
+    assert (record.method, record.fingerprint, record.response) == (
+        "Draw",
+        "fp-1",
+        b"\x00first answer\xff",
+    )
+    assert record.created_at.tzinfo == UTC
+
+    with pytest.raises(Aborted) as aborted, store.unit_of_work() as uow:
+        uow.save_idempotent("req-1", "Draw", "fp-2", b"second answer")
+    assert aborted.value.reason == "CONCURRENT_MODIFICATION"
+    with store.read() as uow:
+        assert uow.find_idempotent("req-1") == record
+
+
+def test_signals_are_recorded_once(store):
+    with store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+        uow.append_event(make_event("ev-1"))
+        uow.save_signal("sig-1", "acct-1", "ev-1")
+        uow.save_signal("sig-2", "acct-1", None)
+    with store.read() as uow:
+        first, second = uow.find_signal("sig-1"), uow.find_signal("sig-2")
+        assert uow.find_signal("sig-3") is None
+    assert (first.signal_id, first.account_id, first.event_id) == ("sig-1", "acct-1", "ev-1")
+    assert (second.event_id, second.applied_at.tzinfo) == (None, UTC)
+    with pytest.raises(Aborted), store.unit_of_work() as uow:
+        uow.save_signal("sig-1", "acct-1", None)
+
+
+def test_review_runs_are_inserted_then_updated(store):
+    run = ReviewRun("run-1", as_of=T0, dry_run=True)
+    with store.unit_of_work() as uow:
+        assert uow.get_review_run("run-1") is None
+        uow.save_review_run(run)
+    with store.read() as uow:
+        assert uow.get_review_run("run-1") == run
+
+    progressed = replace(
+        run, last_account_id="acct-42", counts={"reviewed": 42, "reduced": 3}, done=True
+    )
+    with store.unit_of_work() as uow:
+        uow.save_review_run(progressed)
+    with store.read() as uow:
+        assert uow.get_review_run("run-1") == progressed
+
+
+# -- appeals -------------------------------------------------------------------------------
+
+
+def test_appeals_round_trip_and_update(store):
+    appeal = make_appeal("ap-1", "acct-1", "ev-1", T0)
+    with store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+        uow.append_event(make_event("ev-1"))
+        uow.insert_appeal(appeal)
+    with pytest.raises(AlreadyExists), store.unit_of_work() as uow:
+        uow.insert_appeal(appeal)
+
+    resolved = replace(
+        appeal,
+        status=AppealStatus.reversed,
+        resolution="Employer confirmed the late salary",
+        resolved_at=T0 + timedelta(days=3),
+    )
+    with store.unit_of_work() as uow:
+        assert uow.get_appeal("ap-1", lock=True) == appeal
+        uow.save_appeal(resolved)
+    with store.read() as uow:
+        assert uow.get_appeal("ap-1") == resolved
+        assert uow.get_appeal("missing") is None
+    with pytest.raises(NotFound), store.unit_of_work() as uow:
+        uow.save_appeal(replace(appeal, appeal_id="missing"))
+
+
+def test_appeals_filter_and_page_newest_first(store):
+    appeals = [
+        make_appeal("ap-0", "acct-1", "ev-1", T0),
+        make_appeal("ap-1", "acct-2", "ev-2", T0 + timedelta(hours=1)),
+        replace(
+            make_appeal("ap-2", "acct-1", "ev-1", T0 + timedelta(hours=1)),
+            status=AppealStatus.upheld,
+        ),
+        make_appeal("ap-3", "acct-1", "ev-1", T0 + timedelta(hours=2)),
+    ]
+    with store.unit_of_work() as uow:
+        for account_id, event_id in [("acct-1", "ev-1"), ("acct-2", "ev-2")]:
+            uow.insert_account(make_account(account_id))
+            uow.append_event(make_event(event_id, account_id))
+        for appeal in appeals:
+            uow.insert_appeal(appeal)
+
+    def listed(account_id, status, limit=10, before=None):
+        return [a.appeal_id for a in uow.list_appeals(account_id, status, limit, before)]
+
+    with store.read() as uow:
+        assert listed(None, None) == ["ap-3", "ap-2", "ap-1", "ap-0"]
+        assert listed("acct-1", None) == ["ap-3", "ap-2", "ap-0"]
+        assert listed(None, AppealStatus.open) == ["ap-3", "ap-1", "ap-0"]
+        assert listed("acct-1", AppealStatus.open) == ["ap-3", "ap-0"]
+        assert listed(None, None, 2) == ["ap-3", "ap-2"]
+        assert listed(None, None, 2, (T0 + timedelta(hours=1), "ap-2")) == ["ap-1", "ap-0"]
+
+
+# -- time zones, migrations, durability ----------------------------------------------------
+
+
+def test_times_read_back_in_utc_whatever_the_session_time_zone(database_url):
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        options = f"{url.query['options']} -cTimeZone=Asia/Shanghai"
+        database_url = url.update_query_dict({"options": options}).render_as_string(False)
+    local = T0.astimezone(BEIJING)
+    store = LimitsStore.open(database_url)
+    try:
+        with store.unit_of_work() as uow:
+            uow.insert_account(make_account(opened_at=local, next_review_at=local))
+            uow.append_event(replace(make_event("ev-1"), created_at=local))
+            uow.insert_appeal(make_appeal("ap-1", "acct-1", "ev-1", local))
+            uow.save_review_run(ReviewRun("run-1", as_of=local, dry_run=False))
+        with store.read() as uow:
+            loaded = [
+                uow.get_account("acct-1").opened_at,
+                uow.get_account("acct-1").next_review_at,
+                uow.get_event("ev-1").created_at,
+                uow.list_events("acct-1", 1, (local + timedelta(seconds=1), ""))[0].created_at,
+                uow.get_appeal("ap-1").created_at,
+                uow.get_review_run("run-1").as_of,
+            ]
+    finally:
+        store.close()
+    for value in loaded:
+        assert (value, value.tzinfo) == (T0, UTC)
+
+
+def test_naive_times_are_refused(store):
+    with pytest.raises(Exception, match="naive datetime"), store.unit_of_work() as uow:
+        uow.insert_account(make_account(opened_at=datetime(2026, 11, 1)))
+
+
+def applied_revision(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(
+            connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalars()
+        )
+
+
+def schema_differences(engine: Engine) -> list:
+    """What the migrated database lacks or has beyond the store's tables (empty when equal)."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return compare_metadata(context, metadata)
+
+
+def test_migrating_twice_changes_nothing(database_url):
+    engine = create_engine(database_url)
+    try:
+        migrate(engine, MIGRATIONS)
+        migrate(engine, MIGRATIONS)
+        assert applied_revision(engine) == ["0001"]
+        assert schema_differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_replicas_migrating_a_fresh_database_at_once_both_succeed(database_url):
+    start = threading.Barrier(2)
+
+    def replica_start():
+        engine = create_engine(database_url)
+        try:
+            start.wait()
+            migrate(engine, MIGRATIONS)
+        finally:
+            engine.dispose()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for replica in [pool.submit(replica_start) for _ in range(2)]:
+            replica.result()
+    engine = create_engine(database_url)
+    try:
+        assert applied_revision(engine) == ["0001"]
+        assert schema_differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_an_unreachable_database_is_unavailable():
+    store = LimitsStore(create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none"))
+    with pytest.raises(Unavailable), store.read() as uow:
+        uow.get_account("acct-1")
+    store.close()
+
+
+def test_commits_are_durable(store):
+    with store.engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        else:
+            assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
+def test_a_sqlite_database_gets_its_directory(tmp_path):
+    store = LimitsStore.open(f"sqlite:///{tmp_path}/data/limits/limits.db")
+    store.close()
+    assert (tmp_path / "data" / "limits" / "limits.db").is_file()
