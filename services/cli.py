@@ -16,7 +16,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(model_app, name="model")
 
 # The services `creditline run` starts, in dependency order (callees first).
-SUITE = ("scoring",)
+SUITE = ("scoring", "limits")
 
 Port = Annotated[int | None, typer.Option(help="gRPC port (default from the environment).")]
 Host = Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1).")]
@@ -27,6 +27,14 @@ MetricsPort = Annotated[int | None, typer.Option(help="Prometheus /metrics port.
 def serve_scoring(port: Port = None, host: Host = None, metrics_port: MetricsPort = None) -> None:
     """Serve ScoringService (default 127.0.0.1:50051)."""
     from services.scoring.__main__ import main
+
+    main(port=port, host=host, metrics_port=metrics_port)
+
+
+@serve_app.command("limits")
+def serve_limits(port: Port = None, host: Host = None, metrics_port: MetricsPort = None) -> None:
+    """Serve LimitsService (default 127.0.0.1:50052)."""
+    from services.limits.__main__ import main
 
     main(port=port, host=host, metrics_port=metrics_port)
 

@@ -9,7 +9,6 @@ Nothing here talks to a database or a network.
 """
 
 import math
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -26,6 +25,7 @@ from services.limits.records import (
     LimitEvent,
     Notice,
     Reason,
+    new_event_id,
 )
 
 BAND_ORDER = "ABCDE"
@@ -608,7 +608,7 @@ def _event(
     chosen = principal(reasons)
     notice = _notice(kind, chosen, ctx.now) if adverse else None
     return LimitEvent(
-        event_id=uuid.uuid4().hex,
+        event_id=new_event_id(),
         account_id=after.account_id,
         type=kind,
         line_before=before.line.credit_line,

@@ -5,11 +5,30 @@ and the servicer (which converts to protobuf). Money is integer minor units (fen
 timezone-aware UTC datetimes.
 """
 
+import secrets
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
 from services.limits.ledger import AccountStatus, Line
+
+_last_stamp = 0
+_stamp_lock = threading.Lock()
+
+
+def new_event_id() -> str:
+    """A unique id that sorts in the order events were made in this process.
+
+    The history is listed by (created_at, event_id); decisions taken in the same instant (a
+    reversal and its appeal, a test clock) still come back in the order they happened.
+    """
+    global _last_stamp
+    with _stamp_lock:
+        _last_stamp = max(time.time_ns(), _last_stamp + 1)
+        stamp = _last_stamp
+    return f"{stamp:016x}{secrets.token_hex(8)}"
 
 
 class EventType(StrEnum):

@@ -1,0 +1,66 @@
+"""Runs the limits service: `python -m services.limits` or `creditline serve limits`."""
+
+import structlog
+
+from creditline.limits.v1 import limits_service_pb2, limits_service_pb2_grpc
+from services.common.logging import configure_logging
+from services.common.periodic import Periodic
+from services.common.server import GrpcServer, ServiceBinding
+from services.common.settings import load_settings
+from services.common.tracing import configure_tracing
+from services.limits.policy import PolicyError, PolicyHolder
+from services.limits.scoring_client import ScoringClient
+from services.limits.servicer import LimitsServicer
+from services.limits.settings import LimitsSettings
+from services.limits.store import LimitsStore
+
+SERVICE_NAME = limits_service_pb2.DESCRIPTOR.services_by_name["LimitsService"].full_name
+
+
+def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
+    """A started limits server: database migrated, policy loaded, health SERVING."""
+    try:
+        policies = PolicyHolder(settings.policy_file)
+    except PolicyError as error:
+        raise SystemExit(str(error)) from None
+    scoring = ScoringClient(settings.scoring_target, settings.scoring_timeout_seconds)
+    servicer = LimitsServicer(None, policies, scoring, **servicer_options)
+    watcher = Periodic(
+        settings.policy_reload_interval_seconds, policies.reload_if_changed, "policy-watcher"
+    )
+
+    def on_stop() -> None:
+        watcher.stop()
+        servicer.close()
+
+    server = GrpcServer(
+        settings,
+        [
+            ServiceBinding(
+                limits_service_pb2_grpc.add_LimitsServiceServicer_to_server, servicer, SERVICE_NAME
+            )
+        ],
+        domain="limits.creditline",
+        on_stop=on_stop,
+    ).start()
+    # Health answers NOT_SERVING while the schema is migrated.
+    servicer.attach_store(LimitsStore.open(settings.database_url))
+    if settings.policy_reload_interval_seconds > 0:
+        watcher.start()
+    server.mark_ready()
+    return server
+
+
+def main(**overrides: object) -> None:
+    settings = load_settings(LimitsSettings, **overrides)
+    configure_logging("limits", settings.log_level)
+    configure_tracing("limits", settings.otlp_endpoint)
+    server = build_server(settings)
+    structlog.get_logger("creditline.limits").info(
+        "limits.ready", port=server.port, policy=str(settings.policy_file)
+    )
+    server.serve_until_signalled()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Conversions between the limits protos and the transport-free records."""
+
+import base64
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from creditline.limits.v1 import limits_service_pb2 as pb
+from creditline.type.v1 import decision_pb2, money_pb2, risk_pb2
+from services.common.errors import Violations
+from services.limits.ledger import AccountStatus
+from services.limits.records import Account, Appeal, AppealStatus, LimitEvent, Reason
+
+ACCOUNT_STATUS = {
+    status: pb.AccountStatus.Value(f"ACCOUNT_STATUS_{status.upper()}") for status in AccountStatus
+}
+EVENT_TYPE_PREFIX = "LIMIT_EVENT_TYPE_"
+APPEAL_STATUS = {
+    status: pb.AppealStatus.Value(f"APPEAL_STATUS_{status.upper()}") for status in AppealStatus
+}
+APPEAL_STATUS_BY_PROTO = {value: status for status, value in APPEAL_STATUS.items()}
+
+
+def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    proto = timestamp_pb2.Timestamp()
+    proto.FromDatetime(moment)
+    return proto
+
+
+def from_timestamp(proto: timestamp_pb2.Timestamp) -> datetime:
+    return proto.ToDatetime(tzinfo=UTC)
+
+
+def money(minor_units: int, currency_code: str) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=currency_code, minor_units=minor_units)
+
+
+def amount_of(
+    proto: money_pb2.Money,
+    currency_code: str,
+    field: str,
+    violations: Violations,
+    *,
+    required: bool = True,
+) -> int | None:
+    """Minor units of a Money field in the account's currency, or a violation."""
+    if not proto.currency_code and not proto.minor_units:
+        if required:
+            violations.add(field, "required")
+        return None
+    if proto.currency_code != currency_code:
+        violations.add(f"{field}.currency_code", f"must be {currency_code}")
+    if proto.minor_units <= 0:
+        violations.add(f"{field}.minor_units", "must be positive")
+    return proto.minor_units
+
+
+def account_message(account: Account) -> pb.Account:
+    currency, line = account.currency_code, account.line
+    hardship = account.hardship
+    return pb.Account(
+        account_id=account.account_id,
+        customer_id=account.customer_id,
+        status=ACCOUNT_STATUS[account.status],
+        credit_line=money(line.credit_line, currency),
+        customer_cap=money(line.customer_cap or 0, currency),
+        drawn=money(line.drawn, currency),
+        available_credit=money(line.available_credit, currency),
+        tier=account.tier or "",
+        risk_band=risk_pb2.RiskBand.Value(f"RISK_BAND_{account.risk_band}")
+        if account.risk_band
+        else risk_pb2.RISK_BAND_UNSPECIFIED,
+        reopening_stage=account.reopening_stage,
+        next_review_time=timestamp(account.next_review_at),
+        automatic_increases=account.automatic_increases,
+        hardship=pb.HardshipArrangement(
+            start_time=timestamp(hardship.started_at),
+            end_time=timestamp(hardship.ends_at),
+            term_months=hardship.term_months,
+            monthly_instalment=money(hardship.monthly_instalment, currency),
+        )
+        if hardship
+        else None,
+        open_time=timestamp(account.opened_at),
+        etag=account.etag,
+    )
+
+
+def reason_message(reason: Reason) -> decision_pb2.DecisionReason:
+    return decision_pb2.DecisionReason(
+        code=reason.code,
+        texts=reason.texts,
+        source=decision_pb2.ReasonSource.Value(f"REASON_SOURCE_{reason.source.upper()}"),
+    )
+
+
+def event_message(event: LimitEvent, currency_code: str) -> pb.LimitEvent:
+    return pb.LimitEvent(
+        event_id=event.event_id,
+        account_id=event.account_id,
+        type=pb.LimitEventType.Value(EVENT_TYPE_PREFIX + event.type.upper()),
+        line_before=money(event.line_before, currency_code),
+        line_after=money(event.line_after, currency_code),
+        status_before=ACCOUNT_STATUS[event.status_before],
+        status_after=ACCOUNT_STATUS[event.status_after],
+        adverse=event.adverse,
+        reasons=[reason_message(r) for r in event.reasons],
+        notice=pb.AdverseActionNotice(
+            texts=event.notice.texts, notice_time=timestamp(event.notice.sent_at)
+        )
+        if event.notice
+        else None,
+        policy_version=event.policy_version,
+        model_name=event.model_name,
+        model_version=event.model_version,
+        actor=pb.Actor(
+            kind=pb.ActorKind.Value(f"ACTOR_KIND_{event.actor_kind.upper()}"), id=event.actor_id
+        ),
+        create_time=timestamp(event.created_at),
+        request_id=event.request_id,
+    )
+
+
+def appeal_message(appeal: Appeal) -> pb.Appeal:
+    return pb.Appeal(
+        appeal_id=appeal.appeal_id,
+        account_id=appeal.account_id,
+        event_id=appeal.event_id,
+        statement=appeal.statement,
+        status=APPEAL_STATUS[appeal.status],
+        resolution=appeal.resolution,
+        create_time=timestamp(appeal.created_at),
+        resolve_time=timestamp(appeal.resolved_at),
+    )
+
+
+def page_token(created_at: datetime, item_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{item_id}".encode()).decode()
+
+
+def parse_page_token(token: str, violations: Violations) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        created, item_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), item_id
+    except (ValueError, UnicodeDecodeError):
+        violations.add("page_token", "not a token from a previous response")
+        return None

@@ -1,0 +1,87 @@
+"""Limits' view of the scoring service: a score with its reasons in every locale.
+
+Scoring answers in one locale; the reason texts in both come from the model's card (GetModel),
+fetched once per model version. Scoring down or too slow is UNAVAILABLE to our caller, so no
+decision that needs a score is ever taken without one.
+"""
+
+import threading
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import struct_pb2
+
+from creditline.scoring.v1 import scoring_service_pb2 as pb
+from creditline.scoring.v1 import scoring_service_pb2_grpc
+from creditline.type.v1 import risk_pb2
+from services.common.channels import ChannelOptions, create_channel
+from services.common.errors import FieldViolation, InvalidArgument, Unavailable, violations_of
+from services.limits.decisions import Score
+from services.limits.records import Reason, ReasonSource
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
+# Every scoring RPC is a read: safe to retry on UNAVAILABLE.
+RETRYABLE = ("Score", "BatchScore", "GetModel", "ListModels")
+
+
+class ScoringClient:
+    def __init__(self, target: str, timeout_seconds: float) -> None:
+        self.channel = create_channel(
+            target,
+            service=SERVICE,
+            retryable_methods=RETRYABLE,
+            options=ChannelOptions(default_timeout_seconds=timeout_seconds),
+        )
+        self.stub = scoring_service_pb2_grpc.ScoringServiceStub(self.channel)
+        # (model, version) -> {reason code: {locale: text}}
+        self._reason_texts: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def score(self, model: str, features: Mapping[str, struct_pb2.Value]) -> Score:
+        request = pb.ScoreRequest(model=model, features=features, locale="en")
+        try:
+            response = self.stub.Score(request)
+        except grpc.RpcError as error:
+            raise _translated(error) from None
+        texts = self._texts(model, response.model_version)
+        return Score(
+            risk_band=risk_pb2.RiskBand.Name(response.risk_band).removeprefix("RISK_BAND_"),
+            probability_of_default=response.probability_of_default,
+            points=response.score,
+            reasons=tuple(
+                Reason(
+                    r.code, texts.get(r.code, {"en": r.text, "zh-CN": r.text}), ReasonSource.model
+                )
+                for r in response.reasons
+            ),
+            model_name=response.model,
+            model_version=response.model_version,
+        )
+
+    def _texts(self, model: str, version: str) -> dict[str, dict[str, str]]:
+        key = (model, version)
+        if key not in self._reason_texts:
+            try:
+                card = self.stub.GetModel(pb.GetModelRequest(name=model)).model.card
+            except grpc.RpcError as error:
+                raise _translated(error) from None
+            with self._lock:
+                self._reason_texts[key] = {
+                    feature["reason_code"]: dict(feature["reason_text"])
+                    for feature in card["features"]
+                }
+        return self._reason_texts[key]
+
+
+def _translated(error: grpc.RpcError) -> Exception:
+    """Scoring's refusal of the features is the caller's bad input; anything else means
+    scoring cannot answer now."""
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        violations = violations_of(error) or [FieldViolation("features", error.details())]
+        return InvalidArgument(violations)
+    return Unavailable(
+        "the scoring service is unavailable; retry later", reason="SCORING_UNAVAILABLE"
+    )

@@ -1,0 +1,29 @@
+"""Settings of the limits service (environment variables prefixed CREDITLINE_LIMITS_)."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+from services.limits.policy import DEFAULT_POLICY
+
+
+class LimitsSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CREDITLINE_LIMITS_", extra="ignore", frozen=True)
+
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    database_url: str = Field(
+        "sqlite:///data/limits.db",
+        description="sqlite:///path or postgresql+psycopg://user@host/db (use a Secret).",
+    )
+    policy_file: Path = Field(DEFAULT_POLICY, description="The credit policy (YAML).")
+    policy_reload_interval_seconds: float = Field(
+        2.0, ge=0, description="How often the policy file is checked; 0 turns reload off."
+    )
+    scoring_target: str = Field(
+        "127.0.0.1:50051", description="Scoring service: host:port or dns:///name:port."
+    )
+    scoring_timeout_seconds: float = Field(
+        2.0, gt=0, description="Deadline of a call to scoring when the caller set none."
+    )
