@@ -230,8 +230,12 @@ def request_increase(
 # -- review --------------------------------------------------------------------------------
 
 
-def review(ctx: Context, account: Account, score: Score) -> Decision:
-    """The periodic re-evaluation: raise, keep or lower the line by at most the review's step."""
+def review(ctx: Context, account: Account, score: Score, *, fresh_score: bool = True) -> Decision:
+    """The periodic re-evaluation: raise, keep or lower the line by at most the review's step.
+
+    Without a fresh score (no recent behaviour profile) a line can be kept or lowered, never
+    raised.
+    """
     policy = ctx.policy
     if account.status in (AccountStatus.closed, AccountStatus.declined):
         raise FailedPrecondition(f"the line is {account.status}", reason="NOT_REVIEWABLE")
@@ -252,13 +256,51 @@ def review(ctx: Context, account: Account, score: Score) -> Decision:
             adverse = [policy_reason("POLICY_RISK_BAND_WORSENED"), *score.reasons]
             event = _event(ctx, account, reduced, EventType.reduced, adverse, score)
             return Decision(reduced, event)
-    elif _may_increase(policy, account, tier, ctx.now) and line < tier.max_line:
+    elif fresh_score and _may_increase(policy, account, tier, ctx.now) and line < tier.max_line:
         target = min(line + max(1, min(tier.increase_step, largest_change)), tier.max_line)
         raised = _with_line(scheduled, target)
         reasons.append(policy_reason("POLICY_GOOD_REPAYMENT"))
         return Decision(raised, _event(ctx, account, raised, EventType.increased, reasons, score))
     event = _event(ctx, account, scheduled, EventType.reviewed_unchanged, reasons, score)
     return Decision(scheduled, event)
+
+
+def last_known_score(account: Account) -> Score:
+    """The account's last risk band standing in for a score, where no fresh one can be had."""
+    return Score(account.risk_band or "E", math.nan, 0, (), "", "")
+
+
+# Days-past-due thresholds, the signal monitoring raises at each, and its severity.
+DAYS_PAST_DUE_SIGNALS = (
+    (90, "days_past_due_90", Severity.critical),
+    (60, "days_past_due_60", Severity.high),
+    (30, "days_past_due_30", Severity.medium),
+    (1, "days_past_due_1", Severity.low),
+)
+
+SIMULATED_OUTCOMES = {
+    EventType.increased: "rise",
+    EventType.reduced: "fall",
+    EventType.frozen: "freeze",
+    EventType.closed: "close",
+}
+
+
+def simulate(ctx: Context, account: Account) -> tuple[str | None, int]:
+    """What a candidate policy (in ctx) would do to an account now: "rise", "fall", "freeze",
+    "close" or None, and the change of its line. Nothing is stored."""
+    decision = None
+    for threshold, signal_type, severity in DAYS_PAST_DUE_SIGNALS:
+        if account.days_past_due >= threshold:
+            signal = Signal("simulation", signal_type, severity, ctx.now)
+            decision = apply_signal(ctx, account, signal)
+            break
+    if decision is None or decision.event is None:
+        if account.status not in ledger.DRAWS_ALLOWED:
+            return None, 0
+        decision = review(ctx, account, last_known_score(account))
+    change = decision.account.line.credit_line - account.line.credit_line
+    return SIMULATED_OUTCOMES.get(decision.event.type), change
 
 
 # -- signals from monitoring ---------------------------------------------------------------

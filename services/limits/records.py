@@ -108,6 +108,8 @@ class Account:
     open_anomaly: bool = False
     # Incremented by every change; the etag clients send back (AIP-154).
     version: int = 1
+    # The latest behaviour features monitoring reported: what a portfolio review scores.
+    behaviour_profile: dict[str, float] = field(default_factory=dict)
 
     @property
     def etag(self) -> str:

@@ -61,6 +61,45 @@ class ScoringClient:
             model_version=response.model_version,
         )
 
+    def batch_score(self, model: str, rows: list[Mapping[str, float]]) -> list[Score | None]:
+        """Scores many rows in one call; a row that lacks any of the model's features is None."""
+        names = self._feature_names(model)
+        complete = [i for i, row in enumerate(rows) if all(name in row for name in names)]
+        results: list[Score | None] = [None] * len(rows)
+        if not complete:
+            return results
+        request = pb.BatchScoreRequest(
+            model=model,
+            columns=[
+                pb.FeatureColumn(name=name, numbers=[rows[i][name] for i in complete])
+                for name in names
+            ],
+        )
+        try:
+            response = self.stub.BatchScore(request)
+        except grpc.RpcError as error:
+            raise _translated(error) from None
+        texts = self._texts(model, response.model_version)
+        for i, result in zip(complete, response.results, strict=True):
+            results[i] = Score(
+                risk_band=risk_pb2.RiskBand.Name(result.risk_band).removeprefix("RISK_BAND_"),
+                probability_of_default=result.probability_of_default,
+                points=result.score,
+                reasons=tuple(
+                    Reason(code, texts[code], ReasonSource.model) for code in result.reason_codes
+                ),
+                model_name=response.model,
+                model_version=response.model_version,
+            )
+        return results
+
+    def _feature_names(self, model: str) -> list[str]:
+        try:
+            card = self.stub.GetModel(pb.GetModelRequest(name=model)).model
+        except grpc.RpcError as error:
+            raise _translated(error) from None
+        return [feature.name for feature in card.features]
+
     def _texts(self, model: str, version: str) -> dict[str, dict[str, str]]:
         key = (model, version)
         if key not in self._reason_texts:

@@ -15,22 +15,28 @@ from datetime import UTC, datetime, timedelta
 
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
+from creditline.type.v1 import risk_pb2
 from services.common.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
     NotFound,
     Unavailable,
     Violations,
 )
 from services.limits import converters, decisions, ledger
 from services.limits.decisions import Affordability, Context, Decision, IncreaseHistory, Signal
-from services.limits.policy import PolicyHolder, Severity
+from services.limits.ledger import AccountStatus
+from services.limits.policy import PolicyError, PolicyHolder, Severity, parse_policy
 from services.limits.records import Account, ActorKind, Appeal, AppealStatus, EventType
 from services.limits.scoring_client import ScoringClient
-from services.limits.store import LimitsStore, UnitOfWork
+from services.limits.store import LimitsStore, ReviewRun, UnitOfWork
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+# Accounts a portfolio review scores in one BatchScore and applies in one transaction.
+REVIEW_PAGE = 500
 MAX_ID_LENGTH = 128
 SEVERITIES = {pb.SignalSeverity.Value(f"SIGNAL_SEVERITY_{s.name.upper()}"): s for s in Severity}
 
@@ -257,6 +263,119 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
             account = self._apply(uow, decision)
             return self._remember(uow, method, request, respond(account, decision))
 
+    # -- the book --------------------------------------------------------------------------
+
+    def RunReview(self, request: pb.RunReviewRequest, context):
+        """Reviews every due account, a page per transaction with the run's progress, so a
+        run resumed by its request_id after a crash applies nothing twice."""
+        violations = Violations()
+        _require_id(request.request_id, "request_id", violations)
+        violations.raise_if_any()
+        as_of = (
+            converters.from_timestamp(request.as_of_time)
+            if request.HasField("as_of_time")
+            else self.clock()
+        )
+        with self.store.unit_of_work() as uow:
+            run = uow.get_review_run(request.request_id)
+            if run is None:
+                run = ReviewRun(request.request_id, as_of, request.dry_run)
+                uow.save_review_run(run)
+            elif run.dry_run != request.dry_run or (
+                request.HasField("as_of_time") and run.as_of != as_of
+            ):
+                raise AlreadyExists(
+                    "this request_id names a review run with other parameters",
+                    reason="REQUEST_ID_REUSED",
+                )
+        with self.store.read() as uow:
+            due = run.counts.get("reviewed", 0) + uow.count_accounts_due_for_review(
+                run.as_of, run.last_account_id
+            )
+        yield _review_progress(run, due)
+        while not run.done:
+            with self.store.read() as uow:
+                page = uow.accounts_due_for_review(run.as_of, run.last_account_id, REVIEW_PAGE)
+            scores = self.scoring.batch_score("behaviour", [a.behaviour_profile for a in page])
+            with self.store.unit_of_work() as uow:
+                stored = uow.get_review_run(run.run_id, lock=True)
+                if stored == run:
+                    run = self._review_page(uow, run, page, scores)
+                    uow.save_review_run(run)
+                else:  # another call resumed this run meanwhile: carry on from where it is
+                    run = stored
+            yield _review_progress(run, due)
+
+    def _review_page(self, uow: UnitOfWork, run: ReviewRun, page, scores) -> ReviewRun:
+        if not page:
+            return replace(run, done=True)
+        counts = dict(run.counts)
+        ctx = self._context(run.run_id, ActorKind.review)
+        for account, score in zip(page, scores, strict=True):
+            current = uow.get_account(account.account_id, lock=True)
+            if (
+                current is None
+                or current.next_review_at is None
+                or (current.next_review_at > run.as_of)
+            ):
+                continue  # reviewed since the page was read
+            fresh = score is not None
+            decision = decisions.review(
+                ctx, current, score or decisions.last_known_score(current), fresh_score=fresh
+            )
+            outcome = decision.event.type.value
+            counts[outcome] = counts.get(outcome, 0) + 1
+            counts["reviewed"] = counts.get("reviewed", 0) + 1
+            if not run.dry_run:
+                self._apply(uow, decision)
+        return replace(run, last_account_id=page[-1].account_id, counts=counts)
+
+    def SimulatePolicy(
+        self, request: pb.SimulatePolicyRequest, context
+    ) -> pb.SimulatePolicyResponse:
+        try:
+            candidate = parse_policy(request.policy, "policy")
+        except PolicyError as error:
+            raise InvalidArgument([FieldViolation("policy", str(error))]) from None
+        ctx = Context(candidate, self.clock(), "simulation", ActorKind.policy)
+        tiers: dict[str, dict[str, int]] = {}
+        after = ""
+        while True:
+            with self.store.read() as uow:
+                page = uow.accounts_page(after, REVIEW_PAGE)
+            if not page:
+                break
+            after = page[-1].account_id
+            for account in page:
+                if account.status in (AccountStatus.closed, AccountStatus.declined):
+                    continue
+                outcome, change = decisions.simulate(ctx, account)
+                tier = candidate.tier_for(account.risk_band or "E")
+                counts = tiers.setdefault(tier.name if tier else "declined", {})
+                counts["accounts"] = counts.get("accounts", 0) + 1
+                counts["exposure_change"] = counts.get("exposure_change", 0) + change
+                if outcome:
+                    counts[outcome] = counts.get(outcome, 0) + 1
+        currency = candidate.currency_code
+        return pb.SimulatePolicyResponse(
+            policy_version=candidate.version,
+            tiers=[
+                pb.TierImpact(
+                    tier=name,
+                    accounts=counts.get("accounts", 0),
+                    rise=counts.get("rise", 0),
+                    fall=counts.get("fall", 0),
+                    freeze=counts.get("freeze", 0),
+                    close=counts.get("close", 0),
+                    exposure_change=converters.money(counts["exposure_change"], currency),
+                )
+                for name, counts in sorted(tiers.items())
+            ],
+            exposure_change=converters.money(
+                sum(c["exposure_change"] for c in tiers.values()), currency
+            ),
+        )
+
     # -- signals from monitoring ---------------------------------------------------------
 
     def ReportSignals(self, request: pb.ReportSignalsRequest, context) -> pb.ReportSignalsResponse:
@@ -290,6 +409,11 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
                 duplicate=True,
                 event=converters.event_message(event, account.currency_code) if event else None,
             )
+        if signal.profile:
+            account = replace(account, behaviour_profile=dict(signal.profile))
+        if signal.latest_risk_band != risk_pb2.RISK_BAND_UNSPECIFIED:
+            band = risk_pb2.RiskBand.Name(signal.latest_risk_band).removeprefix("RISK_BAND_")
+            account = replace(account, risk_band=band)
         ctx = self._context(signal.signal_id, ActorKind.monitoring)
         detected = (
             converters.from_timestamp(signal.detect_time)
@@ -562,6 +686,18 @@ def _fingerprint(request) -> str:
     copy.CopyFrom(request)
     copy.ClearField("request_id")
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _review_progress(run: ReviewRun, due: int) -> pb.RunReviewResponse:
+    counts = run.counts
+    return pb.RunReviewResponse(
+        accounts_due=due,
+        accounts_reviewed=counts.get("reviewed", 0),
+        increased=counts.get(EventType.increased.value, 0),
+        reduced=counts.get(EventType.reduced.value, 0),
+        unchanged=counts.get(EventType.reviewed_unchanged.value, 0),
+        done=run.done,
+    )
 
 
 def _require_id(value: str, field: str, violations: Violations) -> None:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
+    func,
     or_,
     select,
     update,
@@ -138,6 +139,8 @@ accounts = Table(
     Column("days_past_due", Integer, nullable=False),
     Column("open_anomaly", Boolean, nullable=False),
     Column("version", BigInteger, nullable=False),
+    # The latest behaviour features monitoring reported (JSON), scored by portfolio reviews.
+    Column("behaviour_profile", Text),
     Index("ix_accounts_next_review_at", "next_review_at"),
 )
 
@@ -345,15 +348,17 @@ class UnitOfWork:
         """Active and watchlisted accounts due by `as_of`, by id, after `after_account_id`."""
         query = (
             select(accounts)
-            .where(
-                accounts.c.status.in_(REVIEWABLE_STATUSES),
-                accounts.c.next_review_at <= as_of,
-                accounts.c.account_id > after_account_id,
-            )
+            .where(*_due_for_review(as_of, after_account_id))
             .order_by(accounts.c.account_id)
             .limit(limit)
         )
         return [_account_from_row(row) for row in self._all(query)]
+
+    def count_accounts_due_for_review(self, as_of: datetime, after_account_id: str = "") -> int:
+        query = select(func.count()).select_from(accounts)
+        return self._connection.execute(
+            query.where(*_due_for_review(as_of, after_account_id))
+        ).scalar_one()
 
     def accounts_page(self, after_account_id: str, limit: int) -> list[Account]:
         """Every account by id, after `after_account_id`."""
@@ -447,8 +452,10 @@ class UnitOfWork:
 
     # Review runs.
 
-    def get_review_run(self, run_id: str) -> ReviewRun | None:
-        row = self._one(select(review_runs).where(review_runs.c.run_id == run_id))
+    def get_review_run(self, run_id: str, *, lock: bool = False) -> ReviewRun | None:
+        """The run, or None; `lock` keeps a second worker on the same run waiting."""
+        query = select(review_runs).where(review_runs.c.run_id == run_id)
+        row = self._one(query.with_for_update() if lock else query)
         return None if row is None else _review_run_from_row(row)
 
     def save_review_run(self, run: ReviewRun) -> None:
@@ -509,6 +516,14 @@ def _answered_concurrently(kind: str, key: str) -> Aborted:
     )
 
 
+def _due_for_review(as_of: datetime, after_account_id: str) -> tuple:
+    return (
+        accounts.c.status.in_(REVIEWABLE_STATUSES),
+        accounts.c.next_review_at <= as_of,
+        accounts.c.account_id > after_account_id,
+    )
+
+
 # Rows <-> records, table by table.
 
 
@@ -537,6 +552,9 @@ def _account_values(account: Account) -> dict[str, Any]:
         "days_past_due": account.days_past_due,
         "open_anomaly": account.open_anomaly,
         "version": account.version,
+        "behaviour_profile": _dumps(account.behaviour_profile)
+        if account.behaviour_profile
+        else None,
     }
 
 
@@ -566,6 +584,7 @@ def _account_from_row(row: Row) -> Account:
         days_past_due=row.days_past_due,
         open_anomaly=row.open_anomaly,
         version=row.version,
+        behaviour_profile=json.loads(row.behaviour_profile) if row.behaviour_profile else {},
     )
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, make_url
@@ -125,6 +126,9 @@ ACCOUNT_FIELDS = {
     "days_past_due": small_ints,
     "open_anomaly": st.booleans(),
     "version": money,
+    "behaviour_profile": st.dictionaries(
+        texts, st.floats(allow_nan=False, allow_infinity=False, width=64), max_size=5
+    ),
 }
 
 
@@ -466,6 +470,9 @@ def test_naive_times_are_refused(store):
         uow.insert_account(make_account(opened_at=datetime(2026, 11, 1)))
 
 
+HEAD_REVISION = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
 def applied_revision(engine: Engine) -> list[str]:
     with engine.connect() as connection:
         return list(
@@ -485,7 +492,7 @@ def test_migrating_twice_changes_nothing(database_url):
     try:
         migrate(engine, MIGRATIONS)
         migrate(engine, MIGRATIONS)
-        assert applied_revision(engine) == ["0001"]
+        assert applied_revision(engine) == [HEAD_REVISION]
         assert schema_differences(engine) == []
     finally:
         engine.dispose()
@@ -507,7 +514,7 @@ def test_replicas_migrating_a_fresh_database_at_once_both_succeed(database_url):
             replica.result()
     engine = create_engine(database_url)
     try:
-        assert applied_revision(engine) == ["0001"]
+        assert applied_revision(engine) == [HEAD_REVISION]
         assert schema_differences(engine) == []
     finally:
         engine.dispose()

@@ -1,0 +1,108 @@
+"""The whole book: portfolio reviews (streamed, resumable, dry run) and policy simulation."""
+
+import grpc
+import pytest
+import yaml
+
+from creditline.limits.v1 import limits_service_pb2 as pb
+from services.common.errors import violations_of
+from services.limits import servicer
+from services.limits.policy import DEFAULT_POLICY
+from tests.limits.test_service import CLEAN_BEHAVIOUR, open_account, rid
+
+
+def report_profile(limits, account_id: str) -> None:
+    limits.ReportSignals(
+        pb.ReportSignalsRequest(
+            signals=[
+                pb.Signal(
+                    signal_id=rid(),
+                    account_id=account_id,
+                    type="on_time_repayment",
+                    severity=pb.SIGNAL_SEVERITY_INFO,
+                    profile=CLEAN_BEHAVIOUR,
+                )
+            ]
+        ),
+        timeout=10,
+    )
+
+
+def book(limits, clock, profiled: int = 3, plain: int = 2) -> list[str]:
+    """Accounts opened a year ago; the first `profiled` have a behaviour profile."""
+    ids = [open_account(limits).account.account_id for _ in range(profiled + plain)]
+    for account_id in ids[:profiled]:
+        report_profile(limits, account_id)
+    clock.advance(days=366)
+    return ids
+
+
+def lines(limits, ids) -> list[int]:
+    return [
+        limits.GetAccount(
+            pb.GetAccountRequest(account_id=i), timeout=5
+        ).account.credit_line.minor_units
+        for i in ids
+    ]
+
+
+def test_a_dry_run_counts_and_a_real_run_applies_once(limits, clock):
+    ids = book(limits, clock)
+    dry = list(limits.RunReview(pb.RunReviewRequest(request_id="dry", dry_run=True), timeout=30))
+    assert dry[-1].done and dry[-1].accounts_due == 5 and dry[-1].accounts_reviewed == 5
+    # A fresh score can raise a line; without one a review only keeps or lowers it.
+    assert (dry[-1].increased, dry[-1].unchanged) == (3, 2)
+    assert lines(limits, ids) == [500_000] * 5
+
+    real = list(limits.RunReview(pb.RunReviewRequest(request_id="run-1"), timeout=30))
+    assert (real[-1].increased, real[-1].unchanged, real[-1].done) == (3, 2, True)
+    assert lines(limits, ids) == [700_000] * 3 + [500_000] * 2
+
+    again = list(limits.RunReview(pb.RunReviewRequest(request_id="run-1"), timeout=30))
+    assert again[-1].done and again[-1].accounts_reviewed == 5
+    assert lines(limits, ids) == [700_000] * 3 + [500_000] * 2  # nothing applied twice
+    with pytest.raises(grpc.RpcError) as raised:
+        list(limits.RunReview(pb.RunReviewRequest(request_id="run-1", dry_run=True), timeout=30))
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(limits, clock, monkeypatch):
+    monkeypatch.setattr(servicer, "REVIEW_PAGE", 2)
+    ids = book(limits, clock)
+    stream = limits.RunReview(pb.RunReviewRequest(request_id="run-2"), timeout=30)
+    next(stream)  # the plan
+    first_page = next(stream)
+    stream.cancel()  # the caller goes away mid-run
+    assert first_page.accounts_reviewed == 2
+
+    resumed = list(limits.RunReview(pb.RunReviewRequest(request_id="run-2"), timeout=30))
+    assert resumed[-1].done and resumed[-1].accounts_reviewed == 5
+    for account_id in ids:
+        events = limits.ListLimitEvents(
+            pb.ListLimitEventsRequest(account_id=account_id), timeout=5
+        ).events
+        reviews = [e for e in events if e.actor.kind == pb.ACTOR_KIND_REVIEW]
+        assert len(reviews) == 1, account_id
+
+
+def test_simulating_a_policy_changes_nothing_and_reports_by_tier(limits, clock):
+    ids = book(limits, clock, profiled=0, plain=3)
+    candidate = yaml.safe_load(DEFAULT_POLICY.read_text())
+    candidate["version"] = "candidate-1"
+    candidate["tiers"][0].update(initial_line=300_000, max_line=400_000)  # prime at most 4,000
+    response = limits.SimulatePolicy(
+        pb.SimulatePolicyRequest(policy=yaml.safe_dump(candidate)), timeout=30
+    )
+    assert response.policy_version == "candidate-1"
+    (prime,) = [t for t in response.tiers if t.tier == "prime"]
+    assert (prime.accounts, prime.fall, prime.rise) == (3, 3, 0)
+    assert prime.exposure_change.minor_units == -300_000
+    assert response.exposure_change.minor_units == -300_000
+    assert lines(limits, ids) == [500_000] * 3
+
+
+def test_a_malformed_candidate_policy_is_invalid(limits):
+    with pytest.raises(grpc.RpcError) as raised:
+        limits.SimulatePolicy(pb.SimulatePolicyRequest(policy="tiers: [oops"), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in violations_of(raised.value)] == ["policy"]
