@@ -4,6 +4,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.limits import decisions, ledger
@@ -338,3 +340,63 @@ def test_a_reversed_appeal_restores_the_line_and_status():
     assert restored.account.line.credit_line == 200_000
     assert restored.event.type is EventType.appeal_reversed
     assert restored.event.details == {"appealed_event_id": cut.event.event_id}
+
+
+# -- invariants under any sequence of decisions (hypothesis) -------------------------------
+
+SIGNAL_TYPES = [
+    "days_past_due_1", "days_past_due_30", "days_past_due_60", "days_past_due_90",
+    "partial_payments", "multiple_lending", "utilisation_spike", "income_decline",
+    "abnormal_transaction", "risk_band_worsened", "on_time_repayment", "delinquency_cured",
+]  # fmt: skip
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("draw"), st.integers(1, 600_000)),
+        st.tuples(st.just("repay"), st.integers(1, 600_000)),
+        st.tuples(st.just("signal"), st.tuples(st.sampled_from(SIGNAL_TYPES),
+                                               st.sampled_from(list(Severity)))),
+        st.tuples(st.just("review"), st.sampled_from("ABCDE")),
+        st.tuples(st.just("increase"), st.sampled_from("ABCDE")),
+        st.tuples(st.just("reopen"), st.sampled_from("ABCDE")),
+        st.tuples(st.just("days"), st.integers(1, 120)),
+    ),
+    max_size=40,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(band=st.sampled_from("ABCD"), sequence=steps)
+def test_line_invariants_hold_under_any_sequence_of_decisions(band, sequence):
+    now = NOW
+    account = decisions.open_account(ctx(now), "a", "c", score(band), RICH).account
+    drawn = 0
+    for number, (kind, value) in enumerate(sequence):
+        try:
+            if kind == "draw":
+                account = replace(account, line=ledger.draw(account.line, value))
+                drawn += value
+            elif kind == "repay":
+                account = replace(account, line=ledger.repay(account.line, value))
+                drawn -= value
+            elif kind == "signal":
+                signal_type, severity = value
+                event = Signal(f"s{number}", signal_type, severity, now)
+                account = decisions.apply_signal(ctx(now), account, event).account
+            elif kind == "review":
+                account = decisions.review(ctx(now), account, score(value)).account
+            elif kind == "increase":
+                account = decisions.request_increase(
+                    ctx(now), account, None, score(value), RICH, NO_HISTORY
+                ).account
+            elif kind == "reopen":
+                account = decisions.request_reopen(ctx(now), account, score(value)).account
+            else:
+                now += timedelta(days=value)
+        except (FailedPrecondition, InvalidArgument):
+            pass  # refused: the account is as it was
+        line = account.line
+        assert 0 <= line.drawn <= line.credit_line
+        assert line.drawn == drawn  # decisions never draw or repay
+        assert 0 <= line.available_credit <= line.credit_line
+        if account.status not in ledger.DRAWS_ALLOWED:
+            assert line.available_credit == 0
