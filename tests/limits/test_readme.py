@@ -1,0 +1,146 @@
+"""The README's limits grpcurl commands, sent as printed through a reflection-only client.
+
+The README opens an account with `ACCOUNT=$(grpcurl ... | jq -r .account.accountId)` and
+then uses `$ACCOUNT` in the bodies that follow; the test does the same with the real id.
+"""
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.reflection_client import ReflectionClient
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+LIMITS_ADDRESS = "127.0.0.1:50052"
+SERVICE = "creditline.limits.v1.LimitsService"
+# VARIABLE=$(grpcurl ... | jq -r .path.to.field)
+CAPTURE = re.compile(r"(?P<variable>\w+)=\$\((?P<command>grpcurl .+) \| jq -r (?P<path>\.[\w.]+)\)")
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    sets: str | None = None  # the shell variable it sets, if any
+    jq_path: str = ""  # and the field it is set from
+
+    @property
+    def method(self) -> str:
+        return self.argv[-1]
+
+    def body(self, variables: dict[str, str]) -> str:
+        body = self.argv[self.argv.index("-d") + 1]
+        return re.sub(r"\$(\w+)", lambda m: variables[m[1]], body)
+
+
+def readme_commands() -> list[Command]:
+    commands = []
+    for line in README.read_text().splitlines():
+        if LIMITS_ADDRESS not in line:
+            continue
+        if captured := CAPTURE.fullmatch(line):
+            argv = shlex.split(captured["command"])
+            commands.append(Command(argv, captured["variable"], captured["path"]))
+        elif line.startswith("grpcurl "):
+            commands.append(Command(shlex.split(line)))
+    return commands
+
+
+def jq(document: dict, path: str):
+    for key in path.strip(".").split("."):
+        document = document[key]
+    return document
+
+
+def minor_units(money: dict) -> int:
+    return int(money.get("minorUnits", 0))
+
+
+def run_readme(client: ReflectionClient) -> dict[str, dict]:
+    """Runs every command in order; returns the last answer of each method."""
+    variables: dict[str, str] = {}
+    answers: dict[str, dict] = {}
+    for command in readme_commands():
+        assert command.argv[:2] == ["grpcurl", "-plaintext"], command.argv
+        assert LIMITS_ADDRESS in command.argv, command.argv
+        if command.method == "list":
+            answers["list"] = {"services": client.list_services()}
+        elif command.argv[-2] == "describe":
+            answers["describe"] = {"methods": list(client.describe(command.method).methods_by_name)}
+        else:
+            assert command.method.startswith(f"{SERVICE}/"), command.method
+            response = client.call(command.method, command.body(variables))
+            answers[command.method.rsplit("/", 1)[1]] = response
+            if command.sets:
+                variables[command.sets] = jq(response, command.jq_path)
+    return answers
+
+
+def test_readme_has_the_documented_commands():
+    commands = readme_commands()
+    verbs = [c.method.rsplit("/", 1)[-1] for c in commands]
+    assert verbs[:2] == ["list", SERVICE]
+    assert verbs[2:] == ["OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount"]
+    assert commands[2].sets == "ACCOUNT" and commands[2].jq_path == ".account.accountId"
+    for command in commands[3:]:
+        assert '"accountId": "$ACCOUNT"' in command.body({"ACCOUNT": "$ACCOUNT"})
+
+
+@pytest.fixture
+def reflection(limits) -> ReflectionClient:
+    return ReflectionClient(limits.channel)
+
+
+def test_readme_commands_work_as_printed(reflection):
+    answers = run_readme(reflection)
+    assert {SERVICE, "grpc.health.v1.Health"} <= set(answers["list"]["services"])
+    assert {"OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount"} <= set(
+        answers["describe"]["methods"]
+    )
+
+    # The scoring example's applicant: band C, an 800-yuan line in tier `emerging`.
+    opened = answers["OpenAccount"]
+    account = opened["account"]
+    assert account["status"] == "ACCOUNT_STATUS_ACTIVE"
+    assert (account["tier"], account["riskBand"]) == ("emerging", "RISK_BAND_C")
+    line = minor_units(account["creditLine"])
+    assert line == 80_000 and minor_units(account["availableCredit"]) == line
+    assert opened["event"]["type"] == "LIMIT_EVENT_TYPE_OPENED"
+
+    # A 300-yuan draw leaves 500 available.
+    drawn = answers["Draw"]["account"]
+    assert drawn["accountId"] == account["accountId"]
+    assert minor_units(drawn["drawn"]) == 30_000
+    assert minor_units(drawn["availableCredit"]) == line - 30_000
+
+    # The increase is declined with its reasons, what would change it and when to ask again.
+    increase = answers["RequestIncrease"]
+    assert not increase.get("approved", False)
+    event = increase["event"]
+    assert event["type"] == "LIMIT_EVENT_TYPE_INCREASE_DECLINED" and event["adverse"]
+    assert [r["code"] for r in event["reasons"]] == ["POLICY_MONTHS_ON_BOOK"]
+    for reason in event["reasons"] + increase["improvements"]:
+        assert reason["texts"]["en"] and reason["texts"]["zh-CN"]
+    assert event["notice"]["texts"]["zh-CN"]
+    assert increase["nextEligibleTime"] > event["createTime"]
+
+    # The history, newest first: the declined increase, then the opening.
+    events = answers["ListLimitEvents"]["events"]
+    assert [e["type"] for e in events] == [
+        "LIMIT_EVENT_TYPE_INCREASE_DECLINED",
+        "LIMIT_EVENT_TYPE_OPENED",
+    ]
+    assert [e["eventId"] for e in events] == [event["eventId"], opened["event"]["eventId"]]
+
+    read = answers["GetAccount"]["account"]
+    assert minor_units(read["drawn"]) == 30_000
+    assert minor_units(read["availableCredit"]) == line - 30_000
+
+
+def test_pasting_the_readme_again_changes_nothing(reflection):
+    first = run_readme(reflection)
+    again = run_readme(reflection)
+    for method in ("OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount"):
+        assert again[method] == first[method], method
