@@ -6,21 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from bench.harness import free_port
 from services.scoring.modelling.artifact import load_artifact, validate_artifact
+from tests.servers import wait_serving
 
 CREDITLINE = Path(sys.executable).parent / "creditline"
-
-
-def wait_serving(port: int, service: str = "") -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=service), timeout=60, wait_for_ready=True
-        )
-        next(u for u in watch if u.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -32,20 +22,46 @@ def stop(process: subprocess.Popen) -> int:
             process.kill()
 
 
+def limits_env(tmp_path: Path, scoring_port: int) -> dict[str, str]:
+    """Limits on a database of the test's own, not data/limits.db of the working directory."""
+    return {
+        "CREDITLINE_LIMITS_DATABASE_URL": f"sqlite:///{tmp_path / 'limits.db'}",
+        "CREDITLINE_LIMITS_SCORING_TARGET": f"127.0.0.1:{scoring_port}",
+    }
+
+
 def test_serve_scoring_on_a_chosen_port():
     port = free_port()
     process = subprocess.Popen(
         [CREDITLINE, "serve", "scoring", "--port", str(port)], stdout=subprocess.DEVNULL
     )
-    wait_serving(port, "creditline.scoring.v1.ScoringService")
+    wait_serving(port, "creditline.scoring.v1.ScoringService", process)
     assert stop(process) == 0
 
 
-def test_run_starts_the_suite_and_stops_it_on_sigterm():
+def test_serve_limits_on_a_chosen_port(tmp_path):
     port = free_port()
-    env = {**os.environ, "CREDITLINE_SCORING_PORT": str(port)}
+    # Limits serves without scoring (only decisions that need a score fail while it is down).
+    env = {**os.environ, **limits_env(tmp_path, free_port())}
+    process = subprocess.Popen(
+        [CREDITLINE, "serve", "limits", "--port", str(port)], env=env, stdout=subprocess.DEVNULL
+    )
+    wait_serving(port, "creditline.limits.v1.LimitsService", process)
+    assert stop(process) == 0
+    assert (tmp_path / "limits.db").exists()
+
+
+def test_run_starts_the_suite_and_stops_it_on_sigterm(tmp_path):
+    scoring_port, limits_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        **limits_env(tmp_path, scoring_port),
+        "CREDITLINE_SCORING_PORT": str(scoring_port),
+        "CREDITLINE_LIMITS_PORT": str(limits_port),
+    }
     process = subprocess.Popen([CREDITLINE, "run"], env=env, stdout=subprocess.DEVNULL)
-    wait_serving(port)
+    wait_serving(scoring_port, "creditline.scoring.v1.ScoringService", process)
+    wait_serving(limits_port, "creditline.limits.v1.LimitsService", process)
     assert stop(process) == 0
 
 
