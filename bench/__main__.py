@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import scoring  # noqa: E402
+from bench import limits, scoring  # noqa: E402
 
 
 def main() -> None:
@@ -25,6 +25,8 @@ def main() -> None:
         table.add_column(column)
     with console.status("scoring: echo floor, raw onnxruntime, Score, BatchScore"):
         rows = scoring.run(options.seconds, options.calls)
+    with console.status("limits: raw commits, Draw on SQLite and PostgreSQL"):
+        rows += limits.run(options.seconds)
     for measure, value, against, ratio, target in rows:
         table.add_row(measure, value, against, f"{ratio:.2f}x" if ratio != "" else "", target)
     console.print(table)

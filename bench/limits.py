@@ -1,0 +1,269 @@
+"""Draw on SQLite and PostgreSQL against the floor of each: its raw one-row commit rate.
+
+A Draw is one durable transaction (read the idempotency key, lock the account, update it, store
+the answer), so the database's commit rate bounds it. The floor is measured in the same run, on
+the same durability settings: SQLite through services.common.database (WAL,
+synchronous=FULL), PostgreSQL with synchronous_commit on. The service runs as its own process
+(`python -m services.limits`), with a scoring process beside it for opening the accounts.
+"""
+
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import sqlalchemy
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, insert, make_url
+
+from bench.harness import free_port, server_process
+from creditline.limits.v1 import limits_service_pb2 as pb
+from creditline.limits.v1 import limits_service_pb2_grpc
+from creditline.type.v1 import money_pb2
+from services.common.database import create_engine
+
+POSTGRES_URL = os.environ.get(
+    "CREDITLINE_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+IN_FLIGHT = 8
+TARGET = ">= 0.5x"
+SERVICE = "creditline.limits.v1.LimitsService"
+APPLICANT = {  # band A: a 5,000-yuan line, room for 500,000 one-fen draws
+    "duration_months": 12, "credit_amount": 2000, "checking_account": "none",
+    "credit_history": "critical_or_other_credits", "purpose": "car_used",
+    "savings": "1000_or_more", "employment_since": "7_years_or_more", "installment_rate": 2,
+    "other_debtors": "guarantor", "residence_since": 4, "property": "real_estate",
+    "other_installment_plans": "none", "housing": "own", "existing_credits": 1, "job": "skilled",
+    "dependants": 1, "telephone": "registered",
+}  # fmt: skip
+
+commits = Table(
+    "bench_commits",
+    MetaData(),
+    Column("id", String, primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    rate: float  # calls per second, all clients together
+    p50_ms: float
+    p99_ms: float
+
+
+def clients_run(calls: list[Callable[[], object]], seconds: float, warmup: int = 20) -> Run:
+    """Each call back to back in a thread of its own for `seconds`; the rate and the latency."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    timings: list[list[float]] = [[] for _ in calls]
+    stop = threading.Event()
+
+    def client(call: Callable[[], object], seen: list[float]) -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            call()
+            seen.append(time.perf_counter() - started)
+
+    threads = [
+        threading.Thread(target=client, args=(call, seen))
+        for call, seen in zip(calls, timings, strict=True)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    every = np.concatenate([np.asarray(t) for t in timings]) * 1000
+    return Run(
+        len(every) / elapsed, float(np.percentile(every, 50)), float(np.percentile(every, 99))
+    )
+
+
+def raw_commits(url: str, writers: int, seconds: float) -> Run:
+    """One-row INSERT + COMMIT transactions, back to back, by `writers` connections."""
+    engine = create_engine(url)
+    try:
+        commits.create(engine, checkfirst=True)
+
+        def commit() -> None:
+            with engine.begin() as connection:
+                connection.execute(insert(commits), {"id": uuid.uuid4().hex, "amount": 1})
+
+        return clients_run([commit] * writers, seconds)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str | None]:
+    """The URL of a fresh schema of its own, dropped afterwards; None if none is reachable."""
+    admin = sqlalchemy.create_engine(
+        POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
+    schema = f"bench_{uuid.uuid4().hex}"
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    except sqlalchemy.exc.OperationalError:
+        admin.dispose()
+        yield None
+        return
+    try:
+        url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+def wait_serving(port: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE), timeout=60, wait_for_ready=True
+        )
+        next(u for u in watch if u.status == health_pb2.HealthCheckResponse.SERVING)
+        watch.cancel()
+
+
+def open_request(customer: int) -> pb.OpenAccountRequest:
+    request = pb.OpenAccountRequest(
+        request_id=uuid.uuid4().hex,
+        customer_id=f"bench-{customer}",
+        monthly_income=money_pb2.Money(currency_code="CNY", minor_units=2_000_000),
+    )
+    for name, value in APPLICANT.items():
+        if isinstance(value, str):
+            request.features[name].string_value = value
+        else:
+            request.features[name].number_value = value
+    return request
+
+
+def drawer(stub, account_id: str) -> Callable[[], object]:
+    """Draws one fen at a time from the account, each with a request_id of its own."""
+    prefix, count = uuid.uuid4().hex, iter(range(10**9))
+    amount = money_pb2.Money(currency_code="CNY", minor_units=1)
+
+    def draw() -> object:
+        request = pb.DrawRequest(
+            request_id=f"{prefix}-{next(count)}",
+            account_id=account_id,
+            amount=amount,
+            purpose="consumption",
+            loan_id="bench",
+        )
+        return stub.Draw(request, timeout=10)
+
+    return draw
+
+
+def draws(url: str, scoring_port: int, seconds: float) -> tuple[Run, Run]:
+    """Draw with one client, then with IN_FLIGHT clients on accounts of their own."""
+    port = free_port()
+    env = {
+        "CREDITLINE_LIMITS_PORT": str(port),
+        "CREDITLINE_LIMITS_DATABASE_URL": url,
+        "CREDITLINE_LIMITS_SCORING_TARGET": f"127.0.0.1:{scoring_port}",
+        "CREDITLINE_LIMITS_POLICY_RELOAD_INTERVAL_SECONDS": "0",
+    }
+    with (
+        server_process(["-m", "services.limits"], port, env),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        wait_serving(port)
+        stub = limits_service_pb2_grpc.LimitsServiceStub(channel)
+        accounts = [
+            stub.OpenAccount(open_request(i), timeout=10).account.account_id
+            for i in range(IN_FLIGHT)
+        ]
+        one = clients_run([drawer(stub, accounts[0])], seconds)
+        many = clients_run([drawer(stub, a) for a in accounts], seconds)
+    return one, many
+
+
+def database_rows(name: str, url: str, scoring_port: int, seconds: float) -> list[tuple]:
+    raw_one = raw_commits(url, 1, seconds)
+    raw_many = raw_commits(url, IN_FLIGHT, seconds)
+    one, many = draws(url, scoring_port, seconds)
+    return [
+        (f"{name}: raw one-row commits, 1 writer", f"{raw_one.rate:,.0f} /s", "", "", ""),
+        (
+            f"{name}: raw one-row commits, {IN_FLIGHT} writers",
+            f"{raw_many.rate:,.0f} /s",
+            "",
+            "",
+            "",
+        ),
+        (
+            f"{name}: Draw, 1 client",
+            f"{one.rate:,.0f} calls/s",
+            "raw commits, 1 writer",
+            one.rate / raw_one.rate,
+            TARGET,
+        ),
+        (
+            f"{name}: Draw, {IN_FLIGHT} in flight",
+            f"{many.rate:,.0f} calls/s",
+            f"raw commits, {IN_FLIGHT} writers",
+            many.rate / raw_many.rate,
+            TARGET,
+        ),
+        (
+            f"{name}: Draw p50 / p99, 1 client",
+            f"{one.p50_ms:.2f} / {one.p99_ms:.2f} ms",
+            f"raw commit p99 {raw_one.p99_ms:.2f} ms",
+            one.p99_ms / raw_one.p99_ms,
+            "",
+        ),
+        (
+            f"{name}: Draw p50 / p99, {IN_FLIGHT} in flight",
+            f"{many.p50_ms:.2f} / {many.p99_ms:.2f} ms",
+            f"raw commit p99 {raw_many.p99_ms:.2f} ms",
+            many.p99_ms / raw_many.p99_ms,
+            "",
+        ),
+    ]
+
+
+def run(seconds: float) -> list[tuple]:
+    """SQLite, then PostgreSQL (skipped with a note when no server answers)."""
+    seconds = min(seconds, 5.0) / 2  # four runs a database: keep the section near a minute
+    scoring_port = free_port()
+    scoring_env = {
+        "CREDITLINE_SCORING_PORT": str(scoring_port),
+        "CREDITLINE_SCORING_RELOAD_INTERVAL_SECONDS": "0",
+    }
+    rows = []
+    with (
+        server_process(["-m", "services.scoring"], scoring_port, scoring_env),
+        tempfile.TemporaryDirectory() as directory,
+    ):
+        rows += database_rows(
+            "SQLite", f"sqlite:///{Path(directory) / 'limits.db'}", scoring_port, seconds
+        )
+        with postgres_schema() as url:
+            if url is None:
+                where = make_url(POSTGRES_URL)
+                note = f"skipped: not reachable at {where.host}:{where.port}"
+                rows.append(("PostgreSQL", note, "", "", ""))
+            else:
+                rows += database_rows("PostgreSQL", url, scoring_port, seconds)
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(5.0):
+        print(*row, sep=" | ")
