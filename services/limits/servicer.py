@@ -311,23 +311,25 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
             return replace(run, done=True)
         counts = dict(run.counts)
         ctx = self._context(run.run_id, ActorKind.review)
-        for account, score in zip(page, scores, strict=True):
-            current = uow.get_account(account.account_id, lock=True)
-            if (
-                current is None
-                or current.next_review_at is None
-                or (current.next_review_at > run.as_of)
-            ):
+        score_of = dict(zip((a.account_id for a in page), scores, strict=True))
+        reviewed = []
+        for account in uow.get_accounts(list(score_of), lock=True):
+            if account.next_review_at is None or account.next_review_at > run.as_of:
                 continue  # reviewed since the page was read
-            fresh = score is not None
+            score = score_of[account.account_id]
             decision = decisions.review(
-                ctx, current, score or decisions.last_known_score(current), fresh_score=fresh
+                ctx,
+                account,
+                score or decisions.last_known_score(account),
+                fresh_score=score is not None,
             )
             outcome = decision.event.type.value
             counts[outcome] = counts.get(outcome, 0) + 1
             counts["reviewed"] = counts.get("reviewed", 0) + 1
-            if not run.dry_run:
-                self._apply(uow, decision)
+            reviewed.append(decision)
+        if not run.dry_run:
+            uow.save_accounts([d.account for d in reviewed])
+            uow.append_events([d.event for d in reviewed])
         return replace(run, last_account_id=page[-1].account_id, counts=counts)
 
     def SimulatePolicy(

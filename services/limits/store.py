@@ -32,7 +32,9 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
+    bindparam,
     func,
+    insert,
     or_,
     select,
     update,
@@ -314,20 +316,23 @@ class UnitOfWork:
                 metadata={"account_id": account.account_id},
             )
 
+    def get_accounts(self, account_ids: list[str], *, lock: bool = False) -> list[Account]:
+        """The accounts of these ids that exist, by id; `lock` takes their row locks."""
+        query = (
+            select(accounts)
+            .where(accounts.c.account_id.in_(account_ids))
+            .order_by(accounts.c.account_id)
+        )
+        rows = self._all(query.with_for_update() if lock else query)
+        return [_account_from_row(row) for row in rows]
+
     def save_account(self, account: Account) -> Account:
         """Stores `account` if the stored one is still at `account.version` (compare-and-set).
 
         Returns the account with its new version; Aborted if someone changed it meanwhile.
         """
         saved = replace(account, version=account.version + 1)
-        result = self._connection.execute(
-            update(accounts)
-            .where(
-                accounts.c.account_id == account.account_id,
-                accounts.c.version == account.version,
-            )
-            .values(_account_values(saved))
-        )
+        result = self._connection.execute(_UPDATE_ACCOUNT, _update_parameters(account, saved))
         if result.rowcount == 1:
             return saved
         if self.get_account(account.account_id) is None:
@@ -341,6 +346,22 @@ class UnitOfWork:
             reason="CONCURRENT_MODIFICATION",
             metadata={"account_id": account.account_id},
         )
+
+    def save_accounts(self, locked: list[Account]) -> list[Account]:
+        """Stores many accounts in one statement (a portfolio review's page). They must have been
+        read with their locks held (`get_accounts(..., lock=True)`), so none can have changed."""
+        saved = [replace(account, version=account.version + 1) for account in locked]
+        if saved:
+            result = self._connection.execute(
+                _UPDATE_ACCOUNT,
+                [_update_parameters(old, new) for old, new in zip(locked, saved, strict=True)],
+            )
+            sane = self._connection.dialect.supports_sane_multi_rowcount
+            if sane and result.rowcount != len(saved):
+                raise Aborted(
+                    "accounts changed while their locks were held", reason="CONCURRENT_MODIFICATION"
+                )
+        return saved
 
     def accounts_due_for_review(
         self, as_of: datetime, after_account_id: str, limit: int
@@ -377,6 +398,11 @@ class UnitOfWork:
             raise AlreadyExists(
                 f"event {event.event_id} already exists", metadata={"event_id": event.event_id}
             )
+
+    def append_events(self, events: list[LimitEvent]) -> None:
+        """Appends many new events in one statement; their ids are fresh, so none conflicts."""
+        if events:
+            self._connection.execute(insert(limit_events), [_event_values(e) for e in events])
 
     def get_event(self, event_id: str) -> LimitEvent | None:
         row = self._one(select(limit_events).where(limit_events.c.event_id == event_id))
@@ -476,14 +502,14 @@ class UnitOfWork:
 
     def _insert_new(self, table: Table, values: dict[str, Any]) -> bool:
         """Inserts a row unless its key exists (then False), without failing the transaction."""
-        insert = (
+        statement = (
             _insert_statement(self._connection, table)
             .values(values)
             .on_conflict_do_nothing()
             # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
             .execution_options(preserve_rowcount=True)
         )
-        return self._connection.execute(insert).rowcount == 1
+        return self._connection.execute(statement).rowcount == 1
 
 
 def _insert_statement(connection: Connection, table: Table):
@@ -514,6 +540,25 @@ def _answered_concurrently(kind: str, key: str) -> Aborted:
         reason="CONCURRENT_MODIFICATION",
         metadata={f"{kind}_id": key},
     )
+
+
+# Built once: a statement made per call costs more than the database's own work for a draw.
+_UPDATE_ACCOUNT = (
+    update(accounts)
+    .where(
+        accounts.c.account_id == bindparam("old_account_id"),
+        accounts.c.version == bindparam("old_version"),
+    )
+    .values({column.name: bindparam(f"new_{column.name}") for column in accounts.columns})
+)
+
+
+def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
+    return {
+        **{f"new_{name}": value for name, value in _account_values(new).items()},
+        "old_account_id": old.account_id,
+        "old_version": old.version,
+    }
 
 
 def _due_for_review(as_of: datetime, after_account_id: str) -> tuple:
