@@ -51,13 +51,16 @@ def start_limits(database_url, clock):  # noqa: F811
     """Starts limits servers on a fresh database, calling the given scoring server."""
     servers, clients = [], []
 
-    def start(scoring_port: int) -> LimitsClient:
+    def start(scoring_port: int, **overrides) -> LimitsClient:
         settings = LimitsSettings(
-            port=0,
-            database_url=database_url,
-            scoring_target=f"127.0.0.1:{scoring_port}",
-            policy_reload_interval_seconds=0,
-            shutdown_grace_seconds=2,
+            **{
+                "port": 0,
+                "database_url": database_url,
+                "scoring_target": f"127.0.0.1:{scoring_port}",
+                "policy_reload_interval_seconds": 0,
+                "shutdown_grace_seconds": 2,
+                **overrides,
+            }
         )
         servers.append(build_server(settings, clock=clock))
         clients.append(LimitsClient(f"127.0.0.1:{servers[-1].port}"))

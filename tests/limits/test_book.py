@@ -1,5 +1,7 @@
 """The whole book: portfolio reviews (streamed, resumable, dry run) and policy simulation."""
 
+import time
+
 import grpc
 import pytest
 import yaml
@@ -106,3 +108,33 @@ def test_a_malformed_candidate_policy_is_invalid(limits):
         limits.SimulatePolicy(pb.SimulatePolicyRequest(policy="tiers: [oops"), timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in violations_of(raised.value)] == ["policy"]
+
+
+def test_a_run_needs_its_request_id(limits):
+    with pytest.raises(grpc.RpcError) as raised:
+        list(limits.RunReview(pb.RunReviewRequest(), timeout=10))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in violations_of(raised.value)] == ["request_id"]
+
+
+def test_a_malformed_policy_file_is_refused_and_the_old_one_keeps_serving(
+    start_limits, scoring, tmp_path
+):
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(DEFAULT_POLICY.read_text())
+    limits = start_limits(
+        scoring.port, policy_file=policy_file, policy_reload_interval_seconds=0.05
+    )
+    assert open_account(limits).event.policy_version == "2026.11.1"
+
+    policy_file.write_text("tiers: [not, a, policy")
+    time.sleep(0.3)  # several reload checks
+    assert open_account(limits).event.policy_version == "2026.11.1"
+
+    document = yaml.safe_load(DEFAULT_POLICY.read_text())
+    document["version"] = "2026.12.1"
+    policy_file.write_text(yaml.safe_dump(document))
+    deadline = time.monotonic() + 10
+    while open_account(limits).event.policy_version != "2026.12.1":
+        assert time.monotonic() < deadline, "the valid policy was never picked up"
+        time.sleep(0.05)
