@@ -42,50 +42,55 @@ def score_response(
     model: ServedModel, scored: ScoredRows, locale: str, evaluation_id: str
 ) -> pb.ScoreResponse:
     points = scored.reason_points[0]
-    return pb.ScoreResponse(
+    response = pb.ScoreResponse(
         probability_of_default=float(scored.probability_of_default[0]),
         score=int(scored.score[0]),
         risk_band=RISK_BANDS[scored.band[0]],
-        reasons=[
-            risk_pb2.Reason(
-                code=model.features[f].reason_code,
-                feature=model.features[f].name,
-                points=round(float(points[f]), 2),
-                text=model.reason_text(f, locale),
-            )
-            for f in scored.reason_features[0]
-        ],
         model=model.name,
         model_version=model.version,
         evaluation_id=evaluation_id,
     )
+    add_reason = response.reasons.add  # cheaper than building Reasons and copying them in
+    for f in scored.reason_features[0]:
+        feature = model.features[f]
+        add_reason(
+            code=feature.reason_code,
+            feature=feature.name,
+            points=round(float(points[f]), 2),
+            text=model.reason_text(f, locale),
+        )
+    return response
 
 
 def batch_response(
     model: ServedModel, scored: ScoredRows, locale: str, evaluation_id: str
 ) -> pb.BatchScoreResponse:
     codes = [f.reason_code for f in model.features]
-    used = sorted({f for row in scored.reason_features for f in row})
     response = pb.BatchScoreResponse(
-        model=model.name,
-        model_version=model.version,
-        reason_texts={codes[f]: model.reason_text(f, locale) for f in used},
-        evaluation_id=evaluation_id,
+        model=model.name, model_version=model.version, evaluation_id=evaluation_id
     )
+    # Rows share few distinct reason lists: look each one's codes up once.
+    codes_of: dict[tuple[int, ...], list[str]] = {}
     add_result = response.results.add  # measured fastest way to build a thousand results
     for pd, score, band, reasons in zip(
-        scored.probability_of_default.tolist(),
-        scored.score.tolist(),
+        scored.probability_of_default,
+        scored.score,
         scored.band,
         scored.reason_features,
         strict=True,
     ):
+        key = tuple(reasons)
+        reason_codes = codes_of.get(key)
+        if reason_codes is None:
+            reason_codes = codes_of[key] = [codes[f] for f in reasons]
         add_result(
             probability_of_default=pd,
             score=score,
             risk_band=RISK_BANDS[band],
-            reason_codes=[codes[f] for f in reasons],
+            reason_codes=reason_codes,
         )
+    used = sorted({f for reasons in codes_of for f in reasons})
+    response.reason_texts.update({codes[f]: model.reason_text(f, locale) for f in used})
     return response
 
 

@@ -225,7 +225,7 @@ class ShadowScorer:
     def _evaluate(pair: ModelPair, rows: np.ndarray, champion, evaluation_id: str) -> None:
         challenger = pair.challenger.score(rows)
         name = pair.champion.name
-        delta = challenger.score - champion.score
+        delta = np.subtract(challenger.score, champion.score)
         for champion_band, challenger_band, points in zip(
             champion.band, challenger.band, delta, strict=True
         ):

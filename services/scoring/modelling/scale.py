@@ -10,6 +10,7 @@ base_odds good to one bad, and every pdo points doubling the odds.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -22,17 +23,26 @@ class ScoreScale:
     """The card's `score_scale`, with its constants worked out once for fast scoring."""
 
     def __init__(self, scale: Mapping[str, float]) -> None:
-        self.factor = scale["pdo"] / np.log(2.0)
-        self.offset = scale["base_points"] - self.factor * np.log(scale["base_odds"])
+        self.factor = float(scale["pdo"] / np.log(2.0))
+        self.offset = float(scale["base_points"] - self.factor * np.log(scale["base_odds"]))
         self.min_points = scale["min_points"]
         self.max_points = scale["max_points"]
 
     def points(self, pd: np.ndarray) -> np.ndarray:
         """Points (int64) for probabilities of default."""
-        # Plain ufuncs rather than np.clip: this runs on every single-row call.
         pd = np.minimum(np.maximum(np.asarray(pd, dtype=np.float64), _PD_FLOOR), 1.0 - _PD_FLOOR)
         points = np.rint(self.offset + self.factor * np.log((1.0 - pd) / pd))
         return np.minimum(np.maximum(points, self.min_points), self.max_points).astype(np.int64)
+
+    def point(self, pd: float) -> int:
+        """`points` for one probability, in plain floats: the single-row path of every call.
+
+        The same operations in the same order (round() also rounds half to even), and the
+        logarithm is still numpy's, so one row scores exactly as it would in a batch.
+        """
+        pd = min(max(pd, _PD_FLOOR), 1.0 - _PD_FLOOR)
+        points = round(self.offset + self.factor * float(np.log((1.0 - pd) / pd)))
+        return int(min(max(points, self.min_points), self.max_points))
 
 
 def score_from_pd(pd: np.ndarray, scale: Mapping[str, float]) -> np.ndarray:
@@ -49,6 +59,8 @@ class RiskBands:
             raise ValueError("risk bands must be ordered best first with decreasing min_score")
         self.names = np.array([band["band"] for band in bands])
         self._ascending_minimums = minimums[::-1]
+        self._ascending_list = self._ascending_minimums.tolist()
+        self._name_list = self.names.tolist()
 
     def of(self, scores: np.ndarray) -> np.ndarray:
         """The band of each score: the first band, best first, whose `min_score` it reaches.
@@ -58,6 +70,12 @@ class RiskBands:
         reached = np.searchsorted(self._ascending_minimums, scores, side="right")
         worst = len(self.names) - 1
         return self.names[np.minimum(worst + 1 - reached, worst)]
+
+    def of_one(self, score: float) -> str:
+        """`of` for one score, without arrays."""
+        reached = bisect.bisect_right(self._ascending_list, score)
+        worst = len(self._name_list) - 1
+        return self._name_list[min(worst + 1 - reached, worst)]
 
 
 def band_from_score(scores: np.ndarray, bands: Sequence[Mapping]) -> np.ndarray:
@@ -75,17 +93,19 @@ def score_bin_proportions(scores: np.ndarray, bin_edges: Sequence[float]) -> np.
     return counts / max(len(scores), 1)
 
 
-def top_reasons(reason_points: np.ndarray, max_reasons: int) -> list[int]:
+def top_reasons(reason_points: Sequence[float], max_reasons: int) -> list[int]:
     """Indices of the features that cost the most points (> 0), largest first.
 
-    Ties keep feature order, so the same row always gets the same reasons.
+    Ties keep feature order, so the same row always gets the same reasons: a stable sort,
+    like `top_reasons_by_row`, in plain Python because one row is too small for numpy.
     """
-    return top_reasons_by_row(np.asarray(reason_points)[None, :], max_reasons)[0]
+    ranked = sorted(range(len(reason_points)), key=reason_points.__getitem__, reverse=True)
+    return [f for f in ranked[:max_reasons] if reason_points[f] > 0]
 
 
 def top_reasons_by_row(reason_points: np.ndarray, max_reasons: int) -> list[list[int]]:
     """`top_reasons` for every row of a [rows, features] matrix, ranked in one sort."""
     ranked = np.argsort(-reason_points, axis=1, kind="stable")[:, :max_reasons]
     # Ranked largest first, so the features that cost points are a prefix of each row.
-    costly = (np.take_along_axis(reason_points, ranked, axis=1) > 0).sum(axis=1)
+    costly = np.count_nonzero(np.take_along_axis(reason_points, ranked, axis=1) > 0, axis=1)
     return [row[:count] for row, count in zip(ranked.tolist(), costly.tolist(), strict=True)]
