@@ -31,96 +31,117 @@ QUIET_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.Se
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
-    """Wraps every handler of a server; `domain` names the service in ErrorInfo."""
+    """Wraps every handler of a server; `domain` names the service in ErrorInfo.
+
+    Each method's handler is wrapped once, on its first call, and the wrapper reused: this
+    runs on the thread that dispatches every call, so per-call work stays in the handler.
+    """
 
     def __init__(self, domain: str) -> None:
         self.domain = domain
+        # method path -> (the handler as given, the handler wrapped)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        _, _, full_method = handler_call_details.method.partition("/")
-        service, _, method = full_method.partition("/")
-        call = _Call(self.domain, service, method, handler_call_details.invocation_metadata)
-        if handler.unary_unary:
-            return handler._replace(unary_unary=call.wrap_unary(handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=call.wrap_unary(handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=call.wrap_stream(handler.unary_stream))
-        return handler._replace(stream_stream=call.wrap_stream(handler.stream_stream))
+        path = handler_call_details.method
+        cached = self._wrapped.get(path)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, _Method(self.domain, path).wrap(handler))
+            self._wrapped[path] = cached
+        return cached[1]
 
 
-class _Call:
-    """The bookkeeping of one RPC, from its metadata to its last log line."""
+class _Method:
+    """The bookkeeping of one method's RPCs, from their metadata to their last log line."""
 
-    def __init__(self, domain: str, service: str, method: str, metadata) -> None:
+    def __init__(self, domain: str, path: str) -> None:
         self.domain = domain
-        self.service = service
-        self.method = method
-        headers = dict(metadata or ())
-        self.request_id = headers.get(REQUEST_ID_HEADER) or new_request_id()
-        self.traceparent = headers.get("traceparent")
-        self.quiet = service in QUIET_SERVICES
+        _, _, full_method = path.partition("/")
+        self.full_method = full_method
+        self.service, _, self.method = full_method.partition("/")
+        self.quiet = self.service in QUIET_SERVICES
+        self._in_flight = RPCS_IN_FLIGHT.labels(self.service, self.method)
+        self._handling: dict[grpc.StatusCode, Any] = {}  # histogram children by final code
+
+    def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self.wrap_unary(handler.unary_unary))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self.wrap_unary(handler.stream_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self.wrap_stream(handler.unary_stream))
+        return handler._replace(stream_stream=self.wrap_stream(handler.stream_stream))
 
     def wrap_unary(self, behavior: Callable) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            token, started = self._begin(context)
+            call, token, started = self._begin(context)
             try:
                 return behavior(request, context)
             except Exception as error:  # noqa: BLE001 - every error leaves through one table
-                self._abort(error, context)
+                self._abort(call, error, context)
             finally:
-                self._end(token, started, context)
+                self._end(call, token, started, context)
 
         return handle
 
     def wrap_stream(self, behavior: Callable) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            token, started = self._begin(context)
+            call, token, started = self._begin(context)
             try:
                 yield from behavior(request, context)
             except Exception as error:  # noqa: BLE001
-                self._abort(error, context)
+                self._abort(call, error, context)
             finally:
-                self._end(token, started, context)
+                self._end(call, token, started, context)
 
         return handle
 
     def _begin(self, context: grpc.ServicerContext):
+        request_id = traceparent = None
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_HEADER:
+                request_id = value
+            elif key == "traceparent":
+                traceparent = value
         remaining = context.time_remaining()
         deadline = None if remaining is None or remaining > 1e8 else time.monotonic() + remaining
-        trace_id = tracing.current_trace_id() or trace_id_from_traceparent(self.traceparent)
-        token = current_call.set(CallContext(self.request_id, trace_id, deadline))
-        RPCS_IN_FLIGHT.labels(self.service, self.method).inc()
-        return token, time.perf_counter()
+        trace_id = tracing.current_trace_id() or trace_id_from_traceparent(traceparent)
+        call = CallContext(request_id or new_request_id(), trace_id, deadline)
+        token = current_call.set(call)
+        self._in_flight.inc()
+        return call, token, time.perf_counter()
 
-    def _abort(self, error: Exception, context: grpc.ServicerContext) -> NoReturn:
+    def _abort(self, call: CallContext, error: Exception, context) -> NoReturn:
         if isinstance(error, ServiceError):
             status = to_grpc_status(error, self.domain)
             context.abort_with_status(status)  # raises, ending the RPC with this status
         if _already_aborted(context):
             raise error
-        log.exception("rpc.unhandled_error", method=self.method, request_id=self.request_id)
-        context.abort_with_status(internal_status(self.domain, self.request_id))
+        log.exception("rpc.unhandled_error", method=self.method, request_id=call.request_id)
+        context.abort_with_status(internal_status(self.domain, call.request_id))
 
-    def _end(self, token, started: float, context: grpc.ServicerContext) -> None:
+    def _end(self, call: CallContext, token, started: float, context) -> None:
         elapsed = time.perf_counter() - started
         final_code = _code_of(context) or grpc.StatusCode.OK
-        call = current_call.get()
         current_call.reset(token)
-        RPCS_IN_FLIGHT.labels(self.service, self.method).dec()
-        RPC_HANDLING_SECONDS.labels(self.service, self.method, final_code.name).observe(elapsed)
+        self._in_flight.dec()
+        handling = self._handling.get(final_code)
+        if handling is None:
+            handling = RPC_HANDLING_SECONDS.labels(self.service, self.method, final_code.name)
+            self._handling[final_code] = handling
+        handling.observe(elapsed)
         if self.quiet:
             return
         log.info(
             "rpc",
-            method=f"{self.service}/{self.method}",
+            method=self.full_method,
             code=final_code.name,
             latency_ms=round(elapsed * 1000, 3),
-            request_id=self.request_id,
-            trace_id=call.trace_id if call else None,
+            request_id=call.request_id,
+            trace_id=call.trace_id,
         )
 
 

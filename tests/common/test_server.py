@@ -215,3 +215,15 @@ def test_a_taken_port_is_refused(probe_server):
     server, _ = probe_server
     with pytest.raises(SystemExit, match="cannot listen"):
         GrpcServer(ServiceSettings(port=server.port), [], domain="test.creditline")
+
+
+def test_each_call_gets_its_own_request_id_and_deadline(probe_server):
+    """Handlers are wrapped once per method: what differs per call must come from the call."""
+    server, _ = probe_server
+    first = call(server, "Remaining", timeout=4, metadata=[("x-request-id", "req-a")]).decode()
+    second = call(server, "Remaining", timeout=2, metadata=[("x-request-id", "req-b")]).decode()
+    third = call(server, "Remaining").decode()
+    assert [reply.split("|")[1] for reply in (first, second)] == ["req-a", "req-b"]
+    assert 3.0 < float(first.split("|")[0]) <= 4.0 and 1.0 < float(second.split("|")[0]) <= 2.0
+    generated = third.split("|")[1]
+    assert len(generated) == 32 and generated not in ("req-a", "req-b")
