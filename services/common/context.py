@@ -5,8 +5,8 @@ reads them, so a downstream call carries the same request id and never outlives 
 """
 
 import contextvars
+import os
 import time
-import uuid
 from dataclasses import dataclass
 
 
@@ -28,8 +28,18 @@ current_call: contextvars.ContextVar[CallContext | None] = contextvars.ContextVa
 REQUEST_ID_HEADER = "x-request-id"
 
 
+# The version (4) and variant bits of a random UUID, as uuid.UUID(version=4) sets them.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def uuid4_hex() -> str:
+    """`uuid.uuid4().hex` without the UUID object, which costs more than the randomness."""
+    return f"{int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET:032x}"
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return uuid4_hex()
 
 
 def trace_id_from_traceparent(value: str | None) -> str | None:

@@ -1,9 +1,8 @@
 """The ScoringService RPCs: thin handlers that validate, delegate to the models, convert."""
 
-import uuid
-
 from creditline.scoring.v1 import scoring_service_pb2 as pb
 from creditline.scoring.v1 import scoring_service_pb2_grpc
+from services.common.context import uuid4_hex
 from services.common.errors import Unavailable, Violations
 from services.scoring import converters
 from services.scoring.model import normalise_locale
@@ -20,7 +19,7 @@ class ScoringServicer(scoring_service_pb2_grpc.ScoringServiceServicer):
         model = pair.champion
         rows = model.encode_named(converters.feature_values(request.features))
         scored = model.score(rows)
-        evaluation_id = uuid.uuid4().hex
+        evaluation_id = uuid4_hex()
         self.registry.shadow.submit(pair, rows, scored, evaluation_id)
         return converters.score_response(model, scored, locale, evaluation_id)
 
@@ -31,7 +30,7 @@ class ScoringServicer(scoring_service_pb2_grpc.ScoringServiceServicer):
             converters.feature_columns(request.columns), self.max_batch_rows
         )
         scored = model.score(rows)
-        evaluation_id = uuid.uuid4().hex
+        evaluation_id = uuid4_hex()
         self.registry.shadow.submit(pair, rows, scored, evaluation_id)
         return converters.batch_response(model, scored, locale, evaluation_id)
 
