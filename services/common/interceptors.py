@@ -120,6 +120,8 @@ class _Method:
             context.abort_with_status(status)  # raises, ending the RPC with this status
         if _already_aborted(context):
             raise error
+        if not context.is_active():  # the client cancelled or went away: no one to answer
+            raise error
         log.exception("rpc.unhandled_error", method=self.method, request_id=call.request_id)
         context.abort_with_status(internal_status(self.domain, call.request_id))
 
