@@ -19,6 +19,7 @@ import structlog
 from packaging.version import InvalidVersion, Version
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common.periodic import Periodic
 from services.scoring.model import ServedModel
 from services.scoring.modelling.artifact import ArtifactError, load_artifact, validate_artifact
 
@@ -85,8 +86,7 @@ class ModelRegistry:
         # Artifacts refused, with the modification times they were refused at.
         self._refused: dict[Path, float] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self._watcher: Periodic | None = None
         self.shadow = ShadowScorer()
 
     def get(self, name: str) -> ModelPair | None:
@@ -168,21 +168,11 @@ class ModelRegistry:
 
     def watch(self, interval_seconds: float) -> None:
         """Polls the directory for new versions in a daemon thread."""
-
-        def loop() -> None:
-            while not self._stop.wait(interval_seconds):
-                try:
-                    self.refresh()
-                except Exception:  # noqa: BLE001 - the watcher must outlive any one bad scan
-                    log.exception("model.refresh_failed")
-
-        self._watcher = threading.Thread(target=loop, name="model-watcher", daemon=True)
-        self._watcher.start()
+        self._watcher = Periodic(interval_seconds, self.refresh, "model-watcher").start()
 
     def close(self) -> None:
-        self._stop.set()
         if self._watcher:
-            self._watcher.join()
+            self._watcher.stop()
         self.shadow.close()
 
 
