@@ -174,8 +174,11 @@ def drawer(stub, account_id: str) -> Callable[[], object]:
     return draw
 
 
-def draws(url: str, scoring_port: int, seconds: float) -> tuple[Run, Run]:
-    """Draw with one client, then with IN_FLIGHT clients on accounts of their own."""
+@contextmanager
+def limits_server(
+    url: str, scoring_port: int
+) -> Iterator[limits_service_pb2_grpc.LimitsServiceStub]:
+    """A limits server process on `url`, serving, and a stub connected to it."""
     port = free_port()
     env = {
         "CREDITLINE_LIMITS_PORT": str(port),
@@ -188,7 +191,12 @@ def draws(url: str, scoring_port: int, seconds: float) -> tuple[Run, Run]:
         grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         wait_serving(port)
-        stub = limits_service_pb2_grpc.LimitsServiceStub(channel)
+        yield limits_service_pb2_grpc.LimitsServiceStub(channel)
+
+
+def draws(url: str, scoring_port: int, seconds: float) -> tuple[Run, Run]:
+    """Draw with one client, then with IN_FLIGHT clients on accounts of their own."""
+    with limits_server(url, scoring_port) as stub:
         accounts = [
             stub.OpenAccount(open_request(i), timeout=10).account.account_id
             for i in range(IN_FLIGHT)
@@ -278,19 +286,7 @@ def seed_book(url: str, accounts: int) -> None:
 def review_rows(url: str, scoring_port: int, accounts: int) -> list[tuple]:
     """RunReview over a seeded book through a real limits process, in accounts per second."""
     seed_book(url, accounts)
-    port = free_port()
-    env = {
-        "CREDITLINE_LIMITS_PORT": str(port),
-        "CREDITLINE_LIMITS_DATABASE_URL": url,
-        "CREDITLINE_LIMITS_SCORING_TARGET": f"127.0.0.1:{scoring_port}",
-        "CREDITLINE_LIMITS_POLICY_RELOAD_INTERVAL_SECONDS": "0",
-    }
-    with (
-        server_process(["-m", "services.limits"], port, env),
-        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        wait_serving(port)
-        stub = limits_service_pb2_grpc.LimitsServiceStub(channel)
+    with limits_server(url, scoring_port) as stub:
         started = time.perf_counter()
         *_, last = stub.RunReview(pb.RunReviewRequest(request_id="bench-review"), timeout=3600)
         elapsed = time.perf_counter() - started

@@ -123,12 +123,10 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         with self.store.read() as uow:
             account = self._account(uow, request.account_id)
             events = uow.list_events(account.account_id, page_size + 1, before)
-        page, more = events[:page_size], len(events) > page_size
+        page, token = _page(events, page_size, lambda e: (e.created_at, e.event_id))
         return pb.ListLimitEventsResponse(
             events=[converters.event_message(e, account.currency_code) for e in page],
-            next_page_token=converters.page_token(page[-1].created_at, page[-1].event_id)
-            if more
-            else "",
+            next_page_token=token,
         )
 
     # -- the ledger --------------------------------------------------------------------
@@ -579,12 +577,9 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         status = converters.APPEAL_STATUS_BY_PROTO.get(request.status)
         with self.store.read() as uow:
             appeals = uow.list_appeals(request.account_id or None, status, page_size + 1, before)
-        page, more = appeals[:page_size], len(appeals) > page_size
+        page, token = _page(appeals, page_size, lambda a: (a.created_at, a.appeal_id))
         return pb.ListAppealsResponse(
-            appeals=[converters.appeal_message(a) for a in page],
-            next_page_token=converters.page_token(page[-1].created_at, page[-1].appeal_id)
-            if more
-            else "",
+            appeals=[converters.appeal_message(a) for a in page], next_page_token=token
         )
 
     def ResolveAppeal(self, request: pb.ResolveAppealRequest, context) -> pb.ResolveAppealResponse:
@@ -700,6 +695,14 @@ def _review_progress(run: ReviewRun, due: int) -> pb.RunReviewResponse:
         unchanged=counts.get(EventType.reviewed_unchanged.value, 0),
         done=run.done,
     )
+
+
+def _page(items: list, page_size: int, position) -> tuple[list, str]:
+    """A page of `items` (read one past the page) and the token of the next page, if any."""
+    page = items[:page_size]
+    if len(items) <= page_size:
+        return page, ""
+    return page, converters.page_token(*position(page[-1]))
 
 
 def _require_id(value: str, field: str, violations: Violations) -> None:
