@@ -4,6 +4,8 @@ SQLite and PostgreSQL through SQLAlchemy Core. Durability: SQLite runs in WAL mo
 `synchronous=FULL` (survives power loss), PostgreSQL keeps `synchronous_commit=on`.
 """
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,10 +17,10 @@ from sqlalchemy import Connection, Engine, event, exc, make_url, text
 
 from services.common.errors import Aborted, Unavailable
 
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
 SQLITE_PRAGMAS = (
     # First, so that the pragmas after it also wait for a busy database instead of failing.
-    "PRAGMA busy_timeout=30000",
-    "PRAGMA journal_mode=WAL",
+    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}",
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
 )
@@ -69,6 +71,7 @@ def _create_sqlite_engine(url: sqlalchemy.URL) -> Engine:
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
+        _enable_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -79,6 +82,27 @@ def _create_sqlite_engine(url: sqlalchemy.URL) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _enable_wal(cursor) -> None:
+    """Switches the database to WAL journaling (a setting it keeps).
+
+    The switch needs the database to itself, and SQLite answers "database is locked" at once,
+    without its busy handler, while another connection is opening the same new file: so wait
+    here, as the busy timeout would.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if mode.lower() != "wal":
+            raise RuntimeError(f"SQLite cannot use WAL journaling here (journal_mode={mode})")
+        return
 
 
 @contextmanager
