@@ -224,6 +224,7 @@ def test_each_call_gets_its_own_request_id_and_deadline(probe_server):
     second = call(server, "Remaining", timeout=2, metadata=[("x-request-id", "req-b")]).decode()
     third = call(server, "Remaining").decode()
     assert [reply.split("|")[1] for reply in (first, second)] == ["req-a", "req-b"]
-    assert 3.0 < float(first.split("|")[0]) <= 4.0 and 1.0 < float(second.split("|")[0]) <= 2.0
+    # Each its own deadline (the wire format may round it up a little).
+    assert 3.0 < float(first.split("|")[0]) < 4.1 and 1.0 < float(second.split("|")[0]) < 2.1
     generated = third.split("|")[1]
     assert len(generated) == 32 and generated not in ("req-a", "req-b")
