@@ -186,7 +186,8 @@ def test_channel_sets_a_default_deadline(probe_server):
     options = ChannelOptions(default_timeout_seconds=3.0)
     with create_channel(f"127.0.0.1:{server.port}", service=SERVICE, options=options) as channel:
         remaining, _ = channel.unary_unary(f"/{SERVICE}/Remaining")(b"").decode().split("|")
-    assert 2.0 < float(remaining) <= 3.0
+    # The wire format of a deadline may round it up a little.
+    assert 2.0 < float(remaining) < 3.1
 
 
 def test_downstream_call_gets_the_callers_remaining_time_and_request_id(probe_server):
