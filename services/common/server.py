@@ -45,6 +45,20 @@ class ServiceBinding:
     full_name: str  # e.g. "creditline.scoring.v1.ScoringService"
 
 
+def catch_shutdown_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set from now on. Call it from the main thread before the
+    service starts, so that a signal during start-up still ends in a graceful stop."""
+    shutdown = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        log.info("server.signal", signal=signal.Signals(signum).name)
+        shutdown.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return shutdown
+
+
 class GrpcServer:
     """A running gRPC server with health, reflection, metrics and graceful shutdown."""
 
@@ -61,7 +75,6 @@ class GrpcServer:
         self.domain = domain
         self._on_stop = on_stop
         self._stopped = threading.Event()
-        self._finished = threading.Event()
         self.health = health.HealthServicer()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
@@ -120,19 +133,11 @@ class GrpcServer:
         if self._on_stop:
             self._on_stop()
         log.info("server.stopped")
-        self._finished.set()
 
-    def serve_until_signalled(self) -> None:
-        """Blocks until SIGTERM or SIGINT, then stops gracefully. Call from the main thread."""
-
-        def on_signal(signum, _frame):
-            log.info("server.signal", signal=signal.Signals(signum).name)
-            # Stopping blocks for the grace period: do it off the signal handler.
-            threading.Thread(target=self.stop, name="graceful-stop").start()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        self._finished.wait()
+    def serve_until(self, shutdown: threading.Event) -> None:
+        """Serves until `shutdown` is set (see `catch_shutdown_signals`), then stops gracefully."""
+        shutdown.wait()
+        self.stop()
 
     def _set_health(self, status) -> None:
         self.health.set("", status)

@@ -5,7 +5,7 @@ import structlog
 from creditline.limits.v1 import limits_service_pb2, limits_service_pb2_grpc
 from services.common.logging import configure_logging
 from services.common.periodic import Periodic
-from services.common.server import GrpcServer, ServiceBinding
+from services.common.server import GrpcServer, ServiceBinding, catch_shutdown_signals
 from services.common.settings import load_settings
 from services.common.tracing import configure_tracing
 from services.limits.policy import PolicyError, PolicyHolder
@@ -55,11 +55,12 @@ def main(**overrides: object) -> None:
     settings = load_settings(LimitsSettings, **overrides)
     configure_logging("limits", settings.log_level)
     configure_tracing("limits", settings.otlp_endpoint)
+    shutdown = catch_shutdown_signals()
     server = build_server(settings)
     structlog.get_logger("creditline.limits").info(
         "limits.ready", port=server.port, policy=str(settings.policy_file)
     )
-    server.serve_until_signalled()
+    server.serve_until(shutdown)
 
 
 if __name__ == "__main__":

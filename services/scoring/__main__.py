@@ -4,7 +4,7 @@ import structlog
 
 from creditline.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 from services.common.logging import configure_logging
-from services.common.server import GrpcServer, ServiceBinding
+from services.common.server import GrpcServer, ServiceBinding, catch_shutdown_signals
 from services.common.settings import load_settings
 from services.common.tracing import configure_tracing
 from services.scoring.registry import ModelRegistry
@@ -47,11 +47,12 @@ def main(**overrides: object) -> None:
     settings = load_settings(ScoringSettings, **overrides)
     configure_logging("scoring", settings.log_level)
     configure_tracing("scoring", settings.otlp_endpoint)
+    shutdown = catch_shutdown_signals()
     server, registry = build_server(settings)
     structlog.get_logger("creditline.scoring").info(
         "scoring.ready", port=server.port, models=registry.names()
     )
-    server.serve_until_signalled()
+    server.serve_until(shutdown)
 
 
 if __name__ == "__main__":
