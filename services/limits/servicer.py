@@ -133,45 +133,39 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
 
     def Draw(self, request: pb.DrawRequest, context) -> pb.DrawResponse:
         violations = Violations()
-        _require_id(request.request_id, "request_id", violations)
-        _require_id(request.account_id, "account_id", violations)
         if not request.purpose:
             violations.add("purpose", "required: what the loan funds")
-        violations.raise_if_any()
-        with self.store.unit_of_work() as uow:
-            if (replayed := self._replay(uow, "Draw", request)) is not None:
-                return replayed
-            account = self._locked(uow, request.account_id, request.etag)
-            amount = converters.amount_of(
-                request.amount, account.currency_code, "amount", violations
-            )
-            violations.raise_if_any()
+
+        def draw(line: ledger.Line, amount: int) -> ledger.Line:
             if request.purpose in self.policies.policy.prohibited_purposes:
                 raise FailedPrecondition(
                     f"a consumer credit line may not fund {request.purpose}",
                     reason="PROHIBITED_PURPOSE",
                     metadata={"purpose": request.purpose},
                 )
-            account = uow.save_account(replace(account, line=ledger.draw(account.line, amount)))
-            response = pb.DrawResponse(account=converters.account_message(account))
-            return self._remember(uow, "Draw", request, response)
+            return ledger.draw(line, amount)
+
+        return self._move_credit("Draw", request, violations, draw, pb.DrawResponse)
 
     def Repay(self, request: pb.RepayRequest, context) -> pb.RepayResponse:
-        violations = Violations()
+        return self._move_credit("Repay", request, Violations(), ledger.repay, pb.RepayResponse)
+
+    def _move_credit(self, method, request, violations: Violations, operation, response_type):
+        """A draw or a repayment: `operation` moves the amount on the account's line."""
         _require_id(request.request_id, "request_id", violations)
         _require_id(request.account_id, "account_id", violations)
         violations.raise_if_any()
         with self.store.unit_of_work() as uow:
-            if (replayed := self._replay(uow, "Repay", request)) is not None:
+            if (replayed := self._replay(uow, method, request)) is not None:
                 return replayed
             account = self._locked(uow, request.account_id, request.etag)
             amount = converters.amount_of(
                 request.amount, account.currency_code, "amount", violations
             )
             violations.raise_if_any()
-            account = uow.save_account(replace(account, line=ledger.repay(account.line, amount)))
-            response = pb.RepayResponse(account=converters.account_message(account))
-            return self._remember(uow, "Repay", request, response)
+            account = uow.save_account(replace(account, line=operation(account.line, amount)))
+            response = response_type(account=converters.account_message(account))
+            return self._remember(uow, method, request, response)
 
     # -- decisions that need a score -------------------------------------------------------
 
