@@ -23,6 +23,15 @@ class Latency:
     calls: int
 
 
+def fill_features(features, values: dict) -> None:
+    """Sets a protobuf map of google.protobuf.Value from numbers and category strings."""
+    for name, value in values.items():
+        if isinstance(value, str):
+            features[name].string_value = value
+        else:
+            features[name].number_value = value
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ import sqlalchemy
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, insert, make_url
 
-from bench.harness import free_port, server_process
+from bench.harness import fill_features, free_port, server_process
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
 from creditline.type.v1 import money_pb2
@@ -148,11 +148,7 @@ def open_request(customer: int) -> pb.OpenAccountRequest:
         customer_id=f"bench-{customer}",
         monthly_income=money_pb2.Money(currency_code="CNY", minor_units=2_000_000),
     )
-    for name, value in APPLICANT.items():
-        if isinstance(value, str):
-            request.features[name].string_value = value
-        else:
-            request.features[name].number_value = value
+    fill_features(request.features, APPLICANT)
     return request
 
 

@@ -9,7 +9,14 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from bench.harness import Latency, concurrent_rate, free_port, sequential, server_process
+from bench.harness import (
+    Latency,
+    concurrent_rate,
+    fill_features,
+    free_port,
+    sequential,
+    server_process,
+)
 from creditline.scoring.v1 import scoring_service_pb2 as pb
 from creditline.scoring.v1 import scoring_service_pb2_grpc
 from services.scoring.settings import BUNDLED_MODELS
@@ -37,11 +44,7 @@ def sample_rows(card: dict) -> tuple[np.ndarray, list[dict]]:
 
 def score_request(features: dict) -> pb.ScoreRequest:
     request = pb.ScoreRequest(model=MODEL)
-    for name, value in features.items():
-        if isinstance(value, str):
-            request.features[name].string_value = value
-        else:
-            request.features[name].number_value = value
+    fill_features(request.features, features)
     return request
 
 
