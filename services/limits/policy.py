@@ -7,16 +7,18 @@ never used. `PolicyHolder` keeps the policy in force and swaps in a changed file
 new one validates.
 """
 
-import threading
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-import structlog
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-log = structlog.get_logger("creditline.limits.policy")
+from services.common.documents import (
+    DocumentError,
+    ReloadingDocument,
+    parse_document,
+    read_document,
+)
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 BANDS = ("A", "B", "C", "D", "E")
@@ -201,68 +203,24 @@ class Policy(_Strict):
         return sorted(matching, key=lambda rule: order.index(rule.action))
 
 
-class PolicyError(Exception):
-    """A policy document that must not be used; the message names every problem."""
+# The policy's own names for the shared document machinery.
+PolicyError = DocumentError
 
 
 def parse_policy(text: str, source: str = "policy") -> Policy:
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise PolicyError(f"{source}: not valid YAML: {error}") from None
-    if not isinstance(document, dict):
-        raise PolicyError(f"{source}: expected a mapping at the top level")
-    try:
-        return Policy.model_validate(document)
-    except ValidationError as error:
-        problems = [
-            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in error.errors()
-        ]
-        raise PolicyError(f"{source}: invalid policy:\n" + "\n".join(problems)) from None
+    return parse_document(text, Policy, source, "policy")
 
 
 def load_policy(path: Path = DEFAULT_POLICY) -> Policy:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise PolicyError(f"{path}: cannot read: {error.strerror}") from None
-    return parse_policy(text, str(path))
+    return parse_policy(read_document(path), str(path))
 
 
-class PolicyHolder:
+class PolicyHolder(ReloadingDocument[Policy]):
     """The policy in force, reloaded from its file when the file changes and validates."""
 
     def __init__(self, path: Path = DEFAULT_POLICY) -> None:
-        self.path = path
-        self._policy = load_policy(path)  # a bad file at start is fatal: fail fast
-        self._stamp = _stamp(path)
-        self._lock = threading.Lock()
+        super().__init__(path, load_policy, "policy")
 
     @property
     def policy(self) -> Policy:
-        return self._policy
-
-    def reload_if_changed(self) -> bool:
-        """Swaps in a changed file if it validates; returns whether the policy changed."""
-        with self._lock:
-            stamp = _stamp(self.path)
-            if stamp == self._stamp:
-                return False
-            self._stamp = stamp
-            try:
-                policy = load_policy(self.path)
-            except PolicyError as error:
-                log.error("policy.refused", error=str(error), version_in_force=self._policy.version)
-                return False
-            self._policy = policy
-            log.info("policy.loaded", version=policy.version)
-            return True
-
-
-def _stamp(path: Path) -> tuple[float, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
+        return self.current
