@@ -8,12 +8,13 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, event, exc, make_url, text
+from sqlalchemy import Connection, DateTime, Engine, TypeDecorator, event, exc, make_url, text
 
 from services.common.errors import Aborted, Unavailable
 
@@ -167,3 +168,29 @@ def migrate(engine: Engine, script_location: str | Path) -> None:
             )
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+class UtcDateTime(TypeDecorator):
+    """A timezone-aware datetime, stored in UTC and read back with tzinfo UTC on any database."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        # SQLite keeps no offset: it stores the UTC wall time.
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """`value` in UTC; a naive datetime is refused rather than guessed."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"a naive datetime cannot be stored: {value!r}; use UTC")
+    return value.astimezone(UTC)

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
-    DateTime,
     Engine,
     ForeignKey,
     Index,
@@ -30,7 +29,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    TypeDecorator,
     and_,
     bindparam,
     func,
@@ -41,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.common.database import create_engine, migrate, transaction
+from services.common.database import UtcDateTime, as_utc, create_engine, migrate, transaction
 from services.common.errors import Aborted, AlreadyExists, NotFound
 from services.limits.ledger import AccountStatus, Line
 from services.limits.records import (
@@ -92,25 +90,6 @@ class ReviewRun:
     last_account_id: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     done: bool = False
-
-
-class UtcDateTime(TypeDecorator):
-    """A timezone-aware datetime, stored in UTC and read back with tzinfo UTC on any database."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = _utc(value)
-        # SQLite keeps no offset: it stores the UTC wall time.
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # The tables as the migrations in MIGRATIONS leave them; a test checks that the two agree.
@@ -761,7 +740,7 @@ def _reason_from_json(value: dict[str, Any]) -> Reason:
 
 
 def _notice_json(notice: Notice) -> dict[str, Any]:
-    return {"texts": notice.texts, "sent_at": _utc(notice.sent_at).isoformat()}
+    return {"texts": notice.texts, "sent_at": as_utc(notice.sent_at).isoformat()}
 
 
 def _notice_from_json(value: dict[str, Any]) -> Notice:
@@ -770,8 +749,8 @@ def _notice_from_json(value: dict[str, Any]) -> Notice:
 
 def _hardship_json(hardship: Hardship) -> dict[str, Any]:
     return {
-        "started_at": _utc(hardship.started_at).isoformat(),
-        "ends_at": _utc(hardship.ends_at).isoformat(),
+        "started_at": as_utc(hardship.started_at).isoformat(),
+        "ends_at": as_utc(hardship.ends_at).isoformat(),
         "term_months": hardship.term_months,
         "monthly_instalment": hardship.monthly_instalment,
     }
@@ -788,12 +767,6 @@ def _hardship_from_json(value: dict[str, Any]) -> Hardship:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"a naive datetime cannot be stored: {value!r}; use UTC")
-    return value.astimezone(UTC)
 
 
 def _now() -> datetime:
