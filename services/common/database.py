@@ -194,3 +194,21 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"a naive datetime cannot be stored: {value!r}; use UTC")
     return value.astimezone(UTC)
+
+
+def run_migrations(service: str) -> None:
+    """The body of a service's Alembic env.py: runs on the connection `migrate` passes in."""
+    from alembic import context
+
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError(f"run the {service} migrations with services.common.database.migrate")
+    context.configure(
+        connection=connection,
+        # A table of its own, so that services sharing one database keep separate histories.
+        version_table=f"{service}_alembic_version",
+        # SQLite alters tables only by copying them; revisions need batch operations.
+        render_as_batch=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
