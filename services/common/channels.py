@@ -6,6 +6,9 @@
   methods the caller names as safe to repeat (reads, and mutations keyed by request_id).
 - Every call has a deadline: the caller's own remaining time when it is serving an RPC,
   else a default; the request id of the RPC being served travels downstream.
+- Security from the calling service's own settings (`ClientSecurity.from_settings`): TLS with
+  its certificate as the client certificate (mTLS) and its CA as the trust anchor, and its own
+  bearer token (`client_token_file`) on every call.
 """
 
 import json
@@ -15,7 +18,9 @@ from dataclasses import dataclass
 import grpc
 
 from services.common import tracing
+from services.common.auth import AUTHORIZATION_HEADER, load_tls, read_client_token
 from services.common.context import REQUEST_ID_HEADER, current_call
+from services.common.settings import ServiceSettings
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,37 @@ class ChannelOptions:
     default_timeout_seconds: float = 5.0
     max_message_bytes: int = 16 * 1024 * 1024
     retry_attempts: int = 4
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a service's channels prove who is calling: TLS credentials and a bearer token.
+
+    Build it once from the calling service's settings and pass it to every `create_channel`:
+
+        security = ClientSecurity.from_settings(settings)
+        channel = create_channel(target, service=..., security=security)
+
+    `credentials` is None for a plaintext channel, else `grpc.ssl_channel_credentials` of the
+    service's CA (`tls_ca_file`, the system roots when unset), key and certificate (presented
+    as the client certificate for mTLS). `token` is None, or sent on every call as
+    `authorization: Bearer <token>`. The default is plaintext with no token.
+    """
+
+    credentials: grpc.ChannelCredentials | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> "ClientSecurity":
+        """From `tls_cert_file`, `tls_key_file`, `tls_ca_file` and `client_token_file`; exits
+        naming the variable when one of them is unusable."""
+        return cls(client_credentials(settings), read_client_token(settings))
+
+
+def client_credentials(settings: ServiceSettings) -> grpc.ChannelCredentials | None:
+    """The TLS credentials of a service's channels, or None when its TLS settings are unset."""
+    tls = load_tls(settings)
+    return None if tls is None else tls.channel_credentials()
 
 
 def service_config(service: str, retryable_methods: Iterable[str], attempts: int) -> str:
@@ -56,8 +92,14 @@ def create_channel(
     retryable_methods: Iterable[str] = (),
     options: ChannelOptions = ChannelOptions(),
     credentials: grpc.ChannelCredentials | None = None,
+    security: ClientSecurity | None = None,
 ) -> grpc.Channel:
-    """A channel to `service` at `target` with deadlines, retries and balancing set up."""
+    """A channel to `service` at `target` with deadlines, retries and balancing set up, secured
+    by `security` (or by bare `credentials`, without a token); plaintext without either."""
+    security = security or ClientSecurity()
+    if credentials is not None and security.credentials is not None:
+        raise ValueError("give credentials or security.credentials, not both")
+    credentials = credentials or security.credentials
     channel_options = [
         ("grpc.service_config", service_config(service, retryable_methods, options.retry_attempts)),
         ("grpc.enable_retries", 1),
@@ -74,11 +116,10 @@ def create_channel(
         channel = grpc.insecure_channel(address, options=channel_options)
     else:
         channel = grpc.secure_channel(address, credentials, options=channel_options)
-    return grpc.intercept_channel(
-        channel,
-        DeadlineInterceptor(options.default_timeout_seconds),
-        *tracing.client_interceptors(),
-    )
+    interceptors: list = [DeadlineInterceptor(options.default_timeout_seconds)]
+    if security.token is not None:
+        interceptors.append(BearerTokenInterceptor(security.token))
+    return grpc.intercept_channel(channel, *interceptors, *tracing.client_interceptors())
 
 
 class _CallDetails(grpc.ClientCallDetails):
@@ -116,6 +157,45 @@ class DeadlineInterceptor(
         return _CallDetails(
             details.method,
             timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+class BearerTokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Sends the calling service's own token on every call (plaintext channels too, where call
+    credentials cannot go), unless the call already carries an authorization header."""
+
+    def __init__(self, token: str) -> None:
+        self.header = (AUTHORIZATION_HEADER, f"Bearer {token}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = list(details.metadata or ())
+        if any(key == AUTHORIZATION_HEADER for key, _ in metadata):
+            return details
+        metadata.append(self.header)
+        return _CallDetails(
+            details.method,
+            details.timeout,
             metadata,
             details.credentials,
             details.wait_for_ready,

@@ -1,7 +1,9 @@
-"""What the RPC being served knows about itself: request id, trace id and deadline.
+"""What the RPC being served knows about itself: request id, trace id, deadline and caller.
 
 The server interceptor sets these for the thread serving a call; the client channel factory
 reads them, so a downstream call carries the same request id and never outlives its caller.
+The authentication interceptor (services.common.auth) adds the principal it authenticated, so
+the access log names the caller and a servicer can read it with `current_principal()`.
 """
 
 import contextvars
@@ -11,11 +13,22 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: its name in the tokens file and its role."""
+
+    name: str
+    role: str
+
+
+@dataclass
 class CallContext:
     request_id: str
     trace_id: str | None
     # time.monotonic() by which the caller stops waiting, or None for no deadline.
     deadline: float | None
+    # Set once by the authentication interceptor; None while authentication is off, and for a
+    # caller it could not authenticate.
+    principal: Principal | None = None
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -24,6 +37,14 @@ class CallContext:
 current_call: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
     "current_call", default=None
 )
+
+
+def current_principal() -> Principal | None:
+    """The authenticated caller of the RPC being served, or None (authentication off, or no RPC
+    being served on this thread)."""
+    call = current_call.get()
+    return None if call is None else call.principal
+
 
 REQUEST_ID_HEADER = "x-request-id"
 

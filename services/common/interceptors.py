@@ -1,6 +1,7 @@
 """The server interceptor every service runs: call context, access log, metrics and errors.
 
-One JSON line per RPC (method, code, latency, request and trace ids; never a request field),
+One JSON line per RPC (method, code, latency, request and trace ids, the authenticated
+principal's name; never a request field or a token),
 a latency histogram and an in-flight gauge per method, and the one place where domain errors
 become gRPC statuses. An unexpected exception is logged with its traceback and reaches the
 client as INTERNAL with the request id, never as UNKNOWN.
@@ -144,6 +145,7 @@ class _Method:
             latency_ms=round(elapsed * 1000, 3),
             request_id=call.request_id,
             trace_id=call.trace_id,
+            principal=call.principal.name if call.principal is not None else None,
         )
 
 

@@ -5,6 +5,10 @@ about 20-30% more calls per second than grpc.aio for a model server, at the same
 latency (../shared/DESIGN.md); the services' work (onnxruntime, SQLite, PostgreSQL) releases
 the GIL. Health starts NOT_SERVING, turns SERVING when the service says it is ready, and
 turns NOT_SERVING again on SIGTERM, before `stop(grace)` lets in-flight calls finish.
+
+Security comes from the settings (services.common.auth): TLS or mTLS on the gRPC port, bearer
+tokens checked against the tokens file, and, for probes, an optional plaintext port that
+serves nothing but health.
 """
 
 import signal
@@ -19,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import tracing
+from services.common.auth import AuthInterceptor, TokenTable, load_tls, unlisted_methods
 from services.common.interceptors import ServiceInterceptor
 from services.common.metrics import serve_metrics
 from services.common.settings import ServiceSettings
@@ -60,7 +65,11 @@ def catch_shutdown_signals() -> threading.Event:
 
 
 class GrpcServer:
-    """A running gRPC server with health, reflection, metrics and graceful shutdown."""
+    """A running gRPC server with health, reflection, metrics, security and graceful shutdown.
+
+    `port` is the gRPC port bound (TLS when the settings give a certificate), `health_port` the
+    plaintext health-only port or None.
+    """
 
     def __init__(
         self,
@@ -75,12 +84,18 @@ class GrpcServer:
         self.domain = domain
         self._on_stop = on_stop
         self._stopped = threading.Event()
+        tls = load_tls(settings)
+        self.tokens = TokenTable.from_settings(settings)
+        interceptors = [*tracing.server_interceptors(), ServiceInterceptor(domain)]
+        if self.tokens is not None:
+            # Inside the service interceptor: refused calls are logged and counted there too.
+            interceptors.append(AuthInterceptor(self.tokens))
         self.health = health.HealthServicer()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=settings.max_workers, thread_name_prefix=f"{domain}-rpc"
             ),
-            interceptors=[*tracing.server_interceptors(), ServiceInterceptor(domain)],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -100,20 +115,51 @@ class GrpcServer:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{settings.host}:{settings.port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            if tls is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, tls.server_credentials())
         except RuntimeError:
             raise SystemExit(
                 f"cannot listen on {address}: the address is taken or invalid"
             ) from None
+        self.transport = (
+            "plaintext" if tls is None else "mtls" if tls.root_certificates is not None else "tls"
+        )
+        self.health_server: grpc.Server | None = None
+        self.health_port: int | None = None
+        if settings.health_port is not None:
+            self.health_server, self.health_port = _health_only_server(
+                self.health, f"{settings.host}:{settings.health_port}", domain
+            )
         self.metrics_port: int | None = None
 
     def start(self) -> "GrpcServer":
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         if self.settings.metrics_port is not None:
             self.metrics_port = serve_metrics(
                 self.settings.metrics_host, self.settings.metrics_port
             )
-        log.info("server.started", port=self.port, metrics_port=self.metrics_port)
+        log.info(
+            "server.started",
+            port=self.port,
+            transport=self.transport,
+            health_port=self.health_port,
+            metrics_port=self.metrics_port,
+        )
+        if self.tokens is None:
+            log.warning(
+                "server.auth_off",
+                message=f"{self.settings.env_name('tokens_file')} is unset: every caller may "
+                "call every method without a token",
+            )
+        else:
+            log.info("server.auth_on", principals=len(self.tokens))
+            unlisted = unlisted_methods(b.full_name for b in self.bindings)
+            if unlisted:
+                log.error("server.auth_unlisted_methods", methods=unlisted, callers="none")
         return self
 
     def mark_ready(self) -> None:
@@ -130,6 +176,8 @@ class GrpcServer:
         log.info("server.stopping", grace_seconds=grace)
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.health_server is not None:  # answers NOT_SERVING until the last call is done
+            self.health_server.stop(0).wait()
         if self._on_stop:
             self._on_stop()
         log.info("server.stopped")
@@ -143,3 +191,22 @@ class GrpcServer:
         self.health.set("", status)
         for binding in self.bindings:
             self.health.set(binding.full_name, status)
+
+
+def _health_only_server(
+    servicer: health.HealthServicer, address: str, domain: str
+) -> tuple[grpc.Server, int]:
+    """A plaintext server with nothing but the health service: Kubernetes' native gRPC probes
+    speak no TLS. It shares the main server's health servicer, so both tell the same."""
+    server = grpc.server(
+        # Probes call Check; a few threads leave room for a Watch or two beside them.
+        futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{domain}-health"),
+        options=[("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    try:
+        return server, server.add_insecure_port(address)
+    except RuntimeError:
+        raise SystemExit(
+            f"cannot listen for health on {address}: the address is taken or invalid"
+        ) from None

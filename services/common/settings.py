@@ -1,5 +1,6 @@
 """Settings every service shares, read from environment variables with one prefix a service."""
 
+from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
@@ -41,6 +42,38 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str | None = Field(
         None, description="OTLP/gRPC collector (host:port); tracing is off when unset."
     )
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate (chain) this service presents as a server and as a client; "
+        "with tls_key_file it turns TLS on.",
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates: the server then requires client certificates they "
+        "signed (mTLS), and clients verify servers against them (else the system roots).",
+    )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving only grpc.health.v1, for probes while the gRPC port "
+        "is TLS; unset: none, 0 picks one.",
+    )
+    tokens_file: Path | None = Field(
+        None,
+        description="YAML of the principals that may call, with their roles and sha256 token "
+        "digests; unset turns authentication off.",
+    )
+    client_token_file: Path | None = Field(
+        None,
+        description="File holding this service's own bearer token, sent on its calls to the "
+        "other services.",
+    )
+
+    def env_name(self, field: str) -> str:
+        """The environment variable of a field, e.g. CREDITLINE_LIMITS_TLS_CA_FILE."""
+        return f"{self.model_config.get('env_prefix', '')}{field}".upper()
 
 
 def load_settings(cls: type[SettingsT], **overrides: object) -> SettingsT:
