@@ -3,6 +3,7 @@
 import structlog
 
 from creditline.limits.v1 import limits_service_pb2, limits_service_pb2_grpc
+from services.common.channels import ClientSecurity
 from services.common.logging import configure_logging
 from services.common.periodic import Periodic
 from services.common.server import GrpcServer, ServiceBinding, catch_shutdown_signals
@@ -23,7 +24,11 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
         policies = PolicyHolder(settings.policy_file)
     except PolicyError as error:
         raise SystemExit(str(error)) from None
-    scoring = ScoringClient(settings.scoring_target, settings.scoring_timeout_seconds)
+    scoring = ScoringClient(
+        settings.scoring_target,
+        settings.scoring_timeout_seconds,
+        ClientSecurity.from_settings(settings),  # the same certificate, and limits' own token
+    )
     servicer = LimitsServicer(None, policies, scoring, **servicer_options)
     watcher = Periodic(
         settings.policy_reload_interval_seconds, policies.reload_if_changed, "policy-watcher"

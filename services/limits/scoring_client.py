@@ -14,7 +14,7 @@ from google.protobuf import struct_pb2
 from creditline.scoring.v1 import scoring_service_pb2 as pb
 from creditline.scoring.v1 import scoring_service_pb2_grpc
 from creditline.type.v1 import risk_pb2
-from services.common.channels import ChannelOptions, create_channel
+from services.common.channels import ChannelOptions, ClientSecurity, create_channel
 from services.common.errors import FieldViolation, InvalidArgument, Unavailable, violations_of
 from services.limits.decisions import Score
 from services.limits.records import Reason, ReasonSource
@@ -25,12 +25,15 @@ RETRYABLE = ("Score", "BatchScore", "GetModel", "ListModels")
 
 
 class ScoringClient:
-    def __init__(self, target: str, timeout_seconds: float) -> None:
+    def __init__(
+        self, target: str, timeout_seconds: float, security: ClientSecurity | None = None
+    ) -> None:
         self.channel = create_channel(
             target,
             service=SERVICE,
             retryable_methods=RETRYABLE,
             options=ChannelOptions(default_timeout_seconds=timeout_seconds),
+            security=security,
         )
         self.stub = scoring_service_pb2_grpc.ScoringServiceStub(self.channel)
         # (model, version) -> {reason code: {locale: text}}
