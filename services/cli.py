@@ -14,9 +14,11 @@ serve_app = typer.Typer(no_args_is_help=True, help="Start one service in this pr
 model_app = typer.Typer(no_args_is_help=True, help="Train and inspect the credit models.")
 app.add_typer(serve_app, name="serve")
 app.add_typer(model_app, name="model")
+dev_app = typer.Typer(no_args_is_help=True, help="Development certificates and tokens.")
+app.add_typer(dev_app, name="dev")
 
 # The services `creditline run` starts, in dependency order (callees first).
-SUITE = ("scoring", "limits")
+SUITE = ("scoring", "limits", "monitoring")
 
 Port = Annotated[int | None, typer.Option(help="gRPC port (default from the environment).")]
 Host = Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1).")]
@@ -40,11 +42,21 @@ def serve_limits(port: Port = None, host: Host = None, metrics_port: MetricsPort
 
 
 @app.command()
-def run() -> None:
+def run(
+    auth: Annotated[
+        bool, typer.Option(help="Require bearer tokens: fresh development ones, printed once.")
+    ] = True,
+) -> None:
     """Start the whole suite on the local defaults, each service in its own process."""
+    env = os.environ.copy()
+    if auth:
+        from services.devtools import dev_auth_environment, tokens_banner, write_dev_tokens
+
+        dev_tokens = write_dev_tokens(Path("data/dev"))
+        typer.echo(tokens_banner(dev_tokens), err=True)
+        env = {**dev_auth_environment(dev_tokens), **env}  # settings already given win
     processes = [
-        subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=os.environ.copy())
-        for name in SUITE
+        subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env) for name in SUITE
     ]
     typer.echo(f"started {', '.join(SUITE)}; Ctrl-C stops them", err=True)
 
@@ -75,3 +87,34 @@ def train(
     if name is not None and name not in MODEL_NAMES:
         raise typer.BadParameter(f"one of {', '.join(MODEL_NAMES)}", param_hint="--name")
     train_with_progress(output, name=name, seed=seed, version=version)
+
+
+@dev_app.command("certs")
+def dev_certs(
+    out: Annotated[Path, typer.Option(help="Directory to write into.")] = Path("certs"),
+    namespace: Annotated[
+        str, typer.Option(help="Kubernetes namespace in the certificates' names.")
+    ] = "creditline",
+    force: Annotated[bool, typer.Option(help="Replace existing files, the CA too.")] = False,
+) -> None:
+    """Write a development CA (ca.crt, ca.key) and, for each service, <service>.crt and
+    <service>.key: server and client certificates for mTLS."""
+    from services.devtools import write_dev_certs
+
+    try:
+        written = write_dev_certs(out, namespace=namespace, overwrite=force)
+    except FileExistsError as error:
+        raise typer.BadParameter(f"{error}; --force replaces them", param_hint="--out") from None
+    for path in written:
+        typer.echo(path)
+
+
+@dev_app.command("tokens")
+def dev_tokens(
+    out: Annotated[Path, typer.Option(help="Directory to write into.")] = Path("data/dev"),
+) -> None:
+    """Write new development tokens for every role (tokens.yaml holds their digests; limits
+    and monitoring get <service>.token) and print them once on standard error."""
+    from services.devtools import tokens_banner, write_dev_tokens
+
+    typer.echo(tokens_banner(write_dev_tokens(out)), err=True)
