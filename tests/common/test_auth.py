@@ -506,6 +506,8 @@ def test_run_turns_authentication_on_with_tokens_shown_once(tmp_path):
         "CREDITLINE_SCORING_PORT": str(scoring_port),
         "CREDITLINE_LIMITS_PORT": str(limits_port),
         "CREDITLINE_LIMITS_SCORING_TARGET": f"127.0.0.1:{scoring_port}",
+        # Any other service of the suite on a port of its own too.
+        "CREDITLINE_MONITORING_PORT": str(free_port()),
     }
     process = subprocess.Popen(
         [Path(sys.executable).parent / "creditline", "run"],
