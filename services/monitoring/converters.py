@@ -1,0 +1,208 @@
+"""Between monitoring's messages and its domain: events checked field by field on the way in,
+alerts and account risk on the way out."""
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from creditline.monitoring.v1 import monitoring_service_pb2 as pb
+from creditline.type.v1 import risk_pb2
+from services.common.errors import Violations
+from services.monitoring.ingestion import BatchResult, Outcome
+from services.monitoring.profile import Event, EventKind, Timing
+from services.monitoring.rules import Severity
+from services.monitoring.store import AlertQuery, AlertRecord, Delivery
+
+MAX_BATCH = 5_000
+MAX_ID_LENGTH = 128
+MAX_DAYS_PAST_DUE = 3650
+KINDS = tuple(pb.RepaymentEvent.DESCRIPTOR.oneofs_by_name["kind"].fields)
+TIMINGS = {
+    pb.REPAYMENT_TIMING_ON_TIME: Timing.on_time,
+    pb.REPAYMENT_TIMING_LATE: Timing.late,
+    pb.REPAYMENT_TIMING_PARTIAL: Timing.partial,
+}
+OUTCOMES = {
+    Outcome.applied: pb.EVENT_OUTCOME_APPLIED,
+    Outcome.duplicate: pb.EVENT_OUTCOME_DUPLICATE,
+    Outcome.out_of_sequence: pb.EVENT_OUTCOME_OUT_OF_SEQUENCE,
+}
+DELIVERY = {
+    Delivery.pending: pb.DELIVERY_STATE_PENDING,
+    Delivery.delivered: pb.DELIVERY_STATE_DELIVERED,
+    Delivery.rejected: pb.DELIVERY_STATE_REJECTED,
+    Delivery.not_reported: pb.DELIVERY_STATE_NOT_REPORTED,
+}
+
+
+def events_of(batch: pb.EventBatch, currency: str, violations: Violations) -> list[Event]:
+    """The batch's events, or every problem with them added to `violations`."""
+    if not batch.events:
+        violations.add("batch.events", "at least one event is required")
+    if len(batch.events) > MAX_BATCH:
+        violations.add("batch.events", f"at most {MAX_BATCH} events in one batch")
+        return []
+    return [
+        event
+        for i, message in enumerate(batch.events)
+        if (event := _event(message, f"batch.events[{i}]", currency, violations)) is not None
+    ]
+
+
+def _event(message: pb.RepaymentEvent, path: str, currency: str, v: Violations) -> Event | None:
+    require_id(message.event_id, f"{path}.event_id", v)
+    require_id(message.account_id, f"{path}.account_id", v)
+    if message.sequence < 1:
+        v.add(f"{path}.sequence", "required: 1 for the account's first event, then 2, 3, ...")
+    if not message.HasField("occurred_at"):
+        v.add(f"{path}.occurred_at", "required")
+    kind_name = message.WhichOneof("kind")
+    if kind_name is None:
+        v.add(f"{path}.kind", "one of " + ", ".join(f.name for f in KINDS) + " is required")
+        return None
+    kind = EventKind(kind_name)
+    body = getattr(message, kind_name)
+    at = path + "." + kind_name
+    amount, income, days, timing = 0, 0, None, None
+    if kind is EventKind.account_opened:
+        amount = _money(body, "credit_line", at, currency, v, positive=False)
+        income = _money(body, "monthly_income", at, currency, v, positive=False, required=False)
+    elif kind is EventKind.line_drawn:
+        amount = _money(body, "amount", at, currency, v)
+        if body.term_months < 0:
+            v.add(f"{at}.term_months", "must not be negative")
+    elif kind is EventKind.instalment_due:
+        _money(body, "amount", at, currency, v, positive=False)
+    elif kind is EventKind.repayment:
+        amount = _money(body, "amount", at, currency, v, positive=False)
+        timing = TIMINGS.get(body.timing)
+        if timing is None:
+            v.add(f"{at}.timing", "required: on time, late or partial")
+        days = _days(body.days_past_due_after, f"{at}.days_past_due_after", v)
+    elif kind is EventKind.days_past_due_updated:
+        days = _days(body.days_past_due, f"{at}.days_past_due", v)
+    elif kind is EventKind.payment_missed:
+        _money(body, "amount_due", at, currency, v)
+        days = _days(body.days_past_due, f"{at}.days_past_due", v)
+        if body.days_past_due < 1:
+            v.add(f"{at}.days_past_due", "a missed payment is at least 1 day past due")
+    elif kind is EventKind.income_updated:
+        income = _money(body, "monthly_income", at, currency, v, positive=False)
+    elif kind is EventKind.transaction:
+        amount = _money(body, "amount", at, currency, v)
+    elif kind is EventKind.credit_line_changed:
+        amount = _money(body, "credit_line", at, currency, v, positive=False)
+    if v:
+        return None
+    return Event(
+        event_id=message.event_id,
+        account_id=message.account_id,
+        sequence=message.sequence,
+        at=message.occurred_at.seconds + message.occurred_at.nanos / 1e9,
+        kind=kind,
+        amount=amount,
+        days_past_due=days,
+        timing=timing,
+        income=income,
+    )
+
+
+def _money(
+    body, name: str, path: str, currency: str, v: Violations, *, positive=True, required=True
+):
+    field = f"{path}.{name}"
+    if not body.HasField(name):
+        if required:
+            v.add(field, "required")
+        return 0
+    money = getattr(body, name)
+    if money.currency_code != currency:
+        v.add(f"{field}.currency_code", f"amounts are in {currency}")
+    if money.minor_units < 0 or (positive and money.minor_units == 0):
+        v.add(f"{field}.minor_units", "must be positive" if positive else "must not be negative")
+    return money.minor_units
+
+
+def _days(days: int, field: str, v: Violations) -> int:
+    if not 0 <= days <= MAX_DAYS_PAST_DUE:
+        v.add(field, f"between 0 and {MAX_DAYS_PAST_DUE}")
+    return days
+
+
+def require_id(value: str, field: str, v: Violations) -> None:
+    if not value:
+        v.add(field, "required")
+    elif len(value) > MAX_ID_LENGTH:
+        v.add(field, f"at most {MAX_ID_LENGTH} characters")
+
+
+def ack_message(batch_id: str, result: BatchResult) -> pb.BatchAck:
+    return pb.BatchAck(
+        batch_id=batch_id,
+        results=[
+            pb.EventResult(
+                event_id=r.event_id,
+                outcome=OUTCOMES[r.outcome],
+                expected_sequence=r.expected_sequence,
+            )
+            for r in result.results
+        ],
+        applied=result.count(Outcome.applied),
+        duplicates=result.count(Outcome.duplicate),
+        out_of_sequence=result.count(Outcome.out_of_sequence),
+        signals_raised=len(result.raised),
+    )
+
+
+def alert_query(message: pb.AlertFilter, v: Violations) -> AlertQuery:
+    severities = set()
+    for i, severity in enumerate(message.severities):
+        if severity not in Severity._value2member_map_:
+            v.add(f"filter.severities[{i}]", "unknown severity")
+        else:
+            severities.add(Severity(severity))
+    for i, kind in enumerate(message.types):
+        if not kind:
+            v.add(f"filter.types[{i}]", "must not be empty")
+    if len(message.account_id) > MAX_ID_LENGTH:
+        v.add("filter.account_id", f"at most {MAX_ID_LENGTH} characters")
+    return AlertQuery(frozenset(severities), frozenset(message.types), message.account_id)
+
+
+def parse_cursor(cursor: str, field: str, v: Violations) -> int | None:
+    """A cursor is the number of an alert; empty means none."""
+    if not cursor:
+        return None
+    if not cursor.isdigit() or len(cursor) > 18:
+        v.add(field, "not a cursor this service gave out")
+        return None
+    return int(cursor)
+
+
+def alert_message(alert: AlertRecord) -> pb.Alert:
+    return pb.Alert(
+        signal_id=alert.signal_id,
+        account_id=alert.account_id,
+        type=alert.type,
+        severity=int(alert.severity),  # AlertSeverity shares the numbers
+        evidence=alert.evidence,
+        event_id=alert.event_id,
+        detect_time=timestamp(alert.detected_at),
+        create_time=timestamp(alert.created_at),
+        rules_version=alert.rules_version,
+        risk_band=band_value(alert.risk_band),
+        delivery_state=DELIVERY[alert.delivery],
+        cursor=str(alert.seq),
+    )
+
+
+def band_value(band: str) -> int:
+    return risk_pb2.RiskBand.Value(f"RISK_BAND_{band}") if band else 0
+
+
+def timestamp(value: datetime | float) -> Timestamp:
+    stamp = Timestamp()
+    if isinstance(value, float | int):
+        value = datetime.fromtimestamp(value, UTC)
+    stamp.FromDatetime(value)
+    return stamp

@@ -1,0 +1,306 @@
+"""An account's behaviour profile, kept incrementally from its repayment events.
+
+`AccountState` holds just enough history to answer every behaviour-model feature over rolling
+windows (7, 30, 90, 180 and 365 days) without rereading old events: dated points of days past
+due, the dates of inquiries and partial payments, income readings, recent utilisation and
+transaction amounts. `record` folds one event in and trims what has aged out of every window;
+`features` computes the model's inputs at the account's latest event time. All times are the
+events' own (epoch seconds), so replaying the same events gives the same profile.
+"""
+
+import dataclasses
+import statistics
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import orjson
+
+DAY = 86_400.0
+MONTH_DAYS = 30  # the simulator the behaviour model was trained on counts 30-day months
+# Days past due that start the 30+, 60+ and 90+ episodes the model counts.
+EPISODE_THRESHOLDS = (30, 60, 90)
+# Histories older than this are dropped (the longest window, 12 months).
+KEEP_DAYS = 365
+
+
+class EventKind(StrEnum):
+    account_opened = "account_opened"
+    line_drawn = "line_drawn"
+    instalment_due = "instalment_due"
+    repayment = "repayment"
+    days_past_due_updated = "days_past_due_updated"
+    payment_missed = "payment_missed"
+    credit_inquiry = "credit_inquiry"
+    income_updated = "income_updated"
+    transaction = "transaction"
+    credit_line_changed = "credit_line_changed"
+    account_closed = "account_closed"
+
+
+class Timing(StrEnum):
+    on_time = "on_time"
+    late = "late"
+    partial = "partial"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One repayment event, transport-free. Amounts are fen."""
+
+    event_id: str
+    account_id: str
+    sequence: int
+    at: float  # epoch seconds
+    kind: EventKind
+    amount: int = 0  # the line, a draw, a repayment, an income or a transaction
+    days_past_due: int | None = None  # where the event reports it
+    timing: Timing | None = None  # repayments
+    income: int = 0  # monthly income, where the event reports it
+
+
+@dataclass(slots=True)
+class AccountState:
+    """Everything monitoring keeps about one account; stored as one JSON document."""
+
+    account_id: str
+    opened_at: float
+    last_sequence: int = 0
+    last_event_at: float = 0.0
+    closed: bool = False
+    credit_line: int = 0
+    balance: int = 0
+    monthly_income: int = 0  # 0 when unknown
+    days_past_due: int = 0
+    worst_days_past_due: int = 0  # of the current delinquency episode
+    dpd_points: list[list[float]] = field(default_factory=list)  # [time, days past due]
+    dpd_entries: list[list[float]] = field(default_factory=list)  # [time, threshold entered]
+    inquiries: list[float] = field(default_factory=list)
+    partials: list[float] = field(default_factory=list)
+    consecutive_partials: int = 0
+    on_time_streak: int = 0
+    incomes: list[list[float]] = field(default_factory=list)  # [time, monthly income]
+    utilisation_points: list[list[float]] = field(default_factory=list)  # [time, utilisation]
+    amounts: list[int] = field(default_factory=list)  # recent transaction amounts
+    draws: list[float] = field(default_factory=list)  # times of recent draws
+    # Open episodes by signal type: {"signal_id", "severity", "at"}.
+    episodes: dict[str, dict] = field(default_factory=dict)
+    # Signal type -> [time, severity] of the last one raised, for cool-offs.
+    last_raised: dict[str, list[float]] = field(default_factory=dict)
+    profile_version: int = 0
+    scored_profile: dict[str, float] | None = None
+    rescore_due: bool = False
+    # The latest behaviour score: {"probability_of_default", "score", "risk_band", "reasons",
+    # "model_version", "at"}.
+    score: dict | None = None
+
+    def to_json(self) -> str:
+        return orjson.dumps({name: getattr(self, name) for name in _FIELDS}).decode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "AccountState":
+        return cls(**orjson.loads(text))
+
+    @property
+    def risk_band(self) -> str:
+        return self.score["risk_band"] if self.score else ""
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(AccountState))
+
+
+def utilisation(state: AccountState) -> float:
+    if state.credit_line > 0:
+        return state.balance / state.credit_line
+    return 1.0 if state.balance > 0 else 0.0
+
+
+def record(state: AccountState, event: Event, keep: "Keep") -> None:
+    """Folds `event` into `state` (the caller checked its sequence)."""
+    now = max(event.at, state.last_event_at)
+    state.last_sequence = event.sequence
+    state.last_event_at = now
+    state.profile_version += 1
+    kind = event.kind
+    if kind is EventKind.account_opened:
+        state.credit_line = event.amount
+        if event.income:
+            _set_income(state, now, event.income)
+    elif kind is EventKind.line_drawn:
+        state.balance += event.amount
+        state.draws.append(now)
+    elif kind is EventKind.repayment:
+        state.balance = max(0, state.balance - event.amount)
+        if event.timing is Timing.partial:
+            state.partials.append(now)
+            state.consecutive_partials += 1
+            state.on_time_streak = 0
+        else:
+            state.consecutive_partials = 0
+            if event.timing is Timing.on_time:
+                state.on_time_streak += 1
+            else:
+                state.on_time_streak = 0
+    elif kind is EventKind.credit_inquiry:
+        state.inquiries.append(now)
+    elif kind is EventKind.income_updated:
+        _set_income(state, now, event.income)
+    elif kind is EventKind.transaction:
+        state.amounts.append(event.amount)
+        del state.amounts[: -keep.transactions]
+    elif kind is EventKind.credit_line_changed:
+        state.credit_line = event.amount
+    elif kind is EventKind.account_closed:
+        state.closed = True
+    if event.days_past_due is not None:
+        _set_days_past_due(state, now, event.days_past_due)
+    if kind is EventKind.payment_missed:
+        state.on_time_streak = 0
+    if kind in (EventKind.line_drawn, EventKind.repayment, EventKind.credit_line_changed):
+        state.utilisation_points.append([now, utilisation(state)])
+    _trim(state, now, keep)
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """How much recent history the rules need beyond the model's own 12 months."""
+
+    inquiry_days: float = 30
+    utilisation_days: float = 7
+    income_days: float = 180
+    draw_hours: float = 24
+    transactions: int = 50
+
+
+def _set_income(state: AccountState, now: float, income: int) -> None:
+    state.monthly_income = income
+    state.incomes.append([now, income])
+
+
+def _set_days_past_due(state: AccountState, now: float, days: int) -> None:
+    before = state.days_past_due
+    if days == before:
+        return
+    state.days_past_due = days
+    state.dpd_points.append([now, days])
+    state.worst_days_past_due = max(state.worst_days_past_due, days) if days else 0
+    for threshold in EPISODE_THRESHOLDS:
+        if before < threshold <= days:
+            state.dpd_entries.append([now, threshold])
+    if days > 0:
+        state.on_time_streak = 0
+
+
+def _trim(state: AccountState, now: float, keep: Keep) -> None:
+    year_ago = now - KEEP_DAYS * DAY
+    _trim_points(state.dpd_points, year_ago)
+    _trim_points(state.incomes, now - max(KEEP_DAYS, keep.income_days) * DAY)
+    state.dpd_entries[:] = [e for e in state.dpd_entries if e[0] > year_ago]
+    state.partials[:] = [t for t in state.partials if t > now - 180 * DAY]
+    state.inquiries[:] = [t for t in state.inquiries if t > now - max(30, keep.inquiry_days) * DAY]
+    state.utilisation_points[:] = [
+        p for p in state.utilisation_points if p[0] > now - keep.utilisation_days * DAY
+    ]
+    state.draws[:] = [t for t in state.draws if t > now - keep.draw_hours * 3600]
+
+
+def _trim_points(points: list[list[float]], cutoff: float) -> None:
+    """Drops points older than `cutoff`, keeping the last of them: the value in force then."""
+    old = sum(1 for point in points if point[0] <= cutoff)
+    if old > 1:
+        del points[: old - 1]
+
+
+def value_at(points: list[list[float]], time: float, default: float = 0.0) -> float:
+    """The value in force at `time` of a series of [time, value] changes."""
+    value = default
+    for at, point in points:
+        if at > time:
+            break
+        value = point
+    return value
+
+
+def count_since(times: list[float], since: float) -> int:
+    return sum(1 for t in times if t > since)
+
+
+def features(state: AccountState) -> dict[str, float]:
+    """The behaviour model's features at the account's latest event time."""
+    now = state.last_event_at
+    line_use = utilisation(state)
+    max_dpd = {}
+    for months in (3, 6, 12):
+        start = now - (KEEP_DAYS if months == 12 else months * MONTH_DAYS) * DAY
+        in_window = [p[1] for p in state.dpd_points if p[0] > start]
+        max_dpd[months] = max([value_at(state.dpd_points, start), *in_window])
+    year_ago = now - KEEP_DAYS * DAY
+    episodes = {}
+    for threshold in EPISODE_THRESHOLDS:
+        entered = sum(1 for at, t in state.dpd_entries if t == threshold and at > year_ago)
+        ongoing_before = value_at(state.dpd_points, year_ago) >= threshold
+        episodes[threshold] = entered + int(ongoing_before)
+    income = state.monthly_income
+    earlier = value_at(state.incomes, now - 180 * DAY, state.incomes[0][1] if state.incomes else 0)
+    return {
+        "utilisation": line_use,
+        "days_past_due": float(state.days_past_due),
+        "max_dpd_3m": float(max_dpd[3]),
+        "max_dpd_6m": float(max_dpd[6]),
+        "max_dpd_12m": float(max_dpd[12]),
+        "dpd30_episodes_12m": float(episodes[30]),
+        "dpd60_episodes_12m": float(episodes[60]),
+        "dpd90_episodes_12m": float(episodes[90]),
+        "on_time_streak": float(state.on_time_streak),
+        "partial_payments_6m": float(count_since(state.partials, now - 180 * DAY)),
+        "inquiries_7d": float(count_since(state.inquiries, now - 7 * DAY)),
+        "inquiries_30d": float(count_since(state.inquiries, now - 30 * DAY)),
+        "months_on_book": float(int((now - state.opened_at) // (MONTH_DAYS * DAY)) + 1),
+        # Unknown income is no information: no change, no debt-to-income.
+        "income_change": income / earlier - 1.0 if income and earlier else 0.0,
+        "debt_to_income": state.balance / (12.0 * income) if income else 0.0,
+    }
+
+
+# Features compared exactly for a material change; the others by the rules' thresholds.
+COUNT_FEATURES = frozenset(
+    {
+        "days_past_due",
+        "max_dpd_3m",
+        "max_dpd_6m",
+        "max_dpd_12m",
+        "dpd30_episodes_12m",
+        "dpd60_episodes_12m",
+        "dpd90_episodes_12m",
+        "on_time_streak",
+        "partial_payments_6m",
+        "inquiries_7d",
+        "inquiries_30d",
+        "months_on_book",
+    }
+)
+
+
+def moved_materially(
+    profile: dict[str, float], scored: dict[str, float] | None, numeric_change: dict[str, float]
+) -> bool:
+    """Whether `profile` differs enough from the one last scored to be scored again."""
+    if scored is None:
+        return True
+    for name, value in profile.items():
+        before = scored.get(name)
+        if before is None:
+            return True
+        if name in COUNT_FEATURES:
+            if value != before:
+                return True
+        elif abs(value - before) >= numeric_change.get(name, 0.0) and value != before:
+            return True
+    return False
+
+
+def robust_z(amount: float, history: list[int]) -> float:
+    """0.6745 (x - median) / MAD; the MAD is floored so a flat history still compares."""
+    median = statistics.median(history)
+    mad = statistics.median(abs(x - median) for x in history)
+    floor = max(abs(median) * 0.01, 1.0)
+    return 0.6745 * (amount - median) / max(mad, floor)

@@ -1,0 +1,166 @@
+"""Rescoring: accounts whose profile moved materially are scored again with the behaviour model,
+in batches, in the background; a worse band raises `risk_band_worsened`.
+
+Ingestion only flags an account (`rescore_due`), so a slow or absent scoring service never
+holds up ingestion: the flags wait, and the worker retries with backoff. A score is stored with
+the profile version it was computed from; when events moved the profile meanwhile, the flag
+stays up and the account is scored again.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from creditline.scoring.v1 import scoring_service_pb2 as pb
+from creditline.scoring.v1 import scoring_service_pb2_grpc
+from creditline.type.v1 import risk_pb2
+from services.common.channels import ChannelOptions, create_channel
+from services.common.workers import BackgroundWorker
+from services.monitoring.detection import rescored
+from services.monitoring.profile import features, moved_materially
+from services.monitoring.rules import RulesHolder
+from services.monitoring.store import MonitoringStore
+
+log = structlog.get_logger("creditline.monitoring.rescoring")
+
+MODEL = "behaviour"
+SERVICE = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
+RETRYABLE = ("BatchScore", "GetModel")
+
+
+@dataclass(frozen=True)
+class ModelSchema:
+    version: str
+    ranges: dict[str, tuple[float, float]]  # feature -> (min, max), in the card's order
+    reasons: dict[str, tuple[str, dict[str, str]]]  # reason code -> (feature, {locale: text})
+
+
+@dataclass(frozen=True)
+class Scored:
+    probability_of_default: float
+    score: int
+    risk_band: str
+    reason_codes: tuple[str, ...]
+    model_version: str
+
+
+class BehaviourScorer:
+    """Monitoring's view of the scoring service: batches of profiles, scored."""
+
+    def __init__(self, target: str, timeout_seconds: float, **channel_options) -> None:
+        self.channel = create_channel(
+            target,
+            service=SERVICE,
+            retryable_methods=RETRYABLE,
+            options=ChannelOptions(default_timeout_seconds=timeout_seconds),
+            **channel_options,
+        )
+        self.stub = scoring_service_pb2_grpc.ScoringServiceStub(self.channel)
+        self._schema: ModelSchema | None = None
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def schema(self, refresh: bool = False) -> ModelSchema:
+        if self._schema is None or refresh:
+            model = self.stub.GetModel(pb.GetModelRequest(name=MODEL)).model
+            self._schema = ModelSchema(
+                version=model.version,
+                ranges={f.name: (f.min_value, f.max_value) for f in model.features},
+                reasons={
+                    f["reason_code"]: (f["name"], dict(f["reason_text"]))
+                    for f in model.card["features"]
+                },
+            )
+        return self._schema
+
+    def score(self, profiles: Sequence[Mapping[str, float]]) -> list[Scored]:
+        """Scores the profiles; values outside the card's ranges are clamped to them (a
+        utilisation of 7 is as bad as the model's 5), missing features count as 0."""
+        schema = self.schema()
+        request = pb.BatchScoreRequest(
+            model=MODEL,
+            columns=[
+                pb.FeatureColumn(
+                    name=name, numbers=[min(max(p.get(name, 0.0), low), high) for p in profiles]
+                )
+                for name, (low, high) in schema.ranges.items()
+            ],
+        )
+        response = self.stub.BatchScore(request)
+        if response.model_version != schema.version:
+            self.schema(refresh=True)
+        return [
+            Scored(
+                probability_of_default=r.probability_of_default,
+                score=r.score,
+                risk_band=risk_pb2.RiskBand.Name(r.risk_band).removeprefix("RISK_BAND_"),
+                reason_codes=tuple(r.reason_codes),
+                model_version=response.model_version,
+            )
+            for r in response.results
+        ]
+
+
+class Rescorer(BackgroundWorker):
+    """The background worker: scores flagged accounts until none is left, then waits."""
+
+    def __init__(
+        self,
+        store: MonitoringStore,
+        scorer: BehaviourScorer,
+        rules: RulesHolder,
+        clock: Callable[[], datetime],
+        on_alerts: Callable[[int], None],
+    ) -> None:
+        super().__init__("rescoring")
+        self.store = store
+        self.scorer = scorer
+        self.rules = rules
+        self.clock = clock
+        self.on_alerts = on_alerts
+
+    def run_once(self) -> bool:
+        """Scores one batch of flagged accounts; returns whether there was any."""
+        rules = self.rules.rules
+        with self.store.read() as uow:
+            ids = uow.accounts_due_for_rescoring(rules.rescoring.batch_size)
+            states = uow.account_states(ids, lock=False)
+        if not states:
+            return False
+        snapshot = {i: (s.profile_version, features(s)) for i, s in states.items()}
+        scores = dict(
+            zip(snapshot, self.scorer.score([p for _, p in snapshot.values()]), strict=True)
+        )
+        now = self.clock()
+        with self.store.unit_of_work() as uow:
+            current = uow.account_states(snapshot, lock=True)
+            raised = []
+            for account_id, state in current.items():
+                version, profile = snapshot[account_id]
+                scored = scores[account_id]
+                raised.extend(rescored(state, scored.risk_band, scored.model_version, rules))
+                state.score = {
+                    "probability_of_default": scored.probability_of_default,
+                    "score": scored.score,
+                    "risk_band": scored.risk_band,
+                    "reason_codes": list(scored.reason_codes),
+                    "model_version": scored.model_version,
+                    "at": now.timestamp(),
+                }
+                # Events that arrived meanwhile may have moved the profile again: then the
+                # flag stays up and the account is scored again.
+                moved = state.profile_version != version and moved_materially(
+                    features(state), profile, rules.rescoring.numeric_change
+                )
+                if not moved:
+                    state.scored_profile = profile
+                    state.rescore_due = False
+            uow.save_states(current.values(), set(current), now)
+            last_alert = uow.add_alerts(raised, rules.version, now)
+        if last_alert:
+            self.on_alerts(last_alert)
+        log.debug("rescoring.batch", accounts=len(current), signals=len(raised))
+        return True

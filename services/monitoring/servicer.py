@@ -1,0 +1,244 @@
+"""The MonitoringService RPCs: check the events, apply each batch in one transaction, answer
+once it is durable; serve alerts and account risk from the store.
+
+Long-lived streams (Ingest, WatchAlerts) each hold one of the server's worker threads, so they
+are capped below the pool size: unary calls always find a thread, and a stream over the cap
+is refused with RESOURCE_EXHAUSTED rather than left waiting.
+"""
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from creditline.monitoring.v1 import monitoring_service_pb2 as pb
+from creditline.monitoring.v1 import monitoring_service_pb2_grpc
+from creditline.type.v1 import risk_pb2
+from services.common.errors import NotFound, ResourceExhausted, Unavailable, Violations
+from services.monitoring import converters
+from services.monitoring.ingestion import BatchResult, ingest
+from services.monitoring.profile import features
+from services.monitoring.rescoring import BehaviourScorer
+from services.monitoring.rules import RulesHolder
+from services.monitoring.store import AlertQuery, MonitoringStore
+
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+# Alerts read from the store per round of a watch.
+WATCH_PAGE = 500
+LOCALES = ("en", "zh-CN")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AlertFeed:
+    """The number of the newest alert this process stored, for watchers to wait on. Alerts
+    stored by other replicas are found by polling."""
+
+    def __init__(self) -> None:
+        self._latest = 0
+        self._closed = False
+        self._condition = threading.Condition()
+
+    def publish(self, number: int) -> None:
+        with self._condition:
+            if number > self._latest:
+                self._latest = number
+                self._condition.notify_all()
+
+    def wait_beyond(self, number: int, timeout: float) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._latest > number or self._closed, timeout)
+
+    def close(self) -> None:
+        """Wakes every watcher for good: the server is stopping."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
+    def __init__(
+        self,
+        rules: RulesHolder,
+        scorer: BehaviourScorer,
+        *,
+        currency_code: str = "CNY",
+        max_streams: int = 8,
+        poll_seconds: float = 0.5,
+        heartbeat_seconds: float = 15.0,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._store: MonitoringStore | None = None
+        self.rules = rules
+        self.scorer = scorer
+        self.currency_code = currency_code
+        self.poll_seconds = poll_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.clock = clock
+        self.feed = AlertFeed()
+        self._streams = threading.BoundedSemaphore(max_streams)
+        # Told after each commit that raised signals or flagged accounts for rescoring.
+        self.on_signals: Callable[[], None] = lambda: None
+        self.on_rescore_due: Callable[[], None] = lambda: None
+
+    @property
+    def store(self) -> MonitoringStore:
+        if self._store is None:  # the server answers while the database is being migrated
+            raise Unavailable("the service is starting; retry shortly", reason="STARTING")
+        return self._store
+
+    def attach_store(self, store: MonitoringStore) -> None:
+        self._store = store
+        with store.read() as uow:
+            self.feed.publish(uow.last_alert_number())
+
+    def close(self) -> None:
+        self.feed.close()
+        if self._store is not None:
+            self._store.close()
+
+    # -- ingestion --------------------------------------------------------------------------
+
+    def PublishEvents(self, request: pb.PublishEventsRequest, context) -> pb.PublishEventsResponse:
+        return pb.PublishEventsResponse(ack=self._apply(request.batch))
+
+    def Ingest(self, request_iterator, context) -> Iterator[pb.IngestResponse]:
+        # One batch at a time: the next is read from the stream only after this one is
+        # acknowledged, so HTTP/2 flow control holds a fast producer back.
+        with self._stream():
+            for request in request_iterator:
+                yield pb.IngestResponse(ack=self._apply(request.batch))
+
+    def _apply(self, batch: pb.EventBatch) -> pb.BatchAck:
+        violations = Violations()
+        if len(batch.batch_id) > converters.MAX_ID_LENGTH:
+            violations.add("batch.batch_id", f"at most {converters.MAX_ID_LENGTH} characters")
+        events = converters.events_of(batch, self.currency_code, violations)
+        violations.raise_if_any()
+        rules = self.rules.rules
+        with self.store.unit_of_work() as uow:
+            result = ingest(uow, events, rules, self.clock())
+        self._after_commit(result)
+        return converters.ack_message(batch.batch_id, result)
+
+    def _after_commit(self, result: BatchResult) -> None:
+        if result.last_alert:
+            self.feed.publish(result.last_alert)
+            if any(r.report for r in result.raised):
+                self.on_signals()
+        if result.rescore_due:
+            self.on_rescore_due()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def WatchAlerts(self, request: pb.WatchAlertsRequest, context):
+        violations = Violations()
+        query = converters.alert_query(request.filter, violations)
+        after = converters.parse_cursor(request.after_cursor, "after_cursor", violations)
+        violations.raise_if_any()
+        with self._stream():
+            if after is None:
+                with self.store.read() as uow:
+                    after = uow.last_alert_number()
+            yield from self._watch(query, after, context)
+
+    def _watch(self, query: AlertQuery, after: int, context) -> Iterator[pb.WatchAlertsResponse]:
+        quiet_since = time.monotonic()
+        while context.is_active() and not self.feed.closed:
+            with self.store.read() as uow:
+                # The head first: every alert up to it is committed (see store), so after
+                # reading up to it nothing below it can still appear.
+                head = uow.last_alert_number()
+                found = uow.alerts_after(after, query, WATCH_PAGE, up_to=head)
+            for alert in found:
+                yield pb.WatchAlertsResponse(alert=converters.alert_message(alert))
+            after = found[-1].seq if len(found) == WATCH_PAGE else head
+            if found:
+                quiet_since = time.monotonic()
+                if len(found) == WATCH_PAGE:
+                    continue
+            elif time.monotonic() - quiet_since >= self.heartbeat_seconds:
+                yield pb.WatchAlertsResponse(heartbeat_cursor=str(after))
+                quiet_since = time.monotonic()
+            self.feed.wait_beyond(after, self.poll_seconds)
+
+    def ListAlerts(self, request: pb.ListAlertsRequest, context) -> pb.ListAlertsResponse:
+        violations = Violations()
+        query = converters.alert_query(request.filter, violations)
+        before = converters.parse_cursor(request.page_token, "page_token", violations)
+        if request.page_size < 0:
+            violations.add("page_size", "must not be negative")
+        violations.raise_if_any()
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        with self.store.read() as uow:
+            found = uow.alerts_before(before, query, size + 1)
+        page = found[:size]
+        return pb.ListAlertsResponse(
+            alerts=[converters.alert_message(a) for a in page],
+            next_page_token=str(page[-1].seq) if len(found) > size else "",
+        )
+
+    def GetAccountRisk(self, request: pb.GetAccountRiskRequest, context):
+        violations = Violations()
+        converters.require_id(request.account_id, "account_id", violations)
+        locale = request.locale or "en"
+        if locale not in LOCALES:
+            violations.add("locale", f"one of {', '.join(LOCALES)}")
+        violations.raise_if_any()
+        with self.store.read() as uow:
+            state = uow.account_state(request.account_id)
+            if state is None:
+                raise NotFound(
+                    f"monitoring has no account {request.account_id}",
+                    reason="ACCOUNT_NOT_FOUND",
+                    metadata={"account_id": request.account_id},
+                )
+            open_signals = uow.alerts_by_signal_id(e["signal_id"] for e in state.episodes.values())
+        risk = pb.AccountRisk(
+            account_id=state.account_id,
+            profile=features(state),
+            open_signals=[converters.alert_message(a) for a in open_signals],
+            last_sequence=state.last_sequence,
+            last_event_time=converters.timestamp(state.last_event_at),
+            closed=state.closed,
+        )
+        if state.score:
+            score = state.score
+            risk.scored = True
+            risk.probability_of_default = score["probability_of_default"]
+            risk.score = score["score"]
+            risk.risk_band = converters.band_value(score["risk_band"])
+            risk.model_version = score["model_version"]
+            risk.score_time.CopyFrom(converters.timestamp(score["at"]))
+            risk.reasons.extend(self._reasons(score["reason_codes"], locale))
+        return pb.GetAccountRiskResponse(risk=risk)
+
+    def _reasons(self, codes: list[str], locale: str) -> list[risk_pb2.Reason]:
+        try:
+            texts = self.scorer.schema().reasons
+        except Exception:  # noqa: BLE001 - scoring down: the codes still say it
+            texts = {}
+        reasons = []
+        for code in codes:
+            feature, text = texts.get(code, ("", {}))
+            reasons.append(risk_pb2.Reason(code=code, feature=feature, text=text.get(locale, "")))
+        return reasons
+
+    @contextmanager
+    def _stream(self):
+        if not self._streams.acquire(blocking=False):
+            raise ResourceExhausted(
+                "too many open streams on this replica; retry later",
+                reason="TOO_MANY_STREAMS",
+            )
+        try:
+            yield
+        finally:
+            self._streams.release()

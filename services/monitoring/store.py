@@ -1,0 +1,451 @@
+"""Monitoring's persistence: account profiles, the ids of applied events, the alerts (which
+are also the outbox of signals for limits), in SQLite or PostgreSQL (SQLAlchemy Core; schema
+by Alembic, tables prefixed `monitoring_` so a database can be shared with limits).
+
+Alerts are numbered from a counter row that each writing transaction takes last and holds to
+its commit, so alerts become visible in the order of their numbers: a reader that has seen
+alert n has seen every alert before it, which is what lets WatchAlerts resume from a cursor
+with no gap, on any number of replicas.
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    exc,
+    insert,
+    select,
+    update,
+)
+
+from services.common.database import UtcDateTime, create_engine, migrate, transaction
+from services.common.errors import Aborted
+from services.monitoring.detection import Raised
+from services.monitoring.profile import AccountState, Event
+from services.monitoring.rules import Severity
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# Ids per IN (...) list: well under SQLite's limit on bound parameters.
+CHUNK = 900
+ALERT_COUNTER = "alerts"
+
+
+class Delivery(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    rejected = "rejected"
+    not_reported = "not_reported"
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    seq: int
+    signal_id: str
+    account_id: str
+    type: str
+    severity: Severity
+    evidence: dict[str, str]
+    profile: dict[str, float]
+    risk_band: str
+    event_id: str
+    detected_at: datetime
+    created_at: datetime
+    rules_version: str
+    delivery: Delivery
+    delivery_attempts: int
+    delivery_error: str
+
+
+@dataclass(frozen=True)
+class AlertQuery:
+    """Which alerts: any of `severities` and `types` (all when empty), of one account or all."""
+
+    severities: frozenset[Severity] = frozenset()
+    types: frozenset[str] = frozenset()
+    account_id: str = ""
+
+
+metadata = MetaData()
+
+accounts = Table(
+    "monitoring_accounts",
+    metadata,
+    Column("account_id", String, primary_key=True),
+    Column("last_sequence", BigInteger, nullable=False),
+    Column("profile_version", BigInteger, nullable=False),
+    Column("rescore_due", Boolean, nullable=False),
+    # The whole AccountState as JSON: histories, episodes, the latest score.
+    Column("state", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_monitoring_accounts_rescore_due", "rescore_due", "account_id"),
+)
+
+events = Table(
+    "monitoring_events",
+    metadata,
+    Column("event_id", String, primary_key=True),
+    Column("account_id", String, nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("ingested_at", UtcDateTime, nullable=False),
+    Index("ix_monitoring_events_account_id_sequence", "account_id", "sequence"),
+)
+
+alerts = Table(
+    "monitoring_alerts",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("signal_id", String, nullable=False, unique=True),
+    Column("account_id", String, nullable=False),
+    Column("type", String, nullable=False),
+    Column("severity", Integer, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("profile", Text, nullable=False),
+    Column("risk_band", String, nullable=False),
+    Column("event_id", String, nullable=False),
+    Column("detected_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("rules_version", String, nullable=False),
+    Column("delivery", String, nullable=False),
+    Column("delivery_attempts", Integer, nullable=False),
+    Column("delivery_error", Text, nullable=False),
+    Column("delivered_at", UtcDateTime),
+    Index("ix_monitoring_alerts_account_id_seq", "account_id", "seq"),
+    Index("ix_monitoring_alerts_delivery_seq", "delivery", "seq"),
+)
+
+counters = Table(
+    "monitoring_counters",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+leases = Table(
+    "monitoring_leases",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("owner", String, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+
+
+class MonitoringStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> "MonitoringStore":
+        """Connects to `url` (sqlite:///path or postgresql+psycopg://...) and migrates it."""
+        engine = create_engine(url)
+        try:
+            migrate(engine, MIGRATIONS)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator["UnitOfWork"]:
+        """One write transaction, committed durably when the block exits normally.
+
+        Two batches creating the same new account or event at once: the loser is refused with
+        ABORTED and its retry finds the winner's rows.
+        """
+        try:
+            with transaction(self.engine) as connection:
+                yield UnitOfWork(connection)
+        except exc.IntegrityError as error:
+            raise Aborted(
+                "a concurrent batch wrote the same account or event; retry",
+                reason="CONCURRENT_MODIFICATION",
+            ) from error
+
+    @contextmanager
+    def read(self) -> Iterator["UnitOfWork"]:
+        with transaction(self.engine, read_only=True) as connection:
+            yield UnitOfWork(connection)
+
+
+class UnitOfWork:
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._postgres = connection.dialect.name == "postgresql"
+
+    # -- events and accounts ----------------------------------------------------------------
+
+    def seen_event_ids(self, event_ids: Iterable[str]) -> set[str]:
+        seen: set[str] = set()
+        for chunk in _chunks(sorted(set(event_ids))):
+            query = select(events.c.event_id).where(events.c.event_id.in_(chunk))
+            seen.update(self._connection.execute(query).scalars())
+        return seen
+
+    def account_states(self, account_ids: Iterable[str], lock: bool) -> dict[str, AccountState]:
+        """The stored states of these accounts (absent ones are missing); `lock` takes their
+        row locks on PostgreSQL (SQLite's write transaction already holds the database)."""
+        found: dict[str, AccountState] = {}
+        for chunk in _chunks(sorted(set(account_ids))):
+            query = select(accounts.c.state).where(accounts.c.account_id.in_(chunk))
+            if lock and self._postgres:
+                query = query.order_by(accounts.c.account_id).with_for_update()
+            for (text,) in self._connection.execute(query):
+                state = AccountState.from_json(text)
+                found[state.account_id] = state
+        return found
+
+    def account_state(self, account_id: str) -> AccountState | None:
+        return self.account_states([account_id], lock=False).get(account_id)
+
+    def save_events(self, applied: Sequence[Event], now: datetime) -> None:
+        if applied:
+            self._connection.execute(
+                insert(events),
+                [
+                    {
+                        "event_id": e.event_id,
+                        "account_id": e.account_id,
+                        "sequence": e.sequence,
+                        "kind": e.kind.value,
+                        "occurred_at": _time(e.at),
+                        "ingested_at": now,
+                    }
+                    for e in applied
+                ],
+            )
+
+    def save_states(
+        self, states: Iterable[AccountState], existing: set[str], now: datetime
+    ) -> None:
+        """Inserts the new accounts and updates the `existing` ones."""
+        rows = [
+            {
+                "account_id": s.account_id,
+                "last_sequence": s.last_sequence,
+                "profile_version": s.profile_version,
+                "rescore_due": s.rescore_due,
+                "state": s.to_json(),
+                "updated_at": now,
+            }
+            for s in states
+        ]
+        new = [row for row in rows if row["account_id"] not in existing]
+        old = [{**row, "key": row["account_id"]} for row in rows if row["account_id"] in existing]
+        if new:
+            self._connection.execute(insert(accounts), new)
+        if old:
+            self._connection.execute(
+                update(accounts)
+                .where(accounts.c.account_id == bindparam("key"))
+                .values(
+                    last_sequence=bindparam("last_sequence"),
+                    profile_version=bindparam("profile_version"),
+                    rescore_due=bindparam("rescore_due"),
+                    state=bindparam("state"),
+                    updated_at=bindparam("updated_at"),
+                ),
+                old,
+            )
+
+    def accounts_due_for_rescoring(self, limit: int) -> list[str]:
+        query = (
+            select(accounts.c.account_id)
+            .where(accounts.c.rescore_due.is_(True))
+            .order_by(accounts.c.account_id)
+            .limit(limit)
+        )
+        return list(self._connection.execute(query).scalars())
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    def add_alerts(self, raised: Sequence[Raised], rules_version: str, now: datetime) -> int:
+        """Stores the signals as alerts, numbered in order; returns the last number (0: none).
+
+        Call it last in the transaction: it holds the alert counter's row until the commit.
+        """
+        if not raised:
+            return 0
+        last = self._take_numbers(len(raised))
+        first = last - len(raised) + 1
+        self._connection.execute(
+            insert(alerts),
+            [
+                {
+                    "seq": first + i,
+                    "signal_id": r.signal_id,
+                    "account_id": r.account_id,
+                    "type": r.type,
+                    "severity": int(r.severity),
+                    "evidence": orjson.dumps(r.evidence).decode(),
+                    "profile": orjson.dumps(r.profile).decode(),
+                    "risk_band": r.risk_band,
+                    "event_id": r.event_id,
+                    "detected_at": _time(r.detected_at),
+                    "created_at": now,
+                    "rules_version": rules_version,
+                    "delivery": (Delivery.pending if r.report else Delivery.not_reported).value,
+                    "delivery_attempts": 0,
+                    "delivery_error": "",
+                }
+                for i, r in enumerate(raised)
+            ],
+        )
+        return last
+
+    def _take_numbers(self, count: int) -> int:
+        taken = self._connection.execute(
+            update(counters)
+            .where(counters.c.name == ALERT_COUNTER)
+            .values(value=counters.c.value + count)
+            .returning(counters.c.value)
+        ).scalar_one()
+        return int(taken)
+
+    def alerts_after(
+        self, after: int, query: AlertQuery, limit: int, up_to: int | None = None
+    ) -> list[AlertRecord]:
+        """Alerts numbered above `after` (and up to `up_to`) that match, oldest first."""
+        conditions = [alerts.c.seq > after, *_filters(query)]
+        if up_to is not None:
+            conditions.append(alerts.c.seq <= up_to)
+        statement = select(alerts).where(*conditions).order_by(alerts.c.seq).limit(limit)
+        return [_alert(row) for row in self._connection.execute(statement)]
+
+    def alerts_before(self, before: int | None, query: AlertQuery, limit: int) -> list[AlertRecord]:
+        """Alerts numbered below `before` (all when None) that match, newest first."""
+        conditions = _filters(query)
+        if before is not None:
+            conditions.append(alerts.c.seq < before)
+        statement = select(alerts).where(*conditions).order_by(alerts.c.seq.desc()).limit(limit)
+        return [_alert(row) for row in self._connection.execute(statement)]
+
+    def alerts_by_signal_id(self, signal_ids: Iterable[str]) -> list[AlertRecord]:
+        found = []
+        for chunk in _chunks(sorted(set(signal_ids))):
+            statement = select(alerts).where(alerts.c.signal_id.in_(chunk))
+            found.extend(_alert(row) for row in self._connection.execute(statement))
+        return sorted(found, key=lambda a: a.seq)
+
+    def last_alert_number(self) -> int:
+        query = select(counters.c.value).where(counters.c.name == ALERT_COUNTER)
+        return int(self._connection.execute(query).scalar_one())
+
+    # -- the outbox -------------------------------------------------------------------------
+
+    def pending_signals(self, limit: int) -> list[AlertRecord]:
+        statement = (
+            select(alerts)
+            .where(alerts.c.delivery == Delivery.pending.value)
+            .order_by(alerts.c.seq)
+            .limit(limit)
+        )
+        return [_alert(row) for row in self._connection.execute(statement)]
+
+    def mark_delivered(self, seqs: Sequence[int], now: datetime) -> None:
+        self._set_delivery(seqs, Delivery.delivered, "", now)
+
+    def mark_rejected(self, seq: int, error: str, now: datetime) -> None:
+        self._set_delivery([seq], Delivery.rejected, error, now)
+
+    def count_attempt(self, seqs: Sequence[int], error: str) -> None:
+        for chunk in _chunks(list(seqs)):
+            self._connection.execute(
+                update(alerts)
+                .where(alerts.c.seq.in_(chunk))
+                .values(
+                    delivery_attempts=alerts.c.delivery_attempts + 1, delivery_error=error[:500]
+                )
+            )
+
+    def _set_delivery(self, seqs: Sequence[int], state: Delivery, error: str, now: datetime):
+        for chunk in _chunks(list(seqs)):
+            self._connection.execute(
+                update(alerts)
+                .where(alerts.c.seq.in_(chunk), alerts.c.delivery == Delivery.pending.value)
+                .values(
+                    delivery=state.value,
+                    delivery_attempts=alerts.c.delivery_attempts + 1,
+                    delivery_error=error[:500],
+                    delivered_at=now,
+                )
+            )
+
+    def take_lease(self, name: str, owner: str, now: datetime, seconds: float) -> bool:
+        """Takes or renews the named lease for `owner` unless another owner holds it."""
+        expires = now + timedelta(seconds=seconds)
+        query = select(leases.c.owner, leases.c.expires_at).where(leases.c.name == name)
+        if self._postgres:
+            query = query.with_for_update()
+        row = self._connection.execute(query).first()
+        if row is None:
+            self._connection.execute(
+                insert(leases).values(name=name, owner=owner, expires_at=expires)
+            )
+            return True
+        if row.owner != owner and row.expires_at > now:
+            return False
+        self._connection.execute(
+            update(leases).where(leases.c.name == name).values(owner=owner, expires_at=expires)
+        )
+        return True
+
+
+def _filters(query: AlertQuery) -> list:
+    conditions = []
+    if query.severities:
+        conditions.append(alerts.c.severity.in_(sorted(int(s) for s in query.severities)))
+    if query.types:
+        conditions.append(alerts.c.type.in_(sorted(query.types)))
+    if query.account_id:
+        conditions.append(alerts.c.account_id == query.account_id)
+    return conditions
+
+
+def _alert(row) -> AlertRecord:
+    return AlertRecord(
+        seq=row.seq,
+        signal_id=row.signal_id,
+        account_id=row.account_id,
+        type=row.type,
+        severity=Severity(row.severity),
+        evidence=orjson.loads(row.evidence),
+        profile=orjson.loads(row.profile),
+        risk_band=row.risk_band,
+        event_id=row.event_id,
+        detected_at=row.detected_at,
+        created_at=row.created_at,
+        rules_version=row.rules_version,
+        delivery=Delivery(row.delivery),
+        delivery_attempts=row.delivery_attempts,
+        delivery_error=row.delivery_error,
+    )
+
+
+def _time(epoch_seconds: float) -> datetime:
+    return datetime.fromtimestamp(epoch_seconds, UTC)
+
+
+def _chunks(items: list) -> Iterator[list]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
