@@ -64,6 +64,7 @@ def start_limits(database_url, clock):  # noqa: F811
         )
         servers.append(build_server(settings, clock=clock))
         clients.append(LimitsClient(f"127.0.0.1:{servers[-1].port}"))
+        clients[-1].server = servers[-1]
         return clients[-1]
 
     yield start
