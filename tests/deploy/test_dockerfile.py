@@ -1,0 +1,162 @@
+"""The Dockerfile, read structurally: no Docker engine builds it here, so the tests check what
+the final image is made of, whom it runs as and what it runs."""
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+import typer.main
+
+from services.cli import app
+from tests.deploy.conftest import ROOT, SERVICES, TARGETS
+
+BUILD_TOOLS = re.compile(r"\b(apt-get|apt|apk|gcc|g\+\+|make|build-essential|pip|uv)\b")
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [arguments for kw, arguments in self.instructions if kw == keyword]
+
+
+def parse_dockerfile() -> tuple[dict[str, str], list[Stage]]:
+    """The global ARG defaults and the stages, each with its instructions (continuations joined,
+    comments dropped)."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, arguments = line.partition(" ")
+        keyword, arguments = keyword.upper(), arguments.strip()
+        if keyword == "ARG" and not stages:
+            name, _, default = arguments.partition("=")
+            args[name] = default
+        elif keyword == "FROM":
+            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", arguments, re.IGNORECASE)
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m[1] or m[2]], match[1])
+            stages.append(Stage(base, match[2]))
+        else:
+            stages[-1].instructions.append((keyword, arguments))
+    return args, stages
+
+
+def test_every_stage_starts_from_the_same_base_pinned_by_version():
+    _, stages = parse_dockerfile()
+    assert len(stages) >= 2, "multi-stage: a builder, then the final image"
+    (base,) = {stage.base for stage in stages}
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
+
+
+def test_the_final_stage_runs_as_a_numeric_non_root_user_like_the_manifests(rendered):
+    _, stages = parse_dockerfile()
+    (user,) = stages[-1].all("USER")
+    match = re.fullmatch(r"(\d+):(\d+)", user)
+    assert match and int(match[1]) > 0 and int(match[2]) > 0, user
+    for name in TARGETS:
+        for service in SERVICES:
+            context = rendered[name].container(service)["securityContext"]
+            assert (context["runAsUser"], context["runAsGroup"]) == (int(match[1]), int(match[2]))
+
+
+def test_the_entrypoint_is_creditline_serve_and_the_manifests_name_a_service(rendered):
+    _, stages = parse_dockerfile()
+    (entrypoint,) = stages[-1].all("ENTRYPOINT")
+    assert json.loads(entrypoint) == ["creditline", "serve"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["creditline"] == "services.cli:app"
+    serve = typer.main.get_command(app).commands["serve"]
+    commands = set(serve.commands)
+    assert {"scoring", "limits"} <= commands
+    # monitoring's command is being added; until then only its manifest names it.
+    for name in TARGETS:
+        for service in SERVICES:
+            args = rendered[name].container(service)["args"]
+            assert args == [service]
+            assert service in commands or service == "monitoring"
+            assert "command" not in rendered[name].container(service), "keep the ENTRYPOINT"
+
+
+def test_the_final_stage_copies_the_venv_code_and_models_and_builds_nothing():
+    _, stages = parse_dockerfile()
+    *builders, final = stages
+    names = {stage.name for stage in builders}
+    copies = final.all("COPY")
+    for copy in copies:
+        source = re.match(r"--from=(\S+)\s", copy)
+        assert source and source[1] in names, f"the final stage copies only from a builder: {copy}"
+    destinations = {copy.split()[-1] for copy in copies}
+    assert {"/opt/venv", "/app/services", "/app/creditline", "/app/models"} <= destinations
+    for command in final.all("RUN"):
+        for part in re.split(r"&&|;", command):
+            words = part.split()
+            # Removing pip is fine; installing anything is not.
+            installs = "install" in words and "uninstall" not in words
+            assert not installs, f"the final stage installs: {part.strip()}"
+            if words and words[0] != "python":
+                assert not BUILD_TOOLS.search(part), f"build tool in the final stage: {part}"
+    env = " ".join(final.all("ENV"))
+    assert "PATH=/opt/venv/bin:$PATH" in env
+    assert "PYTHONDONTWRITEBYTECODE=1" in env, "the root filesystem is read-only"
+
+
+def pattern_regex(pattern: str) -> str:
+    """A .dockerignore pattern as a regex: `*` and `?` stay within a directory, `**` crosses."""
+    regex, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            regex, i = regex + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            regex, i = regex + ".*", i + 2
+        elif pattern[i] in "*?":
+            regex, i = regex + ("[^/]*" if pattern[i] == "*" else "[^/]"), i + 1
+        else:
+            regex, i = regex + re.escape(pattern[i]), i + 1
+    return regex
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches the path, or a directory above it, decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        regex = pattern_regex(pattern.removeprefix("!").rstrip("/"))
+        if any(re.fullmatch(regex, candidate) for candidate in candidates):
+            ignored = not negated
+    return ignored
+
+
+def test_the_build_context_holds_the_sources_and_no_secrets_or_venvs():
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "services/limits/default_policy.yaml",
+        "services/cli.py",
+        "creditline/scoring/v1/scoring_service_pb2.py",
+        "models/application/1.0.0/model.onnx",
+    ):
+        assert not dockerignored(needed, patterns), needed
+    for unwanted in (
+        ".venv/bin/python",
+        ".git/config",
+        "data/limits.db",
+        "certs/ca.key",
+        "tests/conftest.py",
+        "k8s/base/kustomization.yaml",
+        "services/limits/__pycache__/policy.cpython-311.pyc",
+    ):
+        assert dockerignored(unwanted, patterns), unwanted
