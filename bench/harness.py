@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -91,3 +92,13 @@ def concurrent_rate(call: Callable[[], object], in_flight: int, seconds: float) 
     for thread in threads:
         thread.join()
     return sum(counts) / (time.perf_counter() - started)
+
+
+def wait_serving(port: int, service: str = "") -> None:
+    """Returns once the server on `port` reports `service` SERVING (up to a minute)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=60, wait_for_ready=True
+        )
+        next(u for u in watch if u.status == health_pb2.HealthCheckResponse.SERVING)
+        watch.cancel()

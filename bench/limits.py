@@ -21,10 +21,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import sqlalchemy
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, insert, make_url
 
-from bench.harness import fill_features, free_port, server_process
+from bench.harness import fill_features, free_port, server_process, wait_serving
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
 from creditline.type.v1 import money_pb2
@@ -133,15 +132,6 @@ def postgres_schema() -> Iterator[str | None]:
         admin.dispose()
 
 
-def wait_serving(port: int) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=SERVICE), timeout=60, wait_for_ready=True
-        )
-        next(u for u in watch if u.status == health_pb2.HealthCheckResponse.SERVING)
-        watch.cancel()
-
-
 def open_request(customer: int) -> pb.OpenAccountRequest:
     request = pb.OpenAccountRequest(
         request_id=uuid.uuid4().hex,
@@ -186,7 +176,7 @@ def limits_server(
         server_process(["-m", "services.limits"], port, env),
         grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
-        wait_serving(port)
+        wait_serving(port, SERVICE)
         yield limits_service_pb2_grpc.LimitsServiceStub(channel)
 
 

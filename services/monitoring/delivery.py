@@ -23,6 +23,7 @@ from creditline.limits.v1 import limits_service_pb2 as limits_pb
 from creditline.limits.v1 import limits_service_pb2_grpc
 from services.common.channels import ChannelOptions, create_channel
 from services.common.workers import BackgroundWorker
+from services.monitoring import metrics
 from services.monitoring.converters import band_value
 from services.monitoring.store import AlertRecord, MonitoringStore
 
@@ -97,6 +98,9 @@ class SignalDelivery(BackgroundWorker):
             return 0
         with self.store.read() as uow:
             pending = uow.pending_signals(self.batch_size)
+        now = self.clock()
+        oldest = (now - pending[0].created_at).total_seconds() if pending else 0.0
+        metrics.OUTBOX_OLDEST_SECONDS.set(max(oldest, 0.0))
         if not pending:
             return 0
         try:
@@ -110,6 +114,7 @@ class SignalDelivery(BackgroundWorker):
             return self._one_by_one(pending)
         with self.store.unit_of_work() as uow:
             uow.mark_delivered([a.seq for a in pending], self.clock())
+        metrics.SIGNALS_DELIVERED.labels("delivered").inc(len(pending))
         log.info("delivery.sent", signals=len(pending))
         return len(pending)
 
@@ -126,6 +131,7 @@ class SignalDelivery(BackgroundWorker):
                     raise
                 with self.store.unit_of_work() as uow:
                     uow.mark_rejected(alert.seq, _describe(error), self.clock())
+                metrics.SIGNALS_DELIVERED.labels("rejected").inc()
                 log.warning(
                     "delivery.rejected",
                     signal_id=alert.signal_id,
@@ -135,9 +141,11 @@ class SignalDelivery(BackgroundWorker):
                 continue
             with self.store.unit_of_work() as uow:
                 uow.mark_delivered([alert.seq], self.clock())
+            metrics.SIGNALS_DELIVERED.labels("delivered").inc()
         return len(pending)
 
     def _count_attempt(self, pending: list[AlertRecord], error: grpc.RpcError) -> None:
+        metrics.DELIVERY_FAILURES.labels(error.code().name).inc()
         with self.store.unit_of_work() as uow:
             uow.count_attempt([a.seq for a in pending], _describe(error))
 

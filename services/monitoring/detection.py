@@ -41,6 +41,7 @@ class Raised:
     detected_at: float
     event_id: str
     evidence: dict[str, str]
+    # The account's features once the batch that raised it is applied (filled in by ingestion).
     profile: dict[str, float] = field(default_factory=dict)
     risk_band: str = ""
     report: bool = True
@@ -115,7 +116,8 @@ def rescored(state: AccountState, new_band: str, model_version: str, rules: Rule
         rules.risk_band.severity,
         {"from_band": old_band, "to_band": new_band, "model_version": model_version},
     )
-    return [replace(r, event_id="") for r in detector.raised]  # no event raised it
+    profile = features(state)
+    return [replace(r, event_id="", profile=profile) for r in detector.raised]  # no event
 
 
 def _income_reference(state: AccountState, event: Event, rules: Rules) -> float:
@@ -136,7 +138,6 @@ class _Detector:
         self.rules = rules
         self.risk_band = risk_band or state.risk_band
         self.raised: list[Raised] = []
-        self._profile: dict[str, float] | None = None
 
     # -- the rules -------------------------------------------------------------------------
 
@@ -267,7 +268,6 @@ class _Detector:
             detected_at=now,
             event_id=self.event.event_id,
             evidence=evidence,
-            profile=self.profile(),
             risk_band=self.risk_band,
             report=spec.report,
         )
@@ -285,8 +285,3 @@ class _Detector:
             cool_off = self.rules.signals[kind].cool_off_days * DAY
             if now - self.state.last_raised.get(kind, [now])[0] >= cool_off:
                 del self.state.episodes[kind]
-
-    def profile(self) -> dict[str, float]:
-        if self._profile is None:
-            self._profile = features(self.state)
-        return self._profile

@@ -6,7 +6,7 @@ is applied at all when it holds an event for an account monitoring has never see
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -78,10 +78,12 @@ def ingest(uow: UnitOfWork, batch: Sequence[Event], rules: Rules, now: datetime)
     unknown.raise_if_any()
 
     rescore_due = False
-    for state in touched.values():
-        profile = features(state)
+    profiles = {}
+    for account_id, state in touched.items():
+        profiles[account_id] = profile = features(state)
         if moved_materially(profile, state.scored_profile, rules.rescoring.numeric_change):
             state.rescore_due = rescore_due = True
+    raised = [replace(r, profile=profiles[r.account_id]) for r in raised]
     uow.save_events(applied, now)
     uow.save_states(touched.values(), stored, now)
     last_alert = uow.add_alerts(raised, rules.version, now)

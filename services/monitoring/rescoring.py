@@ -18,6 +18,7 @@ from creditline.scoring.v1 import scoring_service_pb2_grpc
 from creditline.type.v1 import risk_pb2
 from services.common.channels import ChannelOptions, create_channel
 from services.common.workers import BackgroundWorker
+from services.monitoring import metrics
 from services.monitoring.detection import rescored
 from services.monitoring.profile import features, moved_materially
 from services.monitoring.rules import RulesHolder
@@ -160,6 +161,9 @@ class Rescorer(BackgroundWorker):
                     state.rescore_due = False
             uow.save_states(current.values(), set(current), now)
             last_alert = uow.add_alerts(raised, rules.version, now)
+        metrics.ACCOUNTS_RESCORED.inc(len(current))
+        for signal in raised:
+            metrics.SIGNALS_RAISED.labels(signal.type, signal.severity.name).inc()
         if last_alert:
             self.on_alerts(last_alert)
         log.debug("rescoring.batch", accounts=len(current), signals=len(raised))

@@ -16,8 +16,8 @@ from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from creditline.monitoring.v1 import monitoring_service_pb2_grpc
 from creditline.type.v1 import risk_pb2
 from services.common.errors import NotFound, ResourceExhausted, Unavailable, Violations
-from services.monitoring import converters
-from services.monitoring.ingestion import BatchResult, ingest
+from services.monitoring import converters, metrics
+from services.monitoring.ingestion import BatchResult, Outcome, ingest
 from services.monitoring.profile import features
 from services.monitoring.rescoring import BehaviourScorer
 from services.monitoring.rules import RulesHolder
@@ -123,12 +123,17 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         events = converters.events_of(batch, self.currency_code, violations)
         violations.raise_if_any()
         rules = self.rules.rules
-        with self.store.unit_of_work() as uow:
+        with metrics.BATCH_SECONDS.time(), self.store.unit_of_work() as uow:
             result = ingest(uow, events, rules, self.clock())
         self._after_commit(result)
         return converters.ack_message(batch.batch_id, result)
 
     def _after_commit(self, result: BatchResult) -> None:
+        for outcome in Outcome:
+            if count := result.count(outcome):
+                metrics.EVENTS_INGESTED.labels(outcome.value).inc(count)
+        for signal in result.raised:
+            metrics.SIGNALS_RAISED.labels(signal.type, signal.severity.name).inc()
         if result.last_alert:
             self.feed.publish(result.last_alert)
             if any(r.report for r in result.raised):

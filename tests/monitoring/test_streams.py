@@ -32,6 +32,7 @@ def test_ingest_acknowledges_each_batch_in_order(monitoring):
     assert all(a.applied == 2 and a.signals_raised == 1 for a in acks)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # transport, not storage
 def test_a_fast_producer_is_held_back_by_flow_control(monitoring):
     """The server reads the next batch only after acknowledging one, so a producer that never
     waits for acknowledgements stalls once the transport's windows are full."""

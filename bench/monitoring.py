@@ -1,0 +1,215 @@
+"""Monitoring: events ingested per second by one process, durably, in batches of 100 and 1,000,
+and the time from an event to its alert at 1,000 events per second, on SQLite and PostgreSQL,
+next to each database's raw one-row commit rate measured in the same run.
+
+The service runs as its own process (`python -m services.monitoring`). Limits and scoring are
+not running: signals wait in the outbox and rescoring waits with backoff, so what is measured
+is ingestion itself (rules, profiles, alerts and outbox rows, all committed before the ack).
+"""
+
+import itertools
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import make_url
+
+from bench.harness import free_port, server_process, wait_serving
+from bench.limits import POSTGRES_URL, postgres_schema, raw_commits
+from creditline.monitoring.v1 import monitoring_service_pb2 as pb
+from creditline.monitoring.v1 import monitoring_service_pb2_grpc
+from creditline.type.v1.money_pb2 import Money
+
+SERVICE = "creditline.monitoring.v1.MonitoringService"
+ACCOUNTS = 10_000
+RATE_TARGET = 20_000  # events per second with batches of 1,000
+LATENCY_RATE = 1_000  # events per second while event-to-alert latency is measured
+LATENCY_TARGET_MS = 100.0
+START = 1_767_600_000  # 2026-01-05, in epoch seconds
+
+
+def cny(fen: int) -> Money:
+    return Money(currency_code="CNY", minor_units=fen)
+
+
+class Book:
+    """Events for ACCOUNTS accounts: opened first, then a month of ordinary life each."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.sequence = [0] * ACCOUNTS
+        self.clock = [START] * ACCOUNTS
+        self.ids = itertools.count()
+        self.random = random.Random(7)
+
+    def event(self, account: int, **kind) -> pb.RepaymentEvent:
+        self.sequence[account] += 1
+        self.clock[account] += 3600
+        return pb.RepaymentEvent(
+            event_id=f"{self.prefix}-{next(self.ids)}",
+            account_id=f"{self.prefix}-acct-{account}",
+            occurred_at=Timestamp(seconds=self.clock[account]),
+            sequence=self.sequence[account],
+            **kind,
+        )
+
+    def opened(self) -> Iterator[pb.RepaymentEvent]:
+        for account in range(ACCOUNTS):
+            yield self.event(
+                account,
+                account_opened=pb.AccountOpened(
+                    credit_line=cny(500_000), monthly_income=cny(2_000_000)
+                ),
+            )
+
+    def ordinary(self) -> Iterator[pb.RepaymentEvent]:
+        """Repayments, draws, transactions and the odd inquiry, on random accounts."""
+        while True:
+            account = self.random.randrange(ACCOUNTS)
+            roll = self.random.random()
+            if roll < 0.5:
+                body = {
+                    "repayment": pb.Repayment(
+                        loan_id="l1", amount=cny(10_000), timing=pb.REPAYMENT_TIMING_ON_TIME
+                    )
+                }
+            elif roll < 0.7:
+                body = {"line_drawn": pb.LineDrawn(loan_id="l1", amount=cny(1_000), term_months=3)}
+            elif roll < 0.95:
+                body = {"transaction": pb.Transaction(amount=cny(5_000 + account % 100))}
+            else:
+                body = {"credit_inquiry": pb.CreditInquiry(lender_kind="bank")}
+            yield self.event(account, **body)
+
+    def batches(self, events: Iterator[pb.RepaymentEvent], size: int, count: int):
+        return [
+            pb.IngestRequest(
+                batch=pb.EventBatch(batch_id=str(i), events=list(itertools.islice(events, size)))
+            )
+            for i in range(count)
+        ]
+
+
+@contextmanager
+def monitoring_server(url: str) -> Iterator[monitoring_service_pb2_grpc.MonitoringServiceStub]:
+    port = free_port()
+    env = {
+        "CREDITLINE_MONITORING_PORT": str(port),
+        "CREDITLINE_MONITORING_DATABASE_URL": url,
+        "CREDITLINE_MONITORING_RULES_RELOAD_INTERVAL_SECONDS": "0",
+        "CREDITLINE_MONITORING_LIMITS_TARGET": "127.0.0.1:1",
+        "CREDITLINE_MONITORING_SCORING_TARGET": "127.0.0.1:1",
+        "CREDITLINE_MONITORING_LOG_LEVEL": "warning",
+    }
+    with (
+        server_process(["-m", "services.monitoring"], port, env),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        wait_serving(port, SERVICE)
+        yield monitoring_service_pb2_grpc.MonitoringServiceStub(channel)
+
+
+def ingest_rate(stub, requests: list[pb.IngestRequest]) -> float:
+    """Events acknowledged per second over one Ingest stream."""
+    events = sum(len(r.batch.events) for r in requests)
+    started = time.perf_counter()
+    for response in stub.Ingest(iter(requests), timeout=600):
+        assert response.ack.applied == len(response.ack.results), "events were refused"
+    return events / (time.perf_counter() - started)
+
+
+def alert_latency(stub, book: Book, seconds: float) -> tuple[float, float]:
+    """p50 and p99 (ms) from publishing an event to receiving its alert from WatchAlerts,
+    with batches of 10 events every 10 ms; one event of each batch raises an alert."""
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    watch = stub.WatchAlerts(
+        pb.WatchAlertsRequest(filter=pb.AlertFilter(types=["days_past_due_1"])), timeout=600
+    )
+
+    def read() -> None:
+        try:
+            for item in watch:
+                if item.HasField("alert"):
+                    received[item.alert.event_id] = time.perf_counter()
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    ordinary = book.ordinary()
+    deadline = time.perf_counter() + seconds
+    next_at = time.perf_counter()
+    for account in itertools.count():
+        if time.perf_counter() >= deadline:
+            break
+        late = book.event(
+            account % ACCOUNTS,
+            days_past_due_updated=pb.DaysPastDueUpdated(days_past_due=1 + account // ACCOUNTS),
+        )
+        events = [late, *itertools.islice(ordinary, 9)]
+        sent[late.event_id] = time.perf_counter()
+        stub.PublishEvents(pb.PublishEventsRequest(batch=pb.EventBatch(events=events)), timeout=10)
+        next_at += 10 / LATENCY_RATE
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+    time.sleep(1.0)
+    watch.cancel()
+    latencies = [1000 * (received[e] - sent[e]) for e in sent if e in received]
+    if len(latencies) < len(sent) * 0.99:
+        raise RuntimeError(f"only {len(latencies)} of {len(sent)} alerts arrived")
+    return float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99))
+
+
+def database_rows(name: str, url: str, seconds: float) -> list[tuple]:
+    raw = raw_commits(url, 1, seconds)
+    rows = [(f"{name}: raw one-row commits, 1 writer", f"{raw.rate:,.0f} /s", "", "", "")]
+    book = Book(f"{name.lower()}-{time.time_ns()}")
+    with monitoring_server(url) as stub:
+        opened = book.opened()
+        ingest_rate(stub, book.batches(opened, 1_000, ACCOUNTS // 1_000))
+        ordinary = book.ordinary()
+        for size, count in ((100, 300), (1_000, 60)):
+            rate = ingest_rate(stub, book.batches(ordinary, size, count))
+            rows.append(
+                (
+                    f"{name}: Ingest, batches of {size:,}",
+                    f"{rate:,.0f} events/s",
+                    "raw one-row commits",
+                    rate / raw.rate,
+                    f">= {RATE_TARGET:,}/s" if size == 1_000 else "",
+                )
+            )
+        p50, p99 = alert_latency(stub, book, seconds)
+        rows.append(
+            (
+                f"{name}: event to alert p50 / p99 at {LATENCY_RATE:,} events/s",
+                f"{p50:.1f} / {p99:.1f} ms",
+                f"raw commit p99 {raw.p99_ms:.2f} ms",
+                p99 / raw.p99_ms,
+                f"p99 < {LATENCY_TARGET_MS:.0f} ms",
+            )
+        )
+    return rows
+
+
+def run(seconds: float) -> list[tuple]:
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        rows += database_rows("SQLite", f"sqlite:///{Path(directory) / 'monitoring.db'}", seconds)
+    with postgres_schema() as url:
+        if url is None:
+            where = make_url(POSTGRES_URL)
+            rows.append(
+                ("PostgreSQL", f"skipped: not reachable at {where.host}:{where.port}", "", "", "")
+            )
+        else:
+            rows += database_rows("PostgreSQL", url, seconds)
+    return rows

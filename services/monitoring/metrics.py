@@ -1,0 +1,37 @@
+"""Monitoring's own Prometheus metrics: what was ingested, what was raised, how far the outbox
+and rescoring are behind."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_INGESTED = Counter(
+    "creditline_monitoring_events_total",
+    "Events received, by outcome (applied, duplicate, out_of_sequence).",
+    ["outcome"],
+)
+BATCH_SECONDS = Histogram(
+    "creditline_monitoring_batch_seconds",
+    "Time to apply one batch of events durably.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+SIGNALS_RAISED = Counter(
+    "creditline_monitoring_signals_total",
+    "Signals raised, by type and severity.",
+    ["type", "severity"],
+)
+SIGNALS_DELIVERED = Counter(
+    "creditline_monitoring_signals_delivered_total",
+    "Signals settled with limits, by result (delivered, rejected).",
+    ["result"],
+)
+DELIVERY_FAILURES = Counter(
+    "creditline_monitoring_delivery_failures_total",
+    "Calls to limits' ReportSignals that failed and will be retried, by status code.",
+    ["code"],
+)
+OUTBOX_OLDEST_SECONDS = Gauge(
+    "creditline_monitoring_outbox_oldest_seconds",
+    "Age of the oldest signal waiting for limits (0 when none waits).",
+)
+ACCOUNTS_RESCORED = Counter(
+    "creditline_monitoring_accounts_rescored_total", "Accounts scored again after moving."
+)
