@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import limits, scoring  # noqa: E402
+from bench import limits, monitoring, scoring  # noqa: E402
 
 
 def main() -> None:
@@ -30,6 +30,8 @@ def main() -> None:
         rows = scoring.run(options.seconds, options.calls)
     with console.status("limits: raw commits, Draw on SQLite and PostgreSQL, RunReview"):
         rows += limits.run(options.seconds, options.review_accounts)
+    with console.status("monitoring: raw commits, Ingest in batches, event-to-alert latency"):
+        rows += monitoring.run(options.seconds)
     for measure, value, against, ratio, target in rows:
         table.add_row(measure, value, against, f"{ratio:.2f}x" if ratio != "" else "", target)
     console.print(table)

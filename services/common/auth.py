@@ -68,7 +68,8 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     # monitoring reports signals; operators do everything, and alone the rest.
     _LIMITS + "OpenAccount": _roles("app_backend"),
     _LIMITS + "GetAccount": _roles("app_backend"),
-    _LIMITS + "ListLimitEvents": _roles(),
+    # The customer's own decision history, which they may appeal, and their own cap.
+    _LIMITS + "ListLimitEvents": _roles("app_backend"),
     _LIMITS + "Draw": _roles("loan_servicing"),
     _LIMITS + "Repay": _roles("loan_servicing"),
     _LIMITS + "RequestIncrease": _roles("app_backend"),
@@ -80,7 +81,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     _LIMITS + "CloseAccount": _roles(),
     _LIMITS + "RequestReopen": _roles("app_backend"),
     _LIMITS + "EnrollHardship": _roles(),
-    _LIMITS + "SetPreferences": _roles(),
+    _LIMITS + "SetPreferences": _roles("app_backend"),
     _LIMITS + "FileAppeal": _roles("app_backend"),
     _LIMITS + "ListAppeals": _roles(),
     _LIMITS + "ResolveAppeal": _roles(),

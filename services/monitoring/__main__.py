@@ -6,6 +6,7 @@ from datetime import datetime
 import structlog
 
 from creditline.monitoring.v1 import monitoring_service_pb2, monitoring_service_pb2_grpc
+from services.common.channels import ClientSecurity
 from services.common.logging import configure_logging
 from services.common.periodic import Periodic
 from services.common.server import GrpcServer, ServiceBinding, catch_shutdown_signals
@@ -29,7 +30,11 @@ def build_server(
         rules = RulesHolder(settings.rules_file)
     except RulesError as error:
         raise SystemExit(str(error)) from None
-    scorer = BehaviourScorer(settings.scoring_target, settings.call_timeout_seconds)
+    # Monitoring's own certificate and token for its calls to limits and scoring.
+    security = ClientSecurity.from_settings(settings)
+    scorer = BehaviourScorer(
+        settings.scoring_target, settings.call_timeout_seconds, security=security
+    )
     servicer = MonitoringServicer(
         rules,
         scorer,
@@ -69,6 +74,7 @@ def build_server(
         utc_now,
         timeout_seconds=settings.call_timeout_seconds,
         batch_size=settings.delivery_batch_size,
+        security=security,
     )
     rescorer = Rescorer(store, scorer, rules, utc_now, on_alerts=_then(servicer, delivery))
     servicer.on_signals = delivery.wake

@@ -52,6 +52,9 @@ ALLOWED = {
         L + "RequestIncrease",
         L + "RequestReopen",
         L + "FileAppeal",
+        # Beyond the list: the customer's own history (to appeal) and own cap.
+        L + "ListLimitEvents",
+        L + "SetPreferences",
     },
     "monitoring": {L + "ReportSignals", *SCORING_ALL},
     "limits": SCORING_ALL,
