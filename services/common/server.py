@@ -77,11 +77,15 @@ class GrpcServer:
         bindings: Sequence[ServiceBinding],
         *,
         domain: str,
+        on_stopping: Callable[[], None] | None = None,
         on_stop: Callable[[], None] | None = None,
     ) -> None:
+        """`on_stopping` runs as the stop begins (end long-lived streams there, so they do not
+        hold the grace period); `on_stop` once every call is done (close resources)."""
         self.settings = settings
         self.bindings = list(bindings)
         self.domain = domain
+        self._on_stopping = on_stopping
         self._on_stop = on_stop
         self._stopped = threading.Event()
         tls = load_tls(settings)
@@ -175,6 +179,8 @@ class GrpcServer:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("server.stopping", grace_seconds=grace)
         self.health.enter_graceful_shutdown()
+        if self._on_stopping:
+            self._on_stopping()
         self.server.stop(grace).wait()
         if self.health_server is not None:  # answers NOT_SERVING until the last call is done
             self.health_server.stop(0).wait()

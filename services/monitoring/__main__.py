@@ -63,6 +63,9 @@ def build_server(
             )
         ],
         domain="monitoring.creditline",
+        # Watches end at once (clients resume from their cursor elsewhere); ingest streams
+        # finish the batch in hand.
+        on_stopping=servicer.feed.close,
         on_stop=on_stop,
     ).start()
     # Health answers NOT_SERVING while the schema is migrated.

@@ -114,6 +114,11 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         # acknowledged, so HTTP/2 flow control holds a fast producer back.
         with self._stream():
             for request in request_iterator:
+                if self.feed.closed:
+                    raise Unavailable(
+                        "the server is stopping; send the unacknowledged batches again",
+                        reason="SHUTTING_DOWN",
+                    )
                 yield pb.IngestResponse(ack=self._apply(request.batch))
 
     def _apply(self, batch: pb.EventBatch) -> pb.BatchAck:

@@ -159,3 +159,32 @@ def test_a_profile_that_moves_is_rescored_and_a_worse_band_raises_a_signal(monit
     assert risk.risk_band > first.risk_band
     assert risk.reasons and all(r.text and r.feature for r in risk.reasons)
     assert "risk_band_worsened" in [s.type for s in risk.open_signals]
+
+
+def test_a_stopping_server_ends_watches_at_once_and_refuses_further_batches(start_monitoring):
+    monitoring = start_monitoring(shutdown_grace_seconds=60)
+    call, _ = watch(monitoring)
+    customer = Customer("acct-stopping")
+    batches = iter([batch(customer.opened()), batch(customer.inquiry())])
+    second_sent = threading.Event()
+
+    def requests():
+        yield pb.IngestRequest(batch=next(batches))
+        second_sent.wait(30)
+        yield pb.IngestRequest(batch=next(batches))
+
+    ingest = monitoring.Ingest(requests(), timeout=60)
+    assert next(ingest).ack.applied == 1
+    time.sleep(0.3)
+    stopper = threading.Thread(target=monitoring.server.stop)
+    stopper.start()
+    # The watch ends cleanly long before the 60 s grace would have run out...
+    wait_until(lambda: call.done(), timeout=30)
+    assert call.code() == grpc.StatusCode.OK
+    # ...and the ingest stream is told to send its batch elsewhere.
+    second_sent.set()
+    with pytest.raises(grpc.RpcError) as raised:
+        next(ingest)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    stopper.join(30)
+    assert not stopper.is_alive()
