@@ -4,6 +4,7 @@ It fetches the descriptors from the server, builds request messages from JSON bo
 prints responses as JSON: the same bodies the README's grpcurl commands send.
 """
 
+import itertools
 import json
 
 import grpc
@@ -27,6 +28,20 @@ class ReflectionClient:
 
     def call(self, method: str, body: str | dict, timeout: float = 10.0) -> dict:
         """Calls `package.Service/Method` with a JSON body; returns the response as a dict."""
+        stub, request = self._prepare(method, body, "unary_unary")
+        return self._as_dict(stub(request, timeout=timeout))
+
+    def stream(self, method: str, body: str | dict, count: int, timeout: float = 10.0) -> list:
+        """Calls a server-streaming method; returns its first `count` responses as dicts, then
+        hangs up (as grpcurl does when its -max-time runs out)."""
+        stub, request = self._prepare(method, body, "unary_stream")
+        call = stub(request, timeout=timeout)
+        try:
+            return [self._as_dict(r) for r in itertools.islice(call, count)]
+        finally:
+            call.cancel()
+
+    def _prepare(self, method: str, body: str | dict, kind: str):
         service_name, _, method_name = method.partition("/")
         descriptor = self.pool.FindServiceByName(service_name).methods_by_name[method_name]
         request_class = message_factory.GetMessageClass(descriptor.input_type)
@@ -34,10 +49,12 @@ class ReflectionClient:
         request = json_format.Parse(
             body if isinstance(body, str) else json.dumps(body), request_class()
         )
-        stub = self.channel.unary_unary(
+        stub = getattr(self.channel, kind)(
             f"/{service_name}/{method_name}",
             request_serializer=request_class.SerializeToString,
             response_deserializer=response_class.FromString,
         )
-        response = stub(request, timeout=timeout)
+        return stub, request
+
+    def _as_dict(self, response) -> dict:
         return json_format.MessageToDict(response, descriptor_pool=self.pool)
