@@ -71,6 +71,24 @@ def run(
     raise typer.Exit(max(codes, key=abs))
 
 
+@app.command()
+def demo(
+    limits: Annotated[str, typer.Option(help="Limits address.")] = "127.0.0.1:50052",
+    monitoring: Annotated[str, typer.Option(help="Monitoring address.")] = "127.0.0.1:50053",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CREDITLINE_TOKEN",
+            help="An operator token (`creditline run` prints one); none for a suite without auth.",
+        ),
+    ] = None,
+) -> None:
+    """Drive a scripted customer through the running suite (start it with `creditline run`)."""
+    from services.demo import run_demo
+
+    run_demo(limits, monitoring, token)
+
+
 @model_app.command("train")
 def train(
     output: Annotated[Path, typer.Option(help="Model directory to write into.")] = Path("models"),

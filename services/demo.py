@@ -1,0 +1,250 @@
+"""`creditline demo`: one customer's life driven through the running suite, step by step.
+
+The customer applies and gets a first line, draws, repays on time, then misses payments:
+monitoring sees each event, raises signals and tells limits, which puts the line on the
+watchlist, cuts it and freezes it, each decision with its reasons. The customer catches up and
+repays on time, and asks to reopen the line. Every call is a real gRPC call to the services
+`creditline run` started; nothing here decides anything.
+"""
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.table import Table
+
+from creditline.limits.v1 import limits_service_pb2 as lpb
+from creditline.limits.v1 import limits_service_pb2_grpc
+from creditline.monitoring.v1 import monitoring_service_pb2 as mpb
+from creditline.monitoring.v1 import monitoring_service_pb2_grpc
+from creditline.type.v1.money_pb2 import Money
+from services.common.channels import ClientSecurity, create_channel
+
+# A thin-file applicant with a steady job: the application model puts them in band C.
+APPLICANT = {
+    "duration_months": 24, "credit_amount": 3500, "checking_account": "below_200",
+    "credit_history": "existing_paid_duly", "purpose": "car_used", "savings": "below_100",
+    "employment_since": "1_to_4_years", "installment_rate": 3, "other_debtors": "none",
+    "residence_since": 2, "property": "car_or_other", "other_installment_plans": "none",
+    "housing": "own", "existing_credits": 1, "job": "skilled", "dependants": 1,
+    "telephone": "none",
+}  # fmt: skip
+MONTHLY_INCOME_FEN = 800_000
+WAIT_SECONDS = 20.0
+
+
+def cny(fen: int) -> Money:
+    return Money(currency_code="CNY", minor_units=fen)
+
+
+def yuan(money: Money) -> str:
+    return f"{money.minor_units / 100:,.2f} yuan"
+
+
+@dataclass
+class Demo:
+    limits: limits_service_pb2_grpc.LimitsServiceStub
+    monitoring: monitoring_service_pb2_grpc.MonitoringServiceStub
+    console: Console
+    account_id: str = ""
+    sequence: int = 0
+    seen_events: set[str] = field(default_factory=set)
+    day: int = 0
+
+    # -- the script ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.step(0, "applies for a credit line")
+        opened = self.limits.OpenAccount(
+            lpb.OpenAccountRequest(
+                request_id=uuid.uuid4().hex,
+                customer_id=f"demo-{uuid.uuid4().hex[:8]}",
+                monthly_income=cny(MONTHLY_INCOME_FEN),
+                features={name: _value(v) for name, v in APPLICANT.items()},
+            )
+        )
+        self.account_id = opened.account.account_id
+        line = opened.account.credit_line
+        self.show_limits()
+        if opened.account.status != lpb.ACCOUNT_STATUS_ACTIVE:
+            self.console.print("[red]declined: the demo ends here[/red]")
+            return
+        self.events(
+            account_opened=mpb.AccountOpened(
+                credit_line=line, monthly_income=cny(MONTHLY_INCOME_FEN)
+            )
+        )
+        drawn = line.minor_units // 2
+        self.step(1, f"draws {drawn / 100:,.2f} yuan in three instalments")
+        self.limits.Draw(
+            lpb.DrawRequest(
+                request_id=uuid.uuid4().hex,
+                account_id=self.account_id,
+                amount=cny(drawn),
+                purpose="consumption",
+                loan_id="demo-loan",
+            )
+        )
+        self.events(line_drawn=mpb.LineDrawn(loan_id="demo-loan", amount=cny(drawn), term_months=3))
+        instalment = drawn // 3
+        self.step(31, "repays the first instalment on time")
+        self.repay(instalment, mpb.REPAYMENT_TIMING_ON_TIME)
+        self.step(62, "misses the second instalment")
+        self.events(
+            payment_missed=mpb.PaymentMissed(
+                loan_id="demo-loan",
+                instalment_number=2,
+                amount_due=cny(instalment),
+                days_past_due=1,
+            )
+        )
+        for days in (30, 60):
+            self.step(61 + days, f"is {days} days past due")
+            self.events(days_past_due_updated=mpb.DaysPastDueUpdated(days_past_due=days))
+        self.step(125, "catches up: pays everything that is overdue")
+        self.repay(2 * instalment, mpb.REPAYMENT_TIMING_LATE)
+        for month in range(1, 4):
+            self.step(125 + 30 * month, "repays on time")
+            self.repay(0, mpb.REPAYMENT_TIMING_ON_TIME)
+        self.step(215, "asks to reopen the frozen line")
+        risk = self.monitoring.GetAccountRisk(
+            mpb.GetAccountRiskRequest(account_id=self.account_id, locale="en")
+        ).risk
+        reopen = self.limits.RequestReopen(
+            lpb.RequestReopenRequest(
+                request_id=uuid.uuid4().hex,
+                account_id=self.account_id,
+                features={name: _value(v) for name, v in risk.profile.items()},
+            )
+        )
+        self.show_limits()
+        if not reopen.reopened:
+            when = reopen.next_eligible_time.ToDatetime(UTC).date()
+            self.console.print(
+                f"  not yet: the policy reopens a line in stages once every rule holds; "
+                f"eligible from [bold]{when}[/bold] (the demo runs in real time)"
+            )
+        self.show_risk()
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def step(self, day: int, what: str) -> None:
+        self.day = day
+        self.console.rule(f"[bold]day {day}[/bold]: the customer {what}", align="left")
+
+    def repay(self, fen: int, timing: int) -> None:
+        if fen:
+            self.limits.Repay(
+                lpb.RepayRequest(
+                    request_id=uuid.uuid4().hex, account_id=self.account_id, amount=cny(fen)
+                )
+            )
+        self.events(repayment=mpb.Repayment(loan_id="demo-loan", amount=cny(fen), timing=timing))
+
+    def events(self, **kind) -> None:
+        """Publishes one event to monitoring and shows what it raised and what limits did."""
+        self.sequence += 1
+        # Event time is now: limits decides on its own clock, so the story's days are labels.
+        stamp = Timestamp()
+        stamp.FromDatetime(datetime.now(UTC) + timedelta(milliseconds=self.sequence))
+        event = mpb.RepaymentEvent(
+            event_id=f"{self.account_id}-{self.sequence}",
+            account_id=self.account_id,
+            occurred_at=stamp,
+            sequence=self.sequence,
+            **kind,
+        )
+        self.monitoring.PublishEvents(
+            mpb.PublishEventsRequest(batch=mpb.EventBatch(events=[event]))
+        )
+        alerts = self._wait_delivered(event.event_id)
+        for alert in alerts:
+            severity = mpb.AlertSeverity.Name(alert.severity).removeprefix("ALERT_SEVERITY_")
+            evidence = ", ".join(f"{k}={v}" for k, v in sorted(alert.evidence.items()))
+            self.console.print(
+                f"  monitoring: [yellow]{alert.type}[/yellow] ({severity.lower()}; {evidence})"
+            )
+        self.show_limits()
+
+    def show_limits(self) -> None:
+        events = self.limits.ListLimitEvents(
+            lpb.ListLimitEventsRequest(account_id=self.account_id, page_size=50)
+        ).events
+        for event in reversed(events):
+            if event.event_id in self.seen_events:
+                continue
+            self.seen_events.add(event.event_id)
+            kind = lpb.LimitEventType.Name(event.type).removeprefix("LIMIT_EVENT_TYPE_").lower()
+            status = lpb.AccountStatus.Name(event.status_after).removeprefix("ACCOUNT_STATUS_")
+            colour = "red" if event.adverse else "green"
+            self.console.print(
+                f"  limits: [{colour}]{kind}[/{colour}]: line {yuan(event.line_before)} -> "
+                f"{yuan(event.line_after)}, {status.lower()}"
+            )
+            for reason in event.reasons:
+                self.console.print(
+                    f"      {reason.code}: {reason.texts['en']} / {reason.texts['zh-CN']}"
+                )
+
+    def show_risk(self) -> None:
+        risk = self.monitoring.GetAccountRisk(
+            mpb.GetAccountRiskRequest(account_id=self.account_id, locale="zh-CN")
+        ).risk
+        table = Table(title="monitoring's view of the account (GetAccountRisk)")
+        table.add_column("feature")
+        table.add_column("value", justify="right")
+        for name, value in sorted(risk.profile.items()):
+            table.add_row(name, f"{value:.0f}" if value.is_integer() else f"{value:.3f}")
+        self.console.print(table)
+        if risk.scored:
+            band = "ABCDE"[risk.risk_band - 1]
+            reasons = "; ".join(f"{r.code} {r.text}" for r in risk.reasons)
+            self.console.print(f"  behaviour score {risk.score:.0f}, band {band}: {reasons}")
+
+    def _wait_delivered(self, event_id: str) -> list[mpb.Alert]:
+        """The alerts the event raised, once limits has had every reported one."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        request = mpb.ListAlertsRequest(filter=mpb.AlertFilter(account_id=self.account_id))
+        while True:
+            alerts = [
+                a for a in self.monitoring.ListAlerts(request).alerts if a.event_id == event_id
+            ]
+            pending = [a for a in alerts if a.delivery_state == mpb.DELIVERY_STATE_PENDING]
+            if not pending or time.monotonic() > deadline:
+                return list(reversed(alerts))
+            time.sleep(0.1)
+
+
+def _value(number: float | str) -> struct_pb2.Value:
+    if isinstance(number, str):
+        return struct_pb2.Value(string_value=number)
+    return struct_pb2.Value(number_value=number)
+
+
+def run_demo(
+    limits_target: str,
+    monitoring_target: str,
+    token: str | None = None,
+    console: Console | None = None,
+) -> None:
+    """Drives the demo customer through limits and monitoring at these addresses."""
+    security = ClientSecurity(token=token)
+    limits_channel = create_channel(
+        limits_target, service="creditline.limits.v1.LimitsService", security=security
+    )
+    monitoring_channel = create_channel(
+        monitoring_target, service="creditline.monitoring.v1.MonitoringService", security=security
+    )
+    try:
+        Demo(
+            limits_service_pb2_grpc.LimitsServiceStub(limits_channel),
+            monitoring_service_pb2_grpc.MonitoringServiceStub(monitoring_channel),
+            console or Console(),
+        ).run()
+    finally:
+        limits_channel.close()
+        monitoring_channel.close()

@@ -1,0 +1,34 @@
+"""`creditline demo` against three real servers: the scripted customer's story, as printed."""
+
+import pytest
+from rich.console import Console
+
+from services.demo import run_demo
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the story, not storage
+def test_the_demo_tells_the_customers_story(start_limits, scoring, start_monitoring):
+    limits = start_limits(scoring.port)
+    monitoring = start_monitoring(limits_target=limits.address)
+    console = Console(record=True, width=200)
+    run_demo(limits.address, monitoring.address, console=console)
+    story = console.export_text()
+    steps = [
+        "limits: opened",
+        "monitoring: on_time_repayment",
+        "monitoring: days_past_due_1",
+        "limits: watchlisted",
+        "monitoring: days_past_due_30",
+        "POLICY_DAYS_PAST_DUE",
+        "monitoring: days_past_due_60",
+        "limits: frozen",
+        "monitoring: delinquency_cured",
+        "limits: reopen_declined",
+        "POLICY_REOPEN_TOO_SOON",
+        "GetAccountRisk",
+    ]
+    position = 0
+    for step in steps:
+        found = story.find(step, position)
+        assert found >= 0, f"{step!r} missing after position {position}:\n{story}"
+        position = found
