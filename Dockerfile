@@ -22,15 +22,13 @@ COPY creditline/ creditline/
 COPY services/ services/
 COPY models/ models/
 
-# Installed in place (editable), at the path the code keeps in the final image: the services
-# find their data files beside their code (the default policy and rules, the Alembic scripts),
-# which a wheel of this project would leave out. The sources are compiled here because the
-# final root filesystem is read-only; then the venv's own pip goes.
-RUN /opt/venv/bin/python -m pip install --editable . \
-    && /opt/venv/bin/python -m compileall -q /app/services /app/creditline \
+# A regular install: the wheel carries the data files the services read (the default policy and
+# rules, the Alembic scripts; see package-data in pyproject.toml) and pip compiles the sources,
+# since the final root filesystem is read-only. Then the venv's own pip goes.
+RUN /opt/venv/bin/python -m pip install . \
     && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools wheel
 
-# ---- final: the venv, the code and the models; no compiler, no pip, no build files -------------
+# ---- final: the venv (with the code) and the models; no compiler, no pip, no build files ------
 FROM python:3.11.14-slim-bookworm
 
 # A fixed numeric user (the Kubernetes manifests run as 10001:10001 with runAsNonRoot), and
@@ -41,8 +39,6 @@ RUN groupadd --system --gid 10001 creditline \
     && python -m pip uninstall --yes --quiet pip setuptools wheel
 
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /app/services /app/services
-COPY --from=builder /app/creditline /app/creditline
 COPY --from=builder /app/models /app/models
 # Local `docker run` keeps SQLite under /app/data (the default URL is relative to /app); on
 # Kubernetes the root filesystem is read-only and the database is PostgreSQL.

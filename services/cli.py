@@ -41,6 +41,16 @@ def serve_limits(port: Port = None, host: Host = None, metrics_port: MetricsPort
     main(port=port, host=host, metrics_port=metrics_port)
 
 
+@serve_app.command("monitoring")
+def serve_monitoring(
+    port: Port = None, host: Host = None, metrics_port: MetricsPort = None
+) -> None:
+    """Serve MonitoringService (default 127.0.0.1:50053)."""
+    from services.monitoring.__main__ import main
+
+    main(port=port, host=host, metrics_port=metrics_port)
+
+
 @app.command()
 def run(
     auth: Annotated[

@@ -51,17 +51,48 @@ def test_serve_limits_on_a_chosen_port(tmp_path):
     assert (tmp_path / "limits.db").exists()
 
 
+def monitoring_env(tmp_path: Path, scoring_port: int, limits_port: int) -> dict[str, str]:
+    return {
+        "CREDITLINE_MONITORING_DATABASE_URL": f"sqlite:///{tmp_path / 'monitoring.db'}",
+        "CREDITLINE_MONITORING_SCORING_TARGET": f"127.0.0.1:{scoring_port}",
+        "CREDITLINE_MONITORING_LIMITS_TARGET": f"127.0.0.1:{limits_port}",
+    }
+
+
+def test_serve_monitoring_on_a_chosen_port(tmp_path):
+    port = free_port()
+    # Monitoring serves without limits and scoring: signals wait in its outbox.
+    env = {**os.environ, **monitoring_env(tmp_path, free_port(), free_port())}
+    process = subprocess.Popen(
+        [CREDITLINE, "serve", "monitoring", "--port", str(port)], env=env, stdout=subprocess.DEVNULL
+    )
+    wait_serving(port, "creditline.monitoring.v1.MonitoringService", process)
+    assert stop(process) == 0
+    assert (tmp_path / "monitoring.db").exists()
+
+
 def test_run_starts_the_suite_and_stops_it_on_sigterm(tmp_path):
-    scoring_port, limits_port = free_port(), free_port()
+    scoring_port, limits_port, monitoring_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         **limits_env(tmp_path, scoring_port),
+        **monitoring_env(tmp_path, scoring_port, limits_port),
         "CREDITLINE_SCORING_PORT": str(scoring_port),
         "CREDITLINE_LIMITS_PORT": str(limits_port),
+        "CREDITLINE_MONITORING_PORT": str(monitoring_port),
     }
-    process = subprocess.Popen([CREDITLINE, "run"], env=env, stdout=subprocess.DEVNULL)
+    # In a directory of its own: run writes its development tokens under data/dev there.
+    process = subprocess.Popen(
+        [CREDITLINE, "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_serving(scoring_port, "creditline.scoring.v1.ScoringService", process)
     wait_serving(limits_port, "creditline.limits.v1.LimitsService", process)
+    wait_serving(monitoring_port, "creditline.monitoring.v1.MonitoringService", process)
+    assert (tmp_path / "data" / "dev" / "tokens.yaml").exists()
     assert stop(process) == 0
 
 

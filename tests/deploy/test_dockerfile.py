@@ -74,13 +74,11 @@ def test_the_entrypoint_is_creditline_serve_and_the_manifests_name_a_service(ren
     assert scripts["creditline"] == "services.cli:app"
     serve = typer.main.get_command(app).commands["serve"]
     commands = set(serve.commands)
-    assert {"scoring", "limits"} <= commands
-    # monitoring's command is being added; until then only its manifest names it.
+    assert set(SERVICES) <= commands
     for name in TARGETS:
         for service in SERVICES:
             args = rendered[name].container(service)["args"]
             assert args == [service]
-            assert service in commands or service == "monitoring"
             assert "command" not in rendered[name].container(service), "keep the ENTRYPOINT"
 
 
@@ -93,7 +91,7 @@ def test_the_final_stage_copies_the_venv_code_and_models_and_builds_nothing():
         source = re.match(r"--from=(\S+)\s", copy)
         assert source and source[1] in names, f"the final stage copies only from a builder: {copy}"
     destinations = {copy.split()[-1] for copy in copies}
-    assert {"/opt/venv", "/app/services", "/app/creditline", "/app/models"} <= destinations
+    assert {"/opt/venv", "/app/models"} <= destinations
     for command in final.all("RUN"):
         for part in re.split(r"&&|;", command):
             words = part.split()
@@ -160,3 +158,20 @@ def test_the_build_context_holds_the_sources_and_no_secrets_or_venvs():
         "services/limits/__pycache__/policy.cpython-311.pyc",
     ):
         assert dockerignored(unwanted, patterns), unwanted
+
+
+def test_the_installed_package_carries_every_data_file_the_services_read():
+    """The image installs a wheel: a file under services/ that is not Python must be package
+    data, or the service would not find it in the image."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_data = setuptools["package-data"]
+    for path in (ROOT / "services").rglob("*"):
+        if path.is_dir() or path.suffix in {".py", ".pyc"} or "__pycache__" in path.parts:
+            continue
+        package = ".".join(path.parent.relative_to(ROOT).parts)
+        owners = {p: globs for p, globs in package_data.items() if package.startswith(p)}
+        assert any(
+            path.relative_to(ROOT / p.replace(".", "/")).match(glob)
+            for p, globs in owners.items()
+            for glob in globs
+        ), f"{path.relative_to(ROOT)} is not package data"
