@@ -21,6 +21,7 @@ from services.monitoring.profile import (
     features,
     record,
     robust_z,
+    trim_incomes,
     utilisation,
 )
 from services.monitoring.rules import Rules, Severity
@@ -52,13 +53,23 @@ def signal_id(*parts: object) -> str:
 
 
 def keep_for(rules: Rules) -> Keep:
-    return Keep(
+    """The history `rules` need (computed once per rules object: every event asks)."""
+    global _kept
+    kept = _kept
+    if kept is not None and kept[0] is rules:
+        return kept[1]
+    keep = Keep(
         inquiry_days=max(w.window_days for w in rules.multiple_lending.windows),
         utilisation_days=rules.utilisation.window_days,
         income_days=rules.income_decline.window_days,
         draw_hours=rules.abnormal_transaction.burst_hours,
         transactions=rules.abnormal_transaction.history_size,
     )
+    _kept = (rules, keep)
+    return keep
+
+
+_kept: tuple[Rules, Keep] | None = None
 
 
 def new_account(event: Event) -> AccountState:
@@ -69,12 +80,14 @@ def process(state: AccountState, event: Event, rules: Rules) -> list[Raised]:
     """Applies `event` (next in sequence) to `state`; returns the signals it raises."""
     detector = _Detector(state, event, rules)
     dpd_before, worst_before = state.days_past_due, state.worst_days_past_due
-    amounts_before = list(state.amounts)
-    income_reference = _income_reference(state, event, rules)
-    record(state, event, keep_for(rules))
-    detector.end_expired_episodes()
-
     kind = event.kind
+    keep = keep_for(rules)
+    amounts_before = list(state.amounts) if kind is EventKind.transaction else []
+    income_reference = _income_reference(state, event, rules, keep)
+    record(state, event, keep)
+    if state.episodes:
+        detector.end_expired_episodes()
+
     if state.days_past_due != dpd_before:
         detector.days_past_due(dpd_before, worst_before)
     if kind is EventKind.repayment:
@@ -120,10 +133,12 @@ def rescored(state: AccountState, new_band: str, model_version: str, rules: Rule
     return [replace(r, event_id="", profile=profile) for r in detector.raised]  # no event
 
 
-def _income_reference(state: AccountState, event: Event, rules: Rules) -> float:
+def _income_reference(state: AccountState, event: Event, rules: Rules, keep: Keep) -> float:
     """The highest income of the rule's window before this event (0 when none is known)."""
     if event.kind is not EventKind.income_updated:
         return 0.0
+    # The readings as of the previous event: the oldest of them count here.
+    trim_incomes(state, state.last_event_at, keep)
     since = event.at - rules.income_decline.window_days * DAY
     recent = [income for at, income in state.incomes if at > since]
     if state.incomes:  # the reading in force at the window's start counts too

@@ -3,15 +3,19 @@
 `AccountState` holds just enough history to answer every behaviour-model feature over rolling
 windows (7, 30, 90, 180 and 365 days) without rereading old events: dated points of days past
 due, the dates of inquiries and partial payments, income readings, recent utilisation and
-transaction amounts. `record` folds one event in and trims what has aged out of every window;
-`features` computes the model's inputs at the account's latest event time. All times are the
-events' own (epoch seconds), so replaying the same events gives the same profile.
+transaction amounts. `record` folds one event in and trims the history it added to (a history
+no event touched may keep entries that aged out until one does: every reader applies its window
+again, so they cost only size); `features` computes the model's inputs at the account's latest
+event time. All times are the events' own (epoch seconds), so replaying the same events gives
+the same profile, and each history is in time order.
 """
 
 import dataclasses
 import statistics
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import itemgetter
 
 import orjson
 
@@ -106,6 +110,10 @@ class AccountState:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(AccountState))
+_time_of = itemgetter(0)
+_MOVES_UTILISATION = frozenset(
+    {EventKind.line_drawn, EventKind.repayment, EventKind.credit_line_changed}
+)
 
 
 def utilisation(state: AccountState) -> float:
@@ -124,14 +132,16 @@ def record(state: AccountState, event: Event, keep: "Keep") -> None:
     if kind is EventKind.account_opened:
         state.credit_line = event.amount
         if event.income:
-            _set_income(state, now, event.income)
+            _set_income(state, now, event.income, keep)
     elif kind is EventKind.line_drawn:
         state.balance += event.amount
         state.draws.append(now)
+        _drop_until(state.draws, now - keep.draw_hours * 3600)
     elif kind is EventKind.repayment:
         state.balance = max(0, state.balance - event.amount)
         if event.timing is Timing.partial:
             state.partials.append(now)
+            _drop_until(state.partials, now - 180 * DAY)
             state.consecutive_partials += 1
             state.on_time_streak = 0
         else:
@@ -142,8 +152,9 @@ def record(state: AccountState, event: Event, keep: "Keep") -> None:
                 state.on_time_streak = 0
     elif kind is EventKind.credit_inquiry:
         state.inquiries.append(now)
+        _drop_until(state.inquiries, now - max(30, keep.inquiry_days) * DAY)
     elif kind is EventKind.income_updated:
-        _set_income(state, now, event.income)
+        _set_income(state, now, event.income, keep)
     elif kind is EventKind.transaction:
         state.amounts.append(event.amount)
         del state.amounts[: -keep.transactions]
@@ -155,9 +166,10 @@ def record(state: AccountState, event: Event, keep: "Keep") -> None:
         _set_days_past_due(state, now, event.days_past_due)
     if kind is EventKind.payment_missed:
         state.on_time_streak = 0
-    if kind in (EventKind.line_drawn, EventKind.repayment, EventKind.credit_line_changed):
-        state.utilisation_points.append([now, utilisation(state)])
-    _trim(state, now, keep)
+    if kind in _MOVES_UTILISATION:
+        points = state.utilisation_points
+        points.append([now, utilisation(state)])
+        del points[: bisect_right(points, now - keep.utilisation_days * DAY, key=_time_of)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +183,15 @@ class Keep:
     transactions: int = 50
 
 
-def _set_income(state: AccountState, now: float, income: int) -> None:
+def _set_income(state: AccountState, now: float, income: int, keep: Keep) -> None:
     state.monthly_income = income
     state.incomes.append([now, income])
+    trim_incomes(state, now, keep)
+
+
+def trim_incomes(state: AccountState, now: float, keep: Keep) -> None:
+    """Drops the income readings that had aged out of every window by `now`."""
+    _trim_points(state.incomes, now - max(KEEP_DAYS, keep.income_days) * DAY)
 
 
 def _set_days_past_due(state: AccountState, now: float, days: int) -> None:
@@ -188,68 +206,75 @@ def _set_days_past_due(state: AccountState, now: float, days: int) -> None:
             state.dpd_entries.append([now, threshold])
     if days > 0:
         state.on_time_streak = 0
-
-
-def _trim(state: AccountState, now: float, keep: Keep) -> None:
     year_ago = now - KEEP_DAYS * DAY
     _trim_points(state.dpd_points, year_ago)
-    _trim_points(state.incomes, now - max(KEEP_DAYS, keep.income_days) * DAY)
-    state.dpd_entries[:] = [e for e in state.dpd_entries if e[0] > year_ago]
-    state.partials[:] = [t for t in state.partials if t > now - 180 * DAY]
-    state.inquiries[:] = [t for t in state.inquiries if t > now - max(30, keep.inquiry_days) * DAY]
-    state.utilisation_points[:] = [
-        p for p in state.utilisation_points if p[0] > now - keep.utilisation_days * DAY
-    ]
-    state.draws[:] = [t for t in state.draws if t > now - keep.draw_hours * 3600]
+    entries = state.dpd_entries
+    del entries[: bisect_right(entries, year_ago, key=_time_of)]
+
+
+def _drop_until(times: list[float], cutoff: float) -> None:
+    """Drops the times up to `cutoff` (every history is in time order: `now` never rewinds)."""
+    del times[: bisect_right(times, cutoff)]
 
 
 def _trim_points(points: list[list[float]], cutoff: float) -> None:
     """Drops points older than `cutoff`, keeping the last of them: the value in force then."""
-    old = sum(1 for point in points if point[0] <= cutoff)
+    old = bisect_right(points, cutoff, key=_time_of)
     if old > 1:
         del points[: old - 1]
 
 
 def value_at(points: list[list[float]], time: float, default: float = 0.0) -> float:
-    """The value in force at `time` of a series of [time, value] changes."""
-    value = default
-    for at, point in points:
-        if at > time:
-            break
-        value = point
-    return value
+    """The value in force at `time` of a series of [time, value] changes (in time order)."""
+    before = bisect_right(points, time, key=_time_of)
+    return points[before - 1][1] if before else default
 
 
 def count_since(times: list[float], since: float) -> int:
-    return sum(1 for t in times if t > since)
+    """How many of `times` (in order) are after `since`."""
+    return len(times) - bisect_right(times, since)
+
+
+def _max_since(points: list[list[float]], start: float) -> float:
+    """The highest value in force at any time after `start` (0 when there is none)."""
+    before = bisect_right(points, start, key=_time_of)
+    highest = points[before - 1][1] if before else 0.0
+    for point in points[before:]:
+        if point[1] > highest:
+            highest = point[1]
+    return highest
 
 
 def features(state: AccountState) -> dict[str, float]:
     """The behaviour model's features at the account's latest event time."""
     now = state.last_event_at
-    line_use = utilisation(state)
-    max_dpd = {}
-    for months in (3, 6, 12):
-        start = now - (KEEP_DAYS if months == 12 else months * MONTH_DAYS) * DAY
-        in_window = [p[1] for p in state.dpd_points if p[0] > start]
-        max_dpd[months] = max([value_at(state.dpd_points, start), *in_window])
     year_ago = now - KEEP_DAYS * DAY
-    episodes = {}
-    for threshold in EPISODE_THRESHOLDS:
-        entered = sum(1 for at, t in state.dpd_entries if t == threshold and at > year_ago)
-        ongoing_before = value_at(state.dpd_points, year_ago) >= threshold
-        episodes[threshold] = entered + int(ongoing_before)
+    points = state.dpd_points
+    if points:
+        max_dpd_3m = _max_since(points, now - 3 * MONTH_DAYS * DAY)
+        max_dpd_6m = _max_since(points, now - 6 * MONTH_DAYS * DAY)
+        max_dpd_12m = _max_since(points, year_ago)
+        in_force_year_ago = value_at(points, year_ago)
+        entered = [t for at, t in state.dpd_entries if at > year_ago]
+        episodes = [
+            entered.count(threshold) + (in_force_year_ago >= threshold)
+            for threshold in EPISODE_THRESHOLDS
+        ]
+    else:  # never late (entries are only ever added with a point)
+        max_dpd_3m = max_dpd_6m = max_dpd_12m = 0.0
+        episodes = [0, 0, 0]
     income = state.monthly_income
-    earlier = value_at(state.incomes, now - 180 * DAY, state.incomes[0][1] if state.incomes else 0)
+    incomes = state.incomes
+    earlier = value_at(incomes, now - 180 * DAY, incomes[0][1] if incomes else 0)
     return {
-        "utilisation": line_use,
+        "utilisation": utilisation(state),
         "days_past_due": float(state.days_past_due),
-        "max_dpd_3m": float(max_dpd[3]),
-        "max_dpd_6m": float(max_dpd[6]),
-        "max_dpd_12m": float(max_dpd[12]),
-        "dpd30_episodes_12m": float(episodes[30]),
-        "dpd60_episodes_12m": float(episodes[60]),
-        "dpd90_episodes_12m": float(episodes[90]),
+        "max_dpd_3m": float(max_dpd_3m),
+        "max_dpd_6m": float(max_dpd_6m),
+        "max_dpd_12m": float(max_dpd_12m),
+        "dpd30_episodes_12m": float(episodes[0]),
+        "dpd60_episodes_12m": float(episodes[1]),
+        "dpd90_episodes_12m": float(episodes[2]),
         "on_time_streak": float(state.on_time_streak),
         "partial_payments_6m": float(count_since(state.partials, now - 180 * DAY)),
         "inquiries_7d": float(count_since(state.inquiries, now - 7 * DAY)),
