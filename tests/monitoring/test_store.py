@@ -1,0 +1,85 @@
+"""Monitoring's store on SQLite and PostgreSQL: the migrated schema is the store's, alerts are
+numbered without gaps under concurrent batches, and one replica at a time holds a lease."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from services.common.database import create_engine, migrate
+from services.common.errors import Aborted, Violations
+from services.monitoring.converters import events_of
+from services.monitoring.ingestion import ingest
+from services.monitoring.rules import load_rules
+from services.monitoring.store import MIGRATIONS, AlertQuery, MonitoringStore, metadata
+from tests.monitoring.events import Customer, batch
+
+VERSION_TABLE = "monitoring_alembic_version"
+
+
+def test_migrating_twice_leaves_exactly_the_stores_schema(database_url):
+    engine = create_engine(database_url)
+    try:
+        migrate(engine, MIGRATIONS)
+        migrate(engine, MIGRATIONS)
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_batches_number_their_alerts_without_gaps(database_url):
+    store = MonitoringStore.open(database_url)
+    rules = load_rules()
+    start = threading.Barrier(4)
+
+    def producer(worker: int) -> None:
+        customers = [Customer(f"acct-{worker}-{i}") for i in range(5)]
+        opened = events_of(batch(*(c.opened() for c in customers)), "CNY", Violations())
+        start.wait()
+        _apply(store, opened, rules)
+        for _ in range(5):
+            late = [c.advance(days=31).missed() for c in customers]
+            _apply(store, events_of(batch(*late), "CNY", Violations()), rules)
+            cured = [c.advance(days=1).repaid(10, "LATE") for c in customers]
+            _apply(store, events_of(batch(*cured), "CNY", Violations()), rules)
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for future in [pool.submit(producer, w) for w in range(4)]:
+                future.result()
+        with store.read() as uow:
+            numbers = [a.seq for a in uow.alerts_after(0, AlertQuery(), 10_000)]
+            assert uow.last_alert_number() == len(numbers)
+        assert numbers == list(range(1, 4 * 5 * 5 * 2 + 1))  # each miss, each cure
+    finally:
+        store.close()
+
+
+def test_one_owner_holds_a_lease_until_it_expires(database_url):
+    store = MonitoringStore.open(database_url)
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    try:
+        with store.unit_of_work() as uow:
+            assert uow.take_lease("delivery", "replica-a", now, 15)
+        with store.unit_of_work() as uow:
+            assert not uow.take_lease("delivery", "replica-b", now + timedelta(seconds=5), 15)
+        with store.unit_of_work() as uow:
+            assert uow.take_lease("delivery", "replica-a", now + timedelta(seconds=10), 15)
+        with store.unit_of_work() as uow:  # replica-a stopped renewing
+            assert uow.take_lease("delivery", "replica-b", now + timedelta(seconds=26), 15)
+    finally:
+        store.close()
+
+
+def _apply(store, events, rules) -> None:
+    while True:
+        try:
+            with store.unit_of_work() as uow:
+                ingest(uow, events, rules, datetime.now(UTC))
+            return
+        except Aborted:  # lost to a concurrent transaction: retried, as a client would
+            continue
