@@ -2,6 +2,12 @@
 are also the outbox of signals for limits), in SQLite or PostgreSQL (SQLAlchemy Core; schema
 by Alembic, tables prefixed `monitoring_` so a database can be shared with limits).
 
+The hot paths (the events, accounts and alerts of a batch) go to the driver as plain rows,
+without SQLAlchemy's per-row bind processing, which cost more than the database itself: times
+in those tables are integer microseconds since the epoch (BIGINT, `EpochMicros`), converted at
+this module's boundary, so `AlertRecord` still gives UTC datetimes. On PostgreSQL a batch's rows
+travel as one array per column in a single statement.
+
 Alerts are numbered from a counter row that each writing transaction takes last and holds to
 its commit, so alerts become visible in the order of their numbers: a reader that has seen
 alert n has seen every alert before it, which is what lets WatchAlerts resume from a cursor
@@ -28,14 +34,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    bindparam,
+    TypeDecorator,
     exc,
     insert,
     select,
     update,
 )
 
-from services.common.database import UtcDateTime, create_engine, migrate, transaction
+from services.common.database import UtcDateTime, as_utc, create_engine, migrate, transaction
 from services.common.errors import Aborted
 from services.monitoring.detection import Raised
 from services.monitoring.profile import AccountState, Event
@@ -82,6 +88,27 @@ class AlertQuery:
     account_id: str = ""
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+class EpochMicros(TypeDecorator):
+    """A UTC datetime stored as integer microseconds since the epoch (BIGINT)."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> int | None:
+        return None if value is None else micros(value)
+
+    def process_result_value(self, value: int | None, dialect) -> datetime | None:
+        return None if value is None else EPOCH + value * MICROSECOND
+
+
+def micros(value: datetime) -> int:
+    return (as_utc(value) - EPOCH) // MICROSECOND
+
+
 metadata = MetaData()
 
 accounts = Table(
@@ -91,9 +118,9 @@ accounts = Table(
     Column("last_sequence", BigInteger, nullable=False),
     Column("profile_version", BigInteger, nullable=False),
     Column("rescore_due", Boolean, nullable=False),
-    # The whole AccountState as JSON: histories, episodes, the latest score.
+    # The whole AccountState as JSON (see AccountState.to_json): histories, episodes, score.
     Column("state", Text, nullable=False),
-    Column("updated_at", UtcDateTime, nullable=False),
+    Column("updated_at", EpochMicros, nullable=False),
     Index("ix_monitoring_accounts_rescore_due", "rescore_due", "account_id"),
 )
 
@@ -104,8 +131,8 @@ events = Table(
     Column("account_id", String, nullable=False),
     Column("sequence", BigInteger, nullable=False),
     Column("kind", String, nullable=False),
-    Column("occurred_at", UtcDateTime, nullable=False),
-    Column("ingested_at", UtcDateTime, nullable=False),
+    Column("occurred_at", EpochMicros, nullable=False),
+    Column("ingested_at", EpochMicros, nullable=False),
     Index("ix_monitoring_events_account_id_sequence", "account_id", "sequence"),
 )
 
@@ -121,13 +148,13 @@ alerts = Table(
     Column("profile", Text, nullable=False),
     Column("risk_band", String, nullable=False),
     Column("event_id", String, nullable=False),
-    Column("detected_at", UtcDateTime, nullable=False),
-    Column("created_at", UtcDateTime, nullable=False),
+    Column("detected_at", EpochMicros, nullable=False),
+    Column("created_at", EpochMicros, nullable=False),
     Column("rules_version", String, nullable=False),
     Column("delivery", String, nullable=False),
     Column("delivery_attempts", Integer, nullable=False),
     Column("delivery_error", Text, nullable=False),
-    Column("delivered_at", UtcDateTime),
+    Column("delivered_at", EpochMicros),
     Index("ix_monitoring_alerts_account_id_seq", "account_id", "seq"),
     Index("ix_monitoring_alerts_delivery_seq", "delivery", "seq"),
 )
@@ -196,76 +223,94 @@ class UnitOfWork:
     # -- events and accounts ----------------------------------------------------------------
 
     def seen_event_ids(self, event_ids: Iterable[str]) -> set[str]:
-        seen: set[str] = set()
-        for chunk in _chunks(sorted(set(event_ids))):
-            query = select(events.c.event_id).where(events.c.event_id.in_(chunk))
-            seen.update(self._connection.execute(query).scalars())
-        return seen
+        return set(self._select_in(events, "event_id", "event_id", event_ids, lock=False))
 
     def account_states(self, account_ids: Iterable[str], lock: bool) -> dict[str, AccountState]:
         """The stored states of these accounts (absent ones are missing); `lock` takes their
         row locks on PostgreSQL (SQLite's write transaction already holds the database)."""
         found: dict[str, AccountState] = {}
-        for chunk in _chunks(sorted(set(account_ids))):
-            query = select(accounts.c.state).where(accounts.c.account_id.in_(chunk))
-            if lock and self._postgres:
-                query = query.order_by(accounts.c.account_id).with_for_update()
-            for (text,) in self._connection.execute(query):
-                state = AccountState.from_json(text)
-                found[state.account_id] = state
+        for text in self._select_in(accounts, "state", "account_id", account_ids, lock):
+            state = AccountState.from_json(text)
+            found[state.account_id] = state
         return found
 
     def account_state(self, account_id: str) -> AccountState | None:
         return self.account_states([account_id], lock=False).get(account_id)
 
     def save_events(self, applied: Sequence[Event], now: datetime) -> None:
-        if applied:
-            self._connection.execute(
-                insert(events),
-                [
-                    {
-                        "event_id": e.event_id,
-                        "account_id": e.account_id,
-                        "sequence": e.sequence,
-                        "kind": e.kind.value,
-                        "occurred_at": _time(e.at),
-                        "ingested_at": now,
-                    }
-                    for e in applied
-                ],
-            )
+        at = micros(now)
+        rows = [
+            (e.event_id, e.account_id, e.sequence, e.kind.value, _micros(e.at), at) for e in applied
+        ]
+        self._insert(events, rows)
 
     def save_states(
         self, states: Iterable[AccountState], existing: set[str], now: datetime
     ) -> None:
-        """Inserts the new accounts and updates the `existing` ones."""
-        rows = [
-            {
-                "account_id": s.account_id,
-                "last_sequence": s.last_sequence,
-                "profile_version": s.profile_version,
-                "rescore_due": s.rescore_due,
-                "state": s.to_json(),
-                "updated_at": now,
-            }
-            for s in states
-        ]
-        new = [row for row in rows if row["account_id"] not in existing]
-        old = [{**row, "key": row["account_id"]} for row in rows if row["account_id"] in existing]
-        if new:
-            self._connection.execute(insert(accounts), new)
-        if old:
-            self._connection.execute(
-                update(accounts)
-                .where(accounts.c.account_id == bindparam("key"))
-                .values(
-                    last_sequence=bindparam("last_sequence"),
-                    profile_version=bindparam("profile_version"),
-                    rescore_due=bindparam("rescore_due"),
-                    state=bindparam("state"),
-                    updated_at=bindparam("updated_at"),
-                ),
-                old,
+        """Inserts the new accounts and updates the `existing` ones.
+
+        An insert, not an upsert, for the new ones: two batches that both opened an account
+        must not both succeed (the second is refused with a conflict, and its retry sees the
+        first's account).
+        """
+        at = micros(now)
+        new, old = [], []
+        for s in states:
+            row = (s.account_id, s.last_sequence, s.profile_version, s.rescore_due, s.to_json(), at)
+            (old if s.account_id in existing else new).append(row)
+        self._insert(accounts, new)
+        if not old:
+            return
+        columns = ("account_id", "last_sequence", "profile_version", "rescore_due", "state")
+        columns += ("updated_at",)
+        if self._postgres:
+            self._connection.exec_driver_sql(
+                f"UPDATE monitoring_accounts AS a SET "
+                f"{', '.join(f'{c} = v.{c}' for c in columns[1:])} "
+                f"FROM {_unnest(accounts, columns)} AS v({', '.join(columns)}) "
+                "WHERE a.account_id = v.account_id",
+                _by_column(old),
+            )
+        else:
+            self._connection.exec_driver_sql(
+                f"UPDATE monitoring_accounts SET {', '.join(f'{c} = ?' for c in columns[1:])} "
+                "WHERE account_id = ?",
+                [(*row[1:], row[0]) for row in old],
+            )
+
+    def _select_in(
+        self, table: Table, column: str, key: str, keys: Iterable[str], lock: bool
+    ) -> list:
+        """`column` of the rows of `table` whose `key` is one of `keys`."""
+        keys = sorted(set(keys))
+        if not keys:
+            return []
+        if self._postgres:
+            sql = f"SELECT {column} FROM {table.name} WHERE {key} = ANY(%s)"
+            if lock:  # in key order: replicas locking overlapping batches cannot deadlock
+                sql += f" ORDER BY {key} FOR UPDATE"
+            return [row[0] for row in self._connection.exec_driver_sql(sql, (keys,))]
+        # One JSON array for any number of keys: no limit on bound parameters to chunk for.
+        sql = f"SELECT {column} FROM {table.name} WHERE {key} IN (SELECT value FROM json_each(?))"
+        keys_json = orjson.dumps(keys).decode()
+        return [row[0] for row in self._connection.exec_driver_sql(sql, (keys_json,))]
+
+    def _insert(self, table: Table, rows: list[tuple]) -> None:
+        """Inserts `rows` (values of the table's columns in order, but those left at NULL)."""
+        if not rows:
+            return
+        columns = [c.name for c in table.columns][: len(rows[0])]
+        if self._postgres:
+            self._connection.exec_driver_sql(
+                f"INSERT INTO {table.name} ({', '.join(columns)}) "
+                f"SELECT * FROM {_unnest(table, columns)}",
+                _by_column(rows),
+            )
+        else:
+            self._connection.exec_driver_sql(
+                f"INSERT INTO {table.name} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                rows,
             )
 
     def accounts_due_for_rescoring(self, limit: int) -> list[str]:
@@ -288,29 +333,33 @@ class UnitOfWork:
             return 0
         last = self._take_numbers(len(raised))
         first = last - len(raised) + 1
-        self._connection.execute(
-            insert(alerts),
-            [
-                {
-                    "seq": first + i,
-                    "signal_id": r.signal_id,
-                    "account_id": r.account_id,
-                    "type": r.type,
-                    "severity": int(r.severity),
-                    "evidence": orjson.dumps(r.evidence).decode(),
-                    "profile": orjson.dumps(r.profile).decode(),
-                    "risk_band": r.risk_band,
-                    "event_id": r.event_id,
-                    "detected_at": _time(r.detected_at),
-                    "created_at": now,
-                    "rules_version": rules_version,
-                    "delivery": (Delivery.pending if r.report else Delivery.not_reported).value,
-                    "delivery_attempts": 0,
-                    "delivery_error": "",
-                }
-                for i, r in enumerate(raised)
-            ],
-        )
+        at = micros(now)
+        profiles: dict[int, str] = {}  # one account's alerts of a batch share its profile
+        rows = []
+        for i, r in enumerate(raised):
+            profile = profiles.get(id(r.profile))
+            if profile is None:
+                profile = profiles[id(r.profile)] = orjson.dumps(r.profile).decode()
+            rows.append(
+                (
+                    first + i,
+                    r.signal_id,
+                    r.account_id,
+                    r.type,
+                    int(r.severity),
+                    orjson.dumps(r.evidence).decode(),
+                    profile,
+                    r.risk_band,
+                    r.event_id,
+                    _micros(r.detected_at),
+                    at,
+                    rules_version,
+                    (Delivery.pending if r.report else Delivery.not_reported).value,
+                    0,
+                    "",
+                )
+            )
+        self._insert(alerts, rows)
         return last
 
     def _take_numbers(self, count: int) -> int:
@@ -442,8 +491,27 @@ def _alert(row) -> AlertRecord:
     )
 
 
-def _time(epoch_seconds: float) -> datetime:
-    return datetime.fromtimestamp(epoch_seconds, UTC)
+def _micros(epoch_seconds: float) -> int:
+    return round(epoch_seconds * 1_000_000)
+
+
+_ARRAY_TYPES = ((Boolean, "boolean[]"), (BigInteger, "bigint[]"), (Integer, "integer[]"))
+
+
+def _unnest(table: Table, columns: Sequence[str]) -> str:
+    """unnest(%s::type[], ...) over `columns` of `table`: one array parameter per column."""
+    types = []
+    for name in columns:
+        column_type = table.c[name].type
+        if isinstance(column_type, TypeDecorator):
+            column_type = column_type.impl_instance
+        array = next((a for t, a in _ARRAY_TYPES if isinstance(column_type, t)), "text[]")
+        types.append(f"%s::{array}")
+    return f"unnest({', '.join(types)})"
+
+
+def _by_column(rows: list[tuple]) -> tuple[list, ...]:
+    return tuple(list(column) for column in zip(*rows, strict=True))
 
 
 def _chunks(items: list) -> Iterator[list]:

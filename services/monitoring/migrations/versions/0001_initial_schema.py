@@ -14,8 +14,10 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# Timestamps are stored in UTC: timestamptz on PostgreSQL, ISO text on SQLite.
+# Timestamps are stored in UTC: timestamptz on PostgreSQL, ISO text on SQLite; those of the
+# tables every batch writes as integer microseconds since the epoch (see the store).
 Timestamp = sa.DateTime(timezone=True)
+EpochMicros = sa.BigInteger()
 
 
 def upgrade() -> None:
@@ -26,7 +28,7 @@ def upgrade() -> None:
         sa.Column("profile_version", sa.BigInteger(), nullable=False),
         sa.Column("rescore_due", sa.Boolean(), nullable=False),
         sa.Column("state", sa.Text(), nullable=False),
-        sa.Column("updated_at", Timestamp, nullable=False),
+        sa.Column("updated_at", EpochMicros, nullable=False),
     )
     op.create_index(
         "ix_monitoring_accounts_rescore_due", "monitoring_accounts", ["rescore_due", "account_id"]
@@ -37,8 +39,8 @@ def upgrade() -> None:
         sa.Column("account_id", sa.String(), nullable=False),
         sa.Column("sequence", sa.BigInteger(), nullable=False),
         sa.Column("kind", sa.String(), nullable=False),
-        sa.Column("occurred_at", Timestamp, nullable=False),
-        sa.Column("ingested_at", Timestamp, nullable=False),
+        sa.Column("occurred_at", EpochMicros, nullable=False),
+        sa.Column("ingested_at", EpochMicros, nullable=False),
     )
     op.create_index(
         "ix_monitoring_events_account_id_sequence",
@@ -56,13 +58,13 @@ def upgrade() -> None:
         sa.Column("profile", sa.Text(), nullable=False),
         sa.Column("risk_band", sa.String(), nullable=False),
         sa.Column("event_id", sa.String(), nullable=False),
-        sa.Column("detected_at", Timestamp, nullable=False),
-        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Column("detected_at", EpochMicros, nullable=False),
+        sa.Column("created_at", EpochMicros, nullable=False),
         sa.Column("rules_version", sa.String(), nullable=False),
         sa.Column("delivery", sa.String(), nullable=False),
         sa.Column("delivery_attempts", sa.Integer(), nullable=False),
         sa.Column("delivery_error", sa.Text(), nullable=False),
-        sa.Column("delivered_at", Timestamp, nullable=True),
+        sa.Column("delivered_at", EpochMicros, nullable=True),
     )
     op.create_index(
         "ix_monitoring_alerts_account_id_seq", "monitoring_alerts", ["account_id", "seq"]
