@@ -286,7 +286,7 @@ class UnitOfWork:
         if not keys:
             return []
         if self._postgres:
-            sql = f"SELECT {column} FROM {table.name} WHERE {key} = ANY(%s)"
+            sql = f"SELECT {column} FROM {table.name} WHERE {key} = ANY(%b)"
             if lock:  # in key order: replicas locking overlapping batches cannot deadlock
                 sql += f" ORDER BY {key} FOR UPDATE"
             return [row[0] for row in self._connection.exec_driver_sql(sql, (keys,))]
@@ -499,14 +499,15 @@ _ARRAY_TYPES = ((Boolean, "boolean[]"), (BigInteger, "bigint[]"), (Integer, "int
 
 
 def _unnest(table: Table, columns: Sequence[str]) -> str:
-    """unnest(%s::type[], ...) over `columns` of `table`: one array parameter per column."""
+    """unnest(%b::type[], ...) over `columns` of `table`: one array parameter per column, sent
+    in binary (%b): psycopg escapes every element of a text-format array with a regex."""
     types = []
     for name in columns:
         column_type = table.c[name].type
         if isinstance(column_type, TypeDecorator):
             column_type = column_type.impl_instance
         array = next((a for t, a in _ARRAY_TYPES if isinstance(column_type, t)), "text[]")
-        types.append(f"%s::{array}")
+        types.append(f"%b::{array}")
     return f"unnest({', '.join(types)})"
 
 
