@@ -79,7 +79,9 @@ def build_server(
         batch_size=settings.delivery_batch_size,
         security=security,
     )
-    rescorer = Rescorer(store, scorer, rules, utc_now, on_alerts=_then(servicer, delivery))
+    rescorer = Rescorer(
+        store, scorer, rules, utc_now, on_alerts=_after_rescoring(servicer, delivery)
+    )
     servicer.on_signals = delivery.wake
     servicer.on_rescore_due = rescorer.wake
     workers.extend([delivery.start(), rescorer.start()])
@@ -89,7 +91,9 @@ def build_server(
     return server
 
 
-def _then(servicer: MonitoringServicer, delivery: SignalDelivery) -> Callable[[int], None]:
+def _after_rescoring(
+    servicer: MonitoringServicer, delivery: SignalDelivery
+) -> Callable[[int], None]:
     """What follows alerts raised by rescoring: watchers hear of them, delivery sends them."""
 
     def on_alerts(last_alert: int) -> None:
