@@ -133,7 +133,8 @@ events = Table(
     Column("kind", String, nullable=False),
     Column("occurred_at", EpochMicros, nullable=False),
     Column("ingested_at", EpochMicros, nullable=False),
-    Index("ix_monitoring_events_account_id_sequence", "account_id", "sequence"),
+    # Deliberately no index by account: nothing reads events that way (an account's sequence is
+    # in its state), and every batch would otherwise touch a random index page per event.
 )
 
 alerts = Table(

@@ -42,11 +42,6 @@ def upgrade() -> None:
         sa.Column("occurred_at", EpochMicros, nullable=False),
         sa.Column("ingested_at", EpochMicros, nullable=False),
     )
-    op.create_index(
-        "ix_monitoring_events_account_id_sequence",
-        "monitoring_events",
-        ["account_id", "sequence"],
-    )
     op.create_table(
         "monitoring_alerts",
         sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
