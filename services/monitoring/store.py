@@ -8,12 +8,20 @@ in those tables are integer microseconds since the epoch (BIGINT, `EpochMicros`)
 this module's boundary, so `AlertRecord` still gives UTC datetimes. On PostgreSQL a batch's rows
 travel as one array per column in a single statement.
 
+Each process keeps the account states it last committed (`StateCache`), each with the row's
+`version`, which every write of the row increments under its row lock. A batch reads only the
+versions of its accounts (under those locks) and parses the stored state only of those whose
+version is not the one cached: another replica, the rescorer or a crash may have written them
+since. A state is taken out of the cache while a transaction may change it and put back only
+once that transaction has committed, so a rolled-back change is never served.
+
 Alerts are numbered from a counter row that each writing transaction takes last and holds to
 its commit, so alerts become visible in the order of their numbers: a reader that has seen
 alert n has seen every alert before it, which is what lets WatchAlerts resume from a cursor
 with no gap, on any number of replicas.
 """
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +59,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # Ids per IN (...) list: well under SQLite's limit on bound parameters.
 CHUNK = 900
 ALERT_COUNTER = "alerts"
+# Account states a process keeps parsed (a few kB each).
+CACHED_STATES = 50_000
 
 
 class Delivery(StrEnum):
@@ -118,6 +128,8 @@ accounts = Table(
     Column("last_sequence", BigInteger, nullable=False),
     Column("profile_version", BigInteger, nullable=False),
     Column("rescore_due", Boolean, nullable=False),
+    # Incremented by every write of the row: which state a process may have cached.
+    Column("version", BigInteger, nullable=False),
     # The whole AccountState as JSON (see AccountState.to_json): histories, episodes, score.
     Column("state", Text, nullable=False),
     Column("updated_at", EpochMicros, nullable=False),
@@ -177,11 +189,12 @@ leases = Table(
 
 
 class MonitoringStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, cached_states: int = CACHED_STATES) -> None:
         self.engine = engine
+        self.states = StateCache(cached_states)
 
     @classmethod
-    def open(cls, url: str) -> "MonitoringStore":
+    def open(cls, url: str, cached_states: int = CACHED_STATES) -> "MonitoringStore":
         """Connects to `url` (sqlite:///path or postgresql+psycopg://...) and migrates it."""
         engine = create_engine(url)
         try:
@@ -189,7 +202,7 @@ class MonitoringStore:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, cached_states)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -203,12 +216,14 @@ class MonitoringStore:
         """
         try:
             with transaction(self.engine) as connection:
-                yield UnitOfWork(connection)
+                uow = UnitOfWork(connection, self.states)
+                yield uow
         except exc.IntegrityError as error:
             raise Aborted(
                 "a concurrent batch wrote the same account or event; retry",
                 reason="CONCURRENT_MODIFICATION",
             ) from error
+        self.states.put(uow.committed_states())
 
     @contextmanager
     def read(self) -> Iterator["UnitOfWork"]:
@@ -216,23 +231,88 @@ class MonitoringStore:
             yield UnitOfWork(connection)
 
 
+class StateCache:
+    """Account states as this process committed them, by account: (row version, state).
+
+    Bounded: past `capacity` the states put back longest ago are dropped first.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._states: dict[str, tuple[int, AccountState]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, account_id: str, version: int) -> AccountState | None:
+        """The cached state of the account if it is at `version`; it leaves the cache."""
+        with self._lock:
+            cached = self._states.pop(account_id, None)
+        return cached[1] if cached is not None and cached[0] == version else None
+
+    def put(self, states: Iterable[tuple[str, int, AccountState]]) -> None:
+        """Caches committed states; none is touched again by whoever put it."""
+        with self._lock:
+            for account_id, version, state in states:
+                cached = self._states.pop(account_id, None)
+                # Put back late: a newer state may be here already.
+                newest = cached if cached is not None and cached[0] > version else (version, state)
+                self._states[account_id] = newest
+            while len(self._states) > self.capacity:
+                del self._states[next(iter(self._states))]
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
 class UnitOfWork:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, cache: StateCache | None = None) -> None:
         self._connection = connection
         self._postgres = connection.dialect.name == "postgresql"
+        self._cache = cache
+        # The row versions of the states read under their locks, and the states written.
+        self._versions: dict[str, int] = {}
+        self._saved: dict[str, AccountState] = {}
+
+    def committed_states(self) -> list[tuple[str, int, AccountState]]:
+        """The states this transaction wrote with their new versions (for the cache, once it
+        has committed); those of rows it did not read under their lock are left out."""
+        return [
+            (account_id, self._versions[account_id] + 1, state)
+            for account_id, state in self._saved.items()
+            if account_id in self._versions
+        ]
 
     # -- events and accounts ----------------------------------------------------------------
 
     def seen_event_ids(self, event_ids: Iterable[str]) -> set[str]:
-        return set(self._select_in(events, "event_id", "event_id", event_ids, lock=False))
+        rows = self._select_in(events, "event_id", "event_id", event_ids, lock=False)
+        return {event_id for (event_id,) in rows}
 
     def account_states(self, account_ids: Iterable[str], lock: bool) -> dict[str, AccountState]:
         """The stored states of these accounts (absent ones are missing); `lock` takes their
         row locks on PostgreSQL (SQLite's write transaction already holds the database)."""
         found: dict[str, AccountState] = {}
-        for text in self._select_in(accounts, "state", "account_id", account_ids, lock):
-            state = AccountState.from_json(text)
-            found[state.account_id] = state
+        if lock and self._cache is not None:
+            # The versions first, under the locks; then the states not cached at that version.
+            columns = "account_id, version"
+            versions = self._select_in(accounts, columns, "account_id", account_ids, lock=True)
+            missing = []
+            for account_id, version in versions:
+                self._versions[account_id] = version
+                state = self._cache.take(account_id, version)
+                if state is None:
+                    missing.append(account_id)
+                else:
+                    found[account_id] = state
+            account_ids, lock_again = missing, False  # locked already
+        else:
+            lock_again = lock
+        columns = "account_id, version, state"
+        for account_id, version, text in self._select_in(
+            accounts, columns, "account_id", account_ids, lock_again
+        ):
+            if lock:
+                self._versions[account_id] = version
+            found[account_id] = AccountState.from_json(text)
         return found
 
     def account_state(self, account_id: str) -> AccountState | None:
@@ -257,44 +337,49 @@ class UnitOfWork:
         at = micros(now)
         new, old = [], []
         for s in states:
-            row = (s.account_id, s.last_sequence, s.profile_version, s.rescore_due, s.to_json(), at)
-            (old if s.account_id in existing else new).append(row)
+            self._saved[s.account_id] = s
+            values = (s.last_sequence, s.profile_version, s.rescore_due)
+            if s.account_id in existing:
+                old.append((s.account_id, *values, s.to_json(), at))
+            else:
+                self._versions[s.account_id] = 0
+                new.append((s.account_id, *values, 1, s.to_json(), at))
         self._insert(accounts, new)
         if not old:
             return
         columns = ("account_id", "last_sequence", "profile_version", "rescore_due", "state")
         columns += ("updated_at",)
         if self._postgres:
+            assignments = ", ".join(f"{c} = v.{c}" for c in columns[1:])
             self._connection.exec_driver_sql(
-                f"UPDATE monitoring_accounts AS a SET "
-                f"{', '.join(f'{c} = v.{c}' for c in columns[1:])} "
+                f"UPDATE monitoring_accounts AS a SET {assignments}, version = a.version + 1 "
                 f"FROM {_unnest(accounts, columns)} AS v({', '.join(columns)}) "
                 "WHERE a.account_id = v.account_id",
                 _by_column(old),
             )
         else:
+            assignments = ", ".join(f"{c} = ?" for c in columns[1:])
             self._connection.exec_driver_sql(
-                f"UPDATE monitoring_accounts SET {', '.join(f'{c} = ?' for c in columns[1:])} "
+                f"UPDATE monitoring_accounts SET {assignments}, version = version + 1 "
                 "WHERE account_id = ?",
                 [(*row[1:], row[0]) for row in old],
             )
 
     def _select_in(
-        self, table: Table, column: str, key: str, keys: Iterable[str], lock: bool
-    ) -> list:
-        """`column` of the rows of `table` whose `key` is one of `keys`."""
+        self, table: Table, columns: str, key: str, keys: Iterable[str], lock: bool
+    ) -> list[tuple]:
+        """`columns` of the rows of `table` whose `key` is one of `keys`."""
         keys = sorted(set(keys))
         if not keys:
             return []
         if self._postgres:
-            sql = f"SELECT {column} FROM {table.name} WHERE {key} = ANY(%b)"
+            sql = f"SELECT {columns} FROM {table.name} WHERE {key} = ANY(%b)"
             if lock:  # in key order: replicas locking overlapping batches cannot deadlock
                 sql += f" ORDER BY {key} FOR UPDATE"
-            return [row[0] for row in self._connection.exec_driver_sql(sql, (keys,))]
+            return list(self._connection.exec_driver_sql(sql, (keys,)))
         # One JSON array for any number of keys: no limit on bound parameters to chunk for.
-        sql = f"SELECT {column} FROM {table.name} WHERE {key} IN (SELECT value FROM json_each(?))"
-        keys_json = orjson.dumps(keys).decode()
-        return [row[0] for row in self._connection.exec_driver_sql(sql, (keys_json,))]
+        sql = f"SELECT {columns} FROM {table.name} WHERE {key} IN (SELECT value FROM json_each(?))"
+        return list(self._connection.exec_driver_sql(sql, (orjson.dumps(keys).decode(),)))
 
     def _insert(self, table: Table, rows: list[tuple]) -> None:
         """Inserts `rows` (values of the table's columns in order, but those left at NULL)."""

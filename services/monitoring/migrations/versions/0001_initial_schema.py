@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("last_sequence", sa.BigInteger(), nullable=False),
         sa.Column("profile_version", sa.BigInteger(), nullable=False),
         sa.Column("rescore_due", sa.Boolean(), nullable=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
         sa.Column("state", sa.Text(), nullable=False),
         sa.Column("updated_at", EpochMicros, nullable=False),
     )
