@@ -31,9 +31,10 @@ BANDS = "ABCDE"
 EPISODES_ENDING_WITH_COOL_OFF = frozenset({"abnormal_transaction", "risk_band_worsened"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Raised:
-    """A signal the rules raised on an account."""
+    """A signal the rules raised on an account (not frozen: ingestion sets the profile of
+    hundreds per batch, where a copy each would cost more than the rule that raised it)."""
 
     signal_id: str
     account_id: str

@@ -5,10 +5,12 @@ The caller commits; nothing of a batch is acknowledged before that commit, and n
 is applied at all when it holds an event for an account monitoring has never seen opened.
 """
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 
 from services.common.errors import Violations
 from services.monitoring.detection import Raised, new_account, process
@@ -38,7 +40,11 @@ class BatchResult:
     rescore_due: bool = False
 
     def count(self, outcome: Outcome) -> int:
-        return sum(1 for r in self.results if r.outcome is outcome)
+        return self._counts[outcome]
+
+    @cached_property
+    def _counts(self) -> Counter[Outcome]:
+        return Counter(r.outcome for r in self.results)
 
 
 def ingest(uow: UnitOfWork, batch: Sequence[Event], rules: Rules, now: datetime) -> BatchResult:
@@ -83,7 +89,8 @@ def ingest(uow: UnitOfWork, batch: Sequence[Event], rules: Rules, now: datetime)
         profiles[account_id] = profile = features(state)
         if moved_materially(profile, state.scored_profile, rules.rescoring.numeric_change):
             state.rescore_due = rescore_due = True
-    raised = [replace(r, profile=profiles[r.account_id]) for r in raised]
+    for signal in raised:
+        signal.profile = profiles[signal.account_id]
     uow.save_events(applied, now)
     uow.save_states(touched.values(), stored, now)
     last_alert = uow.add_alerts(raised, rules.version, now)

@@ -376,10 +376,10 @@ class UnitOfWork:
             sql = f"SELECT {columns} FROM {table.name} WHERE {key} = ANY(%b)"
             if lock:  # in key order: replicas locking overlapping batches cannot deadlock
                 sql += f" ORDER BY {key} FOR UPDATE"
-            return list(self._connection.exec_driver_sql(sql, (keys,)))
+            return self._connection.exec_driver_sql(sql, (keys,)).fetchall()
         # One JSON array for any number of keys: no limit on bound parameters to chunk for.
         sql = f"SELECT {columns} FROM {table.name} WHERE {key} IN (SELECT value FROM json_each(?))"
-        return list(self._connection.exec_driver_sql(sql, (orjson.dumps(keys).decode(),)))
+        return self._connection.exec_driver_sql(sql, (orjson.dumps(keys).decode(),)).fetchall()
 
     def _insert(self, table: Table, rows: list[tuple]) -> None:
         """Inserts `rows` (values of the table's columns in order, but those left at NULL)."""
