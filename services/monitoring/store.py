@@ -43,6 +43,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    event,
     exc,
     insert,
     select,
@@ -61,6 +62,8 @@ CHUNK = 900
 ALERT_COUNTER = "alerts"
 # Account states a process keeps parsed (a few kB each).
 CACHED_STATES = 50_000
+# WAL pages (4 KiB) after which a commit checkpoints them into the SQLite database.
+SQLITE_CHECKPOINT_PAGES = 16_000
 
 
 class Delivery(StrEnum):
@@ -197,6 +200,8 @@ class MonitoringStore:
     def open(cls, url: str, cached_states: int = CACHED_STATES) -> "MonitoringStore":
         """Connects to `url` (sqlite:///path or postgresql+psycopg://...) and migrates it."""
         engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _checkpoint_less_often)
         try:
             migrate(engine, MIGRATIONS)
         except BaseException:
@@ -229,6 +234,14 @@ class MonitoringStore:
     def read(self) -> Iterator["UnitOfWork"]:
         with transaction(self.engine, read_only=True) as connection:
             yield UnitOfWork(connection)
+
+
+def _checkpoint_less_often(dbapi_connection, _record) -> None:
+    """Lets SQLite's WAL grow to SQLITE_CHECKPOINT_PAGES before a commit copies it back into
+    the database: a batch rewrites pages all over the accounts and alerts, and the same pages
+    again the next batch, so copying back after every batch or two (the default, 1,000 pages)
+    doubled the cost of a commit. Durability is unchanged: each commit still syncs the WAL."""
+    dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
 
 
 class StateCache:
