@@ -284,6 +284,7 @@ class UnitOfWork:
         # The row versions of the states read under their locks, and the states written.
         self._versions: dict[str, int] = {}
         self._saved: dict[str, AccountState] = {}
+        self._rescore_due: dict[str, bool] = {}  # as read, of the same rows
 
     def committed_states(self) -> list[tuple[str, int, AccountState]]:
         """The states this transaction wrote with their new versions (for the cache, once it
@@ -306,11 +307,12 @@ class UnitOfWork:
         found: dict[str, AccountState] = {}
         if lock and self._cache is not None:
             # The versions first, under the locks; then the states not cached at that version.
-            columns = "account_id, version"
+            columns = "account_id, version, rescore_due"
             versions = self._select_in(accounts, columns, "account_id", account_ids, lock=True)
             missing = []
-            for account_id, version in versions:
+            for account_id, version, rescore_due in versions:
                 self._versions[account_id] = version
+                self._rescore_due[account_id] = bool(rescore_due)
                 state = self._cache.take(account_id, version)
                 if state is None:
                     missing.append(account_id)
@@ -319,12 +321,13 @@ class UnitOfWork:
             account_ids, lock_again = missing, False  # locked already
         else:
             lock_again = lock
-        columns = "account_id, version, state"
-        for account_id, version, text in self._select_in(
+        columns = "account_id, version, rescore_due, state"
+        for account_id, version, rescore_due, text in self._select_in(
             accounts, columns, "account_id", account_ids, lock_again
         ):
             if lock:
                 self._versions[account_id] = version
+                self._rescore_due[account_id] = bool(rescore_due)
             found[account_id] = AccountState.from_json(text)
         return found
 
@@ -370,12 +373,25 @@ class UnitOfWork:
                 "WHERE a.account_id = v.account_id",
                 _by_column(old),
             )
-        else:
+            return
+        # SQLite rewrites the entries of every index on a column the SET names, whatever its
+        # value: leave rescore_due out where it stays (most rows), sparing a random page each.
+        flagged = self._rescore_due
+        kept = [row for row in old if flagged.get(row[0]) == row[3]]
+        if len(kept) < len(old):
             assignments = ", ".join(f"{c} = ?" for c in columns[1:])
             self._connection.exec_driver_sql(
                 f"UPDATE monitoring_accounts SET {assignments}, version = version + 1 "
                 "WHERE account_id = ?",
-                [(*row[1:], row[0]) for row in old],
+                [(*row[1:], row[0]) for row in old if flagged.get(row[0]) != row[3]],
+            )
+        if kept:
+            columns = columns[:3] + columns[4:]
+            assignments = ", ".join(f"{c} = ?" for c in columns[1:])
+            self._connection.exec_driver_sql(
+                f"UPDATE monitoring_accounts SET {assignments}, version = version + 1 "
+                "WHERE account_id = ?",
+                [(*row[1:3], *row[4:], row[0]) for row in kept],
             )
 
     def _select_in(

@@ -98,3 +98,24 @@ def test_the_cache_keeps_at_most_its_capacity_newest_first():
     cache.put([("c", 3, states["c"])])
     cache.put([("c", 2, AccountState(account_id="c", opened_at=T0))])  # put back late
     assert cache.take("c", 3) is states["c"]
+
+
+def test_the_rescoring_flag_is_stored_whenever_it_changes(database_url):
+    store = MonitoringStore.open(database_url)
+
+    def due() -> list[str]:
+        with store.read() as uow:
+            return uow.accounts_due_for_rescoring(10)
+
+    try:
+        apply(store, event(1, "a"), event(1, "b"))
+        assert due() == ["a", "b"]
+        with store.unit_of_work() as uow:
+            states = uow.account_states(["a", "b"], lock=True)
+            states["a"].rescore_due = False
+            uow.save_states(states.values(), set(states), NOW)
+        assert due() == ["b"]
+        apply(store, event(2, "a"), event(2, "b"))  # a first repayment: a count feature moves
+        assert due() == ["a", "b"]
+    finally:
+        store.close()
