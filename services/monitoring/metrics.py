@@ -1,6 +1,9 @@
 """Monitoring's own Prometheus metrics: what was ingested, what was raised, how far the outbox
 and rescoring are behind."""
 
+from collections import Counter as Tally
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_INGESTED = Counter(
@@ -35,3 +38,9 @@ OUTBOX_OLDEST_SECONDS = Gauge(
 ACCOUNTS_RESCORED = Counter(
     "creditline_monitoring_accounts_rescored_total", "Accounts scored again after moving."
 )
+
+
+def count_signals(raised: Iterable) -> None:
+    """Counts raised signals by type and severity: one update per pair, not per signal."""
+    for (kind, severity), count in Tally((r.type, r.severity.name) for r in raised).items():
+        SIGNALS_RAISED.labels(kind, severity).inc(count)

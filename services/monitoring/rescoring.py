@@ -162,8 +162,7 @@ class Rescorer(BackgroundWorker):
             uow.save_states(current.values(), set(current), now)
             last_alert = uow.add_alerts(raised, rules.version, now)
         metrics.ACCOUNTS_RESCORED.inc(len(current))
-        for signal in raised:
-            metrics.SIGNALS_RAISED.labels(signal.type, signal.severity.name).inc()
+        metrics.count_signals(raised)
         if last_alert:
             self.on_alerts(last_alert)
         log.debug("rescoring.batch", accounts=len(current), signals=len(raised))

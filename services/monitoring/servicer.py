@@ -137,8 +137,7 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         for outcome in Outcome:
             if count := result.count(outcome):
                 metrics.EVENTS_INGESTED.labels(outcome.value).inc(count)
-        for signal in result.raised:
-            metrics.SIGNALS_RAISED.labels(signal.type, signal.severity.name).inc()
+        metrics.count_signals(result.raised)
         if result.last_alert:
             self.feed.publish(result.last_alert)
             if any(r.report for r in result.raised):

@@ -199,3 +199,26 @@ def test_alerts_are_listed_newest_first_in_pages_and_filtered(monitoring):
         alert_types(monitoring, severities=[pb.ALERT_SEVERITY_MEDIUM]) == ["days_past_due_30"] * 3
     )
     assert alert_types(monitoring, types=["days_past_due_1"]) == ["days_past_due_1"] * 3
+
+
+def test_ingestion_and_signals_are_counted_in_metrics(monitoring):
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        sample("creditline_monitoring_events_total", outcome="applied"),
+        sample("creditline_monitoring_events_total", outcome="duplicate"),
+        sample("creditline_monitoring_signals_total", type="days_past_due_1", severity="low"),
+    )
+    henry = Customer("acct-henry")
+    events = [henry.opened(), henry.advance(days=31).missed()]
+    publish(monitoring, *events)
+    publish(monitoring, *events)
+    after = (
+        sample("creditline_monitoring_events_total", outcome="applied"),
+        sample("creditline_monitoring_events_total", outcome="duplicate"),
+        sample("creditline_monitoring_signals_total", type="days_past_due_1", severity="low"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 2, 1]
