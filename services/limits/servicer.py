@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
 from creditline.type.v1 import risk_pb2
+from services.common.context import current_principal
 from services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -38,6 +39,7 @@ DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 # Accounts a portfolio review scores in one BatchScore and applies in one transaction.
 REVIEW_PAGE = 500
 MAX_ID_LENGTH = 128
+NAMED_ACTORS = frozenset({ActorKind.operator, ActorKind.monitoring})
 SEVERITIES = {pb.SignalSeverity.Value(f"SIGNAL_SEVERITY_{s.name.upper()}"): s for s in Severity}
 
 
@@ -613,7 +615,11 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
     # -- shared steps --------------------------------------------------------------------
 
     def _context(self, request_id: str, actor: ActorKind) -> Context:
-        return Context(self.policies.policy, self.clock(), request_id, actor)
+        # Operators and services are named on the events they cause: the authenticated
+        # principal (empty with authentication off). Customers and the policy are not.
+        principal = current_principal() if actor in NAMED_ACTORS else None
+        actor_id = principal.name if principal else ""
+        return Context(self.policies.policy, self.clock(), request_id, actor, actor_id)
 
     def _account(self, uow: UnitOfWork, account_id: str) -> Account:
         account = uow.get_account(account_id)

@@ -413,6 +413,31 @@ def test_limits_calls_scoring_with_its_own_token(limits, token_of):
     assert opened.account.account_id and opened.account.risk_band
 
 
+def test_operators_are_named_on_the_events_they_cause_and_customers_are_not(limits, token_of):
+    opened = open_account(limits.port, token_of["app_backend"])
+    assert opened.event.actor.id == ""  # the customer's own application
+    with grpc.insecure_channel(f"127.0.0.1:{limits.port}") as channel:
+        frozen = limits_service_pb2_grpc.LimitsServiceStub(channel).FreezeAccount(
+            limits_service_pb2.FreezeAccountRequest(
+                request_id=uuid.uuid4().hex,
+                account_id=opened.account.account_id,
+                reason="suspected fraud",
+            ),
+            metadata=bearer(token_of["operator"]),
+            timeout=10,
+        )
+        events = limits_service_pb2_grpc.LimitsServiceStub(channel).ListLimitEvents(
+            limits_service_pb2.ListLimitEventsRequest(account_id=opened.account.account_id),
+            metadata=bearer(token_of["operator"]),
+            timeout=10,
+        ).events
+    assert frozen.account.status == limits_service_pb2.ACCOUNT_STATUS_FROZEN
+    assert (events[0].actor.kind, events[0].actor.id) == (
+        limits_service_pb2.ACTOR_KIND_OPERATOR,
+        "operator",
+    )
+
+
 def test_limits_without_a_token_of_its_own_cannot_score(dev_tokens, scoring, token_of, tmp_path):
     settings = limits_settings(tmp_path, scoring.port, tokens_file=dev_tokens.tokens_file)
     server = build_limits_server(settings)
