@@ -14,6 +14,7 @@ from services.common.settings import load_settings
 from services.common.tracing import configure_tracing
 from services.monitoring.delivery import SignalDelivery
 from services.monitoring.rescoring import BehaviourScorer, Rescorer
+from services.monitoring.retention import EventRetention
 from services.monitoring.rules import RulesError, RulesHolder
 from services.monitoring.servicer import MonitoringServicer, utc_now
 from services.monitoring.settings import MonitoringSettings
@@ -85,6 +86,8 @@ def build_server(
     servicer.on_signals = delivery.wake
     servicer.on_rescore_due = rescorer.wake
     workers.extend([delivery.start(), rescorer.start()])
+    if settings.event_retention_days > 0:
+        workers.append(EventRetention(store, settings.event_retention_days, utc_now).start())
     if settings.rules_reload_interval_seconds > 0:
         watcher.start()
     server.mark_ready()

@@ -41,6 +41,11 @@ class MonitoringSettings(ServiceSettings):
     currency_code: str = Field(
         "CNY", min_length=3, max_length=3, description="Currency of every amount in events."
     )
+    event_retention_days: float = Field(
+        90.0,
+        ge=0,
+        description="Days the ids of events are kept for de-duplication; 0 keeps them forever.",
+    )
     delivery_batch_size: int = Field(
         100, ge=1, le=1000, description="Signals sent to limits in one ReportSignals call."
     )

@@ -149,7 +149,9 @@ events = Table(
     Column("occurred_at", EpochMicros, nullable=False),
     Column("ingested_at", EpochMicros, nullable=False),
     # Deliberately no index by account: nothing reads events that way (an account's sequence is
-    # in its state), and every batch would otherwise touch a random index page per event.
+    # in its state), and every batch would otherwise touch a random index page per event. The
+    # index by ingestion time only ever grows at its end; retention deletes from its start.
+    Index("ix_monitoring_events_ingested_at", "ingested_at"),
 )
 
 alerts = Table(
@@ -427,6 +429,23 @@ class UnitOfWork:
                 f"VALUES ({', '.join('?' * len(columns))})",
                 rows,
             )
+
+    def forget_events_before(self, cutoff: datetime, limit: int) -> int:
+        """Deletes up to `limit` of the ids of events ingested before `cutoff`; returns how many.
+
+        A forgotten event sent again is still never applied twice: its sequence is at or below
+        its account's last, so it is refused as out of sequence.
+        """
+        oldest = (
+            select(events.c.event_id)
+            .where(events.c.ingested_at < cutoff)
+            .order_by(events.c.ingested_at)
+            .limit(limit)
+        )
+        deleted = self._connection.execute(
+            events.delete().where(events.c.event_id.in_(oldest.scalar_subquery()))
+        )
+        return deleted.rowcount
 
     def accounts_due_for_rescoring(self, limit: int) -> list[str]:
         query = (

@@ -12,6 +12,7 @@ from services.common.database import create_engine, migrate
 from services.common.errors import Aborted, Violations
 from services.monitoring.converters import events_of
 from services.monitoring.ingestion import ingest
+from services.monitoring.retention import EventRetention
 from services.monitoring.rules import load_rules
 from services.monitoring.store import MIGRATIONS, AlertQuery, MonitoringStore, metadata
 from tests.monitoring.events import Customer, batch
@@ -83,3 +84,43 @@ def _apply(store, events, rules) -> None:
             return
         except Aborted:  # lost to a concurrent transaction: retried, as a client would
             continue
+
+
+def test_forgotten_event_ids_are_still_never_applied_twice(database_url):
+    store = MonitoringStore.open(database_url)
+    rules = load_rules()
+    long_ago = datetime(2026, 1, 1, tzinfo=UTC)
+    customer = Customer("acct-retention")
+    sent = events_of(batch(customer.opened(), customer.inquiry()), "CNY", Violations())
+    try:
+        with store.unit_of_work() as uow:
+            ingest(uow, sent, rules, long_ago)
+        with store.unit_of_work() as uow:
+            assert uow.forget_events_before(long_ago + timedelta(days=1), 1) == 1
+            assert uow.forget_events_before(long_ago + timedelta(days=1), 10) == 1
+            assert uow.forget_events_before(long_ago + timedelta(days=1), 10) == 0
+        with store.unit_of_work() as uow:
+            replayed = ingest(uow, sent, rules, datetime.now(UTC))
+        assert [r.outcome.value for r in replayed.results] == ["out_of_sequence"] * 2
+        with store.read() as uow:
+            state = uow.account_state("acct-retention")
+        assert (state.last_sequence, len(state.inquiries)) == (2, 1)
+    finally:
+        store.close()
+
+
+def test_the_retention_worker_forgets_only_what_is_older_than_its_days(database_url):
+    store = MonitoringStore.open(database_url)
+    rules = load_rules()
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    old, recent = Customer("acct-old").opened(), Customer("acct-recent").opened()
+    try:
+        for event, ingested in ((old, now - timedelta(days=100)), (recent, now)):
+            with store.unit_of_work() as uow:
+                ingest(uow, events_of(batch(event), "CNY", Violations()), rules, ingested)
+        assert EventRetention(store, days=90, clock=lambda: now).run_once() is False
+        with store.read() as uow:
+            assert uow.seen_event_ids([old.event_id, recent.event_id]) == {recent.event_id}
+            assert uow.account_state("acct-old") is not None  # profiles are kept
+    finally:
+        store.close()

@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("occurred_at", EpochMicros, nullable=False),
         sa.Column("ingested_at", EpochMicros, nullable=False),
     )
+    op.create_index("ix_monitoring_events_ingested_at", "monitoring_events", ["ingested_at"])
     op.create_table(
         "monitoring_alerts",
         sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
