@@ -132,12 +132,31 @@ class _CallDetails(grpc.ClientCallDetails):
         self.compression = compression
 
 
-class DeadlineInterceptor(
+class _CallRewriter(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
+    """Rewrites the details of every call, whatever its kind, with `_details`."""
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        raise NotImplementedError
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+class DeadlineInterceptor(_CallRewriter):
     """Bounds every call by the caller's remaining time and passes the request id on."""
 
     def __init__(self, default_timeout: float) -> None:
@@ -163,25 +182,8 @@ class DeadlineInterceptor(
             details.compression,
         )
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        return continuation(self._details(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-        return continuation(self._details(client_call_details), request_iterator)
-
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return continuation(self._details(client_call_details), request_iterator)
-
-
-class BearerTokenInterceptor(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
+class BearerTokenInterceptor(_CallRewriter):
     """Sends the calling service's own token on every call (plaintext channels too, where call
     credentials cannot go), unless the call already carries an authorization header."""
 
@@ -201,15 +203,3 @@ class BearerTokenInterceptor(
             details.wait_for_ready,
             details.compression,
         )
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_unary_stream(self, continuation, client_call_details, request):
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-        return continuation(self._details(client_call_details), request_iterator)
-
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return continuation(self._details(client_call_details), request_iterator)
