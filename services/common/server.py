@@ -13,6 +13,7 @@ serves nothing but health.
 
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -50,17 +51,36 @@ class ServiceBinding:
     full_name: str  # e.g. "creditline.scoring.v1.ScoringService"
 
 
-def catch_shutdown_signals() -> threading.Event:
-    """An event that SIGTERM and SIGINT set from now on. Call it from the main thread before the
-    service starts, so that a signal during start-up still ends in a graceful stop."""
-    shutdown = threading.Event()
+class ShutdownSignal:
+    """Remembers SIGTERM or SIGINT for the main thread to act on.
 
-    def on_signal(signum, _frame) -> None:
-        log.info("server.signal", signal=signal.Signals(signum).name)
-        shutdown.set()
+    The handler runs on the main thread between two bytecodes, possibly while that thread holds
+    a lock (a log line being written, an Event's condition): so it only sets an attribute, and
+    logging and stopping happen in `wait`'s caller. Taking a lock in the handler could deadlock
+    the process on a signal that lands at the wrong moment.
+    """
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    POLL_SECONDS = 0.2
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+
+    def __call__(self, signum, _frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def wait(self) -> str:
+        """Returns the signal's name once one has arrived."""
+        while self.received is None:
+            time.sleep(self.POLL_SECONDS)
+        return self.received
+
+
+def catch_shutdown_signals() -> ShutdownSignal:
+    """Catches SIGTERM and SIGINT from now on. Call it from the main thread before the service
+    starts, so that a signal during start-up still ends in a graceful stop."""
+    shutdown = ShutdownSignal()
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
     return shutdown
 
 
@@ -188,9 +208,10 @@ class GrpcServer:
             self._on_stop()
         log.info("server.stopped")
 
-    def serve_until(self, shutdown: threading.Event) -> None:
-        """Serves until `shutdown` is set (see `catch_shutdown_signals`), then stops gracefully."""
-        shutdown.wait()
+    def serve_until(self, shutdown: ShutdownSignal) -> None:
+        """Serves until a shutdown signal arrives (see `catch_shutdown_signals`), then stops
+        gracefully."""
+        log.info("server.signal", signal=shutdown.wait())
         self.stop()
 
     def _set_health(self, status) -> None:

@@ -1,7 +1,11 @@
 """The shared runtime on a real server: health, graceful stop, errors, channels, settings."""
 
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -229,3 +233,38 @@ def test_each_call_gets_its_own_request_id_and_deadline(probe_server):
     assert 3.0 < float(first.split("|")[0]) < 4.1 and 1.0 < float(second.split("|")[0]) < 2.1
     generated = third.split("|")[1]
     assert len(generated) == 32 and generated not in ("req-a", "req-b")
+
+
+SIGNAL_DURING_LOGGING = """
+import time
+from services.common.logging import configure_logging
+from services.common.server import catch_shutdown_signals
+import structlog
+
+configure_logging("probe", "info")
+shutdown = catch_shutdown_signals()
+log = structlog.get_logger("probe")
+print("ready", flush=True)
+deadline = time.monotonic() + 20
+while shutdown.received is None and time.monotonic() < deadline:
+    log.info("busy", detail="x" * 200)  # the main thread is inside a log line most of the time
+raise SystemExit(0 if shutdown.received == "SIGTERM" else 1)
+"""
+
+
+def test_a_signal_landing_in_the_middle_of_a_log_line_still_stops_the_process():
+    """The handler runs on the main thread wherever it is; one that logged (as it once did)
+    deadlocked on the logger's lock when the signal landed inside a log line."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_DURING_LOGGING],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout.readline().strip() == b"ready"
+    threading.Thread(target=lambda: process.stdout.read(), daemon=True).start()
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    try:
+        assert process.wait(15) == 0
+    finally:
+        process.kill()
