@@ -88,6 +88,13 @@ class SignalDelivery(BackgroundWorker):
     def stop(self) -> None:
         super().stop()
         self.channel.close()
+        if not self._lease_until:
+            return
+        try:  # let another replica take over now rather than when the lease runs out
+            with self.store.unit_of_work() as uow:
+                uow.release_lease(LEASE, self.owner)
+        except Exception:  # noqa: BLE001 - it runs out by itself; stopping goes on
+            log.warning("delivery.lease_not_released", exc_info=True)
 
     def run_once(self) -> bool:
         return self.deliver_once() > 0

@@ -574,6 +574,12 @@ class UnitOfWork:
                 )
             )
 
+    def release_lease(self, name: str, owner: str) -> None:
+        """Gives up the named lease if `owner` holds it."""
+        self._connection.execute(
+            leases.delete().where(leases.c.name == name, leases.c.owner == owner)
+        )
+
     def take_lease(self, name: str, owner: str, now: datetime, seconds: float) -> bool:
         """Takes or renews the named lease for `owner` unless another owner holds it."""
         expires = now + timedelta(seconds=seconds)

@@ -72,6 +72,11 @@ def test_one_owner_holds_a_lease_until_it_expires(database_url):
             assert uow.take_lease("delivery", "replica-a", now + timedelta(seconds=10), 15)
         with store.unit_of_work() as uow:  # replica-a stopped renewing
             assert uow.take_lease("delivery", "replica-b", now + timedelta(seconds=26), 15)
+        with store.unit_of_work() as uow:  # replica-b stops and lets go at once
+            uow.release_lease("delivery", "replica-a")  # not its lease: nothing happens
+            assert not uow.take_lease("delivery", "replica-c", now + timedelta(seconds=27), 15)
+            uow.release_lease("delivery", "replica-b")
+            assert uow.take_lease("delivery", "replica-c", now + timedelta(seconds=27), 15)
     finally:
         store.close()
 
