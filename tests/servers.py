@@ -1,10 +1,17 @@
 """Real servers for tests of any service: build on port 0, connect, wait until serving, stop."""
 
+import os
+import signal
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.harness import free_port
 from services.scoring.__main__ import build_server as build_scoring_server
 from services.scoring.settings import ScoringSettings
 
@@ -45,3 +52,40 @@ def wait_serving(
             finally:
                 watch.cancel()
     raise AssertionError(f"127.0.0.1:{port} did not report SERVING")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def service_process(name: str, settings: dict[str, str], log: Path) -> Iterator[tuple]:
+    """`python -m services.<name>` on a free port with the given settings (names without the
+    CREDITLINE_<NAME>_ prefix), output to `log`, serving; yields the process and its address.
+    Stopped with SIGTERM at the end (killed if it outlives 30 s), unless a test killed it."""
+    prefix = f"CREDITLINE_{name.upper()}_"
+    port = free_port()
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        prefix + "PORT": str(port),
+        **{prefix + key: value for key, value in settings.items()},
+    }
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_serving(port, process=process)
+        yield process, f"127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -3,11 +3,9 @@ the same database: every acknowledged draw is in the balance exactly once, and e
 was in flight, retried with its request_id, is applied at most once.
 """
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,15 +16,12 @@ from pathlib import Path
 
 import grpc
 
-from bench.harness import free_port
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
 from creditline.type.v1 import money_pb2
 from tests.limits.test_service import GOOD_APPLICANT, cny, features
-from tests.servers import wait_serving
+from tests.servers import service_process
 
-ROOT = Path(__file__).resolve().parents[2]
-SERVICE = "creditline.limits.v1.LimitsService"
 CLIENTS = 4
 DRAWS_PER_CLIENT = 400  # far more than are made before the kill: the stream is cut mid-way
 KILL_AFTER_ACKNOWLEDGED = 60
@@ -42,36 +37,16 @@ class Server:
 @contextmanager
 def limits_process(database_url: str, scoring_port: int, log: Path) -> Iterator[Server]:
     """`python -m services.limits` on `database_url`, serving, and a stub to call it."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "CREDITLINE_LIMITS_PORT": str(port),
-        "CREDITLINE_LIMITS_DATABASE_URL": database_url,
-        "CREDITLINE_LIMITS_SCORING_TARGET": f"127.0.0.1:{scoring_port}",
-        "CREDITLINE_LIMITS_POLICY_RELOAD_INTERVAL_SECONDS": "0",
+    settings = {
+        "DATABASE_URL": database_url,
+        "SCORING_TARGET": f"127.0.0.1:{scoring_port}",
+        "POLICY_RELOAD_INTERVAL_SECONDS": "0",
     }
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.limits"],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_serving(port, SERVICE, process)
-        address = f"127.0.0.1:{port}"
-        with grpc.insecure_channel(address) as channel:
-            yield Server(process, address, limits_service_pb2_grpc.LimitsServiceStub(channel))
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with (
+        service_process("limits", settings, log) as (process, address),
+        grpc.insecure_channel(address) as channel,
+    ):
+        yield Server(process, address, limits_service_pb2_grpc.LimitsServiceStub(channel))
 
 
 @dataclass

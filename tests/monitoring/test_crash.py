@@ -3,10 +3,7 @@ the same database: every acknowledged event is applied exactly once, and the pro
 what was not acknowledged finds each event either applied or a duplicate, never counted twice.
 """
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,14 +11,11 @@ from pathlib import Path
 
 import grpc
 
-from bench.harness import free_port
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from creditline.monitoring.v1 import monitoring_service_pb2_grpc
 from tests.monitoring.events import Customer, batch
-from tests.servers import wait_serving
+from tests.servers import service_process
 
-ROOT = Path(__file__).resolve().parents[2]
-SERVICE = "creditline.monitoring.v1.MonitoringService"
 ACCOUNTS = 20
 BATCHES = 150  # more than are sent before the kill
 KILL_AFTER_ACKNOWLEDGED = 25
@@ -33,33 +27,18 @@ LINE_YUAN = 1_000_000
 def monitoring_process(database_url: str, log: Path) -> Iterator[tuple]:
     """`python -m services.monitoring` on `database_url`, serving; yields a stub and the
     process."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "CREDITLINE_MONITORING_PORT": str(port),
-        "CREDITLINE_MONITORING_DATABASE_URL": database_url,
-        "CREDITLINE_MONITORING_RULES_RELOAD_INTERVAL_SECONDS": "0",
+    settings = {
+        "DATABASE_URL": database_url,
+        "RULES_RELOAD_INTERVAL_SECONDS": "0",
         # Neither is running: signals wait in the outbox, rescoring waits for scoring.
-        "CREDITLINE_MONITORING_LIMITS_TARGET": "127.0.0.1:1",
-        "CREDITLINE_MONITORING_SCORING_TARGET": "127.0.0.1:1",
+        "LIMITS_TARGET": "127.0.0.1:1",
+        "SCORING_TARGET": "127.0.0.1:1",
     }
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.monitoring"],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_serving(port, SERVICE, process)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield monitoring_service_pb2_grpc.MonitoringServiceStub(channel), process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with (
+        service_process("monitoring", settings, log) as (process, address),
+        grpc.insecure_channel(address) as channel,
+    ):
+        yield monitoring_service_pb2_grpc.MonitoringServiceStub(channel), process
 
 
 def test_acknowledged_events_survive_sigkill_exactly_once(database_url, tmp_path):
