@@ -416,19 +416,21 @@ def test_limits_calls_scoring_with_its_own_token(limits, token_of):
 def test_operators_are_named_on_the_events_they_cause_and_customers_are_not(limits, token_of):
     opened = open_account(limits.port, token_of["app_backend"])
     assert opened.event.actor.id == ""  # the customer's own application
+    operator = bearer(token_of["operator"])
     with grpc.insecure_channel(f"127.0.0.1:{limits.port}") as channel:
-        frozen = limits_service_pb2_grpc.LimitsServiceStub(channel).FreezeAccount(
+        stub = limits_service_pb2_grpc.LimitsServiceStub(channel)
+        frozen = stub.FreezeAccount(
             limits_service_pb2.FreezeAccountRequest(
                 request_id=uuid.uuid4().hex,
                 account_id=opened.account.account_id,
                 reason="suspected fraud",
             ),
-            metadata=bearer(token_of["operator"]),
+            metadata=operator,
             timeout=10,
         )
-        events = limits_service_pb2_grpc.LimitsServiceStub(channel).ListLimitEvents(
+        events = stub.ListLimitEvents(
             limits_service_pb2.ListLimitEventsRequest(account_id=opened.account.account_id),
-            metadata=bearer(token_of["operator"]),
+            metadata=operator,
             timeout=10,
         ).events
     assert frozen.account.status == limits_service_pb2.ACCOUNT_STATUS_FROZEN
