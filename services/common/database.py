@@ -150,6 +150,17 @@ def _read_only_options(engine: Engine) -> dict[str, bool]:
     return {_SQLITE_READ_ONLY: True}
 
 
+def migrated(engine: Engine, script_location: str | Path) -> Engine:
+    """`engine` once its schema is at the newest revision (see `migrate`); disposed of when the
+    migration fails, so a service that cannot start leaves no connection open."""
+    try:
+        migrate(engine, script_location)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
 def migrate(engine: Engine, script_location: str | Path) -> None:
     """Upgrades the schema to the newest revision of the Alembic scripts at `script_location`.
 

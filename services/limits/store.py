@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.common.database import UtcDateTime, as_utc, create_engine, migrate, transaction
+from services.common.database import UtcDateTime, as_utc, create_engine, migrated, transaction
 from services.common.errors import Aborted, AlreadyExists, NotFound
 from services.limits.ledger import AccountStatus, Line
 from services.limits.records import (
@@ -224,13 +224,7 @@ class LimitsStore:
     @classmethod
     def open(cls, url: str) -> "LimitsStore":
         """Connects to `url` (sqlite:///path or postgresql+psycopg://...) and migrates it."""
-        engine = create_engine(url)
-        try:
-            migrate(engine, MIGRATIONS)
-        except BaseException:
-            engine.dispose()
-            raise
-        return cls(engine)
+        return cls(migrated(create_engine(url), MIGRATIONS))
 
     def close(self) -> None:
         self.engine.dispose()

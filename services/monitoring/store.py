@@ -50,7 +50,7 @@ from sqlalchemy import (
     update,
 )
 
-from services.common.database import UtcDateTime, as_utc, create_engine, migrate, transaction
+from services.common.database import UtcDateTime, as_utc, create_engine, migrated, transaction
 from services.common.errors import Aborted
 from services.monitoring.detection import Raised
 from services.monitoring.profile import AccountState, Event
@@ -204,12 +204,7 @@ class MonitoringStore:
         engine = create_engine(url)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _checkpoint_less_often)
-        try:
-            migrate(engine, MIGRATIONS)
-        except BaseException:
-            engine.dispose()
-            raise
-        return cls(engine, cached_states)
+        return cls(migrated(engine, MIGRATIONS), cached_states)
 
     def close(self) -> None:
         self.engine.dispose()
