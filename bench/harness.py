@@ -102,3 +102,18 @@ def wait_serving(port: int, service: str = "") -> None:
         )
         next(u for u in watch if u.status == health_pb2.HealthCheckResponse.SERVING)
         watch.cancel()
+
+
+@contextmanager
+def service_stub(name: str, stub_class, settings: dict[str, str]):
+    """`python -m services.<name>` on a free port with the given settings (names without the
+    CREDITLINE_<NAME>_ prefix), serving, and a `stub_class` stub connected to it."""
+    prefix = f"CREDITLINE_{name.upper()}_"
+    port = free_port()
+    env = {prefix + "PORT": str(port), **{prefix + k: v for k, v in settings.items()}}
+    with (
+        server_process(["-m", f"services.{name}"], port, env),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        wait_serving(port)
+        yield stub_class(channel)

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
 import numpy as np
 import sqlalchemy
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, insert, make_url
 
-from bench.harness import fill_features, free_port, server_process, wait_serving
+from bench.harness import fill_features, free_port, server_process, service_stub
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
 from creditline.type.v1 import money_pb2
@@ -37,7 +36,6 @@ POSTGRES_URL = os.environ.get(
 )
 IN_FLIGHT = 8
 TARGET = ">= 0.5x"
-SERVICE = "creditline.limits.v1.LimitsService"
 APPLICANT = {  # band A: a 5,000-yuan line, room for 500,000 one-fen draws
     "duration_months": 12, "credit_amount": 2000, "checking_account": "none",
     "credit_history": "critical_or_other_credits", "purpose": "car_used",
@@ -160,24 +158,14 @@ def drawer(stub, account_id: str) -> Callable[[], object]:
     return draw
 
 
-@contextmanager
-def limits_server(
-    url: str, scoring_port: int
-) -> Iterator[limits_service_pb2_grpc.LimitsServiceStub]:
+def limits_server(url: str, scoring_port: int):
     """A limits server process on `url`, serving, and a stub connected to it."""
-    port = free_port()
-    env = {
-        "CREDITLINE_LIMITS_PORT": str(port),
-        "CREDITLINE_LIMITS_DATABASE_URL": url,
-        "CREDITLINE_LIMITS_SCORING_TARGET": f"127.0.0.1:{scoring_port}",
-        "CREDITLINE_LIMITS_POLICY_RELOAD_INTERVAL_SECONDS": "0",
+    settings = {
+        "DATABASE_URL": url,
+        "SCORING_TARGET": f"127.0.0.1:{scoring_port}",
+        "POLICY_RELOAD_INTERVAL_SECONDS": "0",
     }
-    with (
-        server_process(["-m", "services.limits"], port, env),
-        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        wait_serving(port, SERVICE)
-        yield limits_service_pb2_grpc.LimitsServiceStub(channel)
+    return service_stub("limits", limits_service_pb2_grpc.LimitsServiceStub, settings)
 
 
 def draws(url: str, scoring_port: int, seconds: float) -> tuple[Run, Run]:

@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -21,13 +20,12 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import make_url
 
-from bench.harness import free_port, server_process, wait_serving
+from bench.harness import service_stub
 from bench.limits import POSTGRES_URL, postgres_schema, raw_commits
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from creditline.monitoring.v1 import monitoring_service_pb2_grpc
 from creditline.type.v1.money_pb2 import Money
 
-SERVICE = "creditline.monitoring.v1.MonitoringService"
 ACCOUNTS = 10_000
 RATE_TARGET = 20_000  # events per second with batches of 1,000
 LATENCY_RATE = 1_000  # events per second while event-to-alert latency is measured
@@ -97,23 +95,16 @@ class Book:
         ]
 
 
-@contextmanager
-def monitoring_server(url: str) -> Iterator[monitoring_service_pb2_grpc.MonitoringServiceStub]:
-    port = free_port()
-    env = {
-        "CREDITLINE_MONITORING_PORT": str(port),
-        "CREDITLINE_MONITORING_DATABASE_URL": url,
-        "CREDITLINE_MONITORING_RULES_RELOAD_INTERVAL_SECONDS": "0",
-        "CREDITLINE_MONITORING_LIMITS_TARGET": "127.0.0.1:1",
-        "CREDITLINE_MONITORING_SCORING_TARGET": "127.0.0.1:1",
-        "CREDITLINE_MONITORING_LOG_LEVEL": "warning",
+def monitoring_server(url: str):
+    """A monitoring server process on `url`, serving, and a stub connected to it."""
+    settings = {
+        "DATABASE_URL": url,
+        "RULES_RELOAD_INTERVAL_SECONDS": "0",
+        "LIMITS_TARGET": "127.0.0.1:1",
+        "SCORING_TARGET": "127.0.0.1:1",
+        "LOG_LEVEL": "warning",
     }
-    with (
-        server_process(["-m", "services.monitoring"], port, env),
-        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        wait_serving(port, SERVICE)
-        yield monitoring_service_pb2_grpc.MonitoringServiceStub(channel)
+    return service_stub("monitoring", monitoring_service_pb2_grpc.MonitoringServiceStub, settings)
 
 
 def ingest_rate(stub, requests: list[pb.IngestRequest]) -> float:
