@@ -13,11 +13,17 @@ from typing import Generic, TypeVar
 
 import structlog
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 log = structlog.get_logger("creditline.documents")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """A part of a document: a misspelt key is an error, not a silently ignored setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DocumentError(Exception):

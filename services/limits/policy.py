@@ -11,11 +11,12 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from services.common.documents import (
     DocumentError,
     ReloadingDocument,
+    StrictModel,
     parse_document,
     read_document,
 )
@@ -44,12 +45,7 @@ class SignalAction(StrEnum):
     close = "close"
 
 
-class _Strict(BaseModel):
-    # A misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Tier(_Strict):
+class Tier(StrictModel):
     name: str = Field(min_length=1)
     bands: list[Band] = Field(min_length=1)
     initial_line: PositiveFen
@@ -64,17 +60,17 @@ class Tier(_Strict):
         return self
 
 
-class Review(_Strict):
+class Review(StrictModel):
     cadence_days: int = Field(gt=0)
     max_change_fraction: Fraction
 
 
-class Reward(_Strict):
+class Reward(StrictModel):
     consecutive_on_time_repayments: int = Field(gt=0)
     min_months_on_book: int = Field(ge=0)
 
 
-class RequestedIncrease(_Strict):
+class RequestedIncrease(StrictModel):
     cool_off_days_after_decline: int = Field(ge=0)
     max_changes: int = Field(gt=0)
     period_days: int = Field(gt=0)
@@ -82,7 +78,7 @@ class RequestedIncrease(_Strict):
     assumed_term_months: int = Field(gt=0)
 
 
-class SignalRule(_Strict):
+class SignalRule(StrictModel):
     signal: str = Field(min_length=1)
     min_severity: Severity
     action: SignalAction
@@ -108,13 +104,13 @@ class SignalRule(_Strict):
         return self
 
 
-class ReopeningEligibility(_Strict):
+class ReopeningEligibility(StrictModel):
     min_days_since_closure: int = Field(ge=0)
     max_days_since_last_on_time_repayment: int = Field(gt=0)
     worst_risk_band: Band
 
 
-class ReopeningStage(_Strict):
+class ReopeningStage(StrictModel):
     stage: int = Field(ge=1)
     # Exactly one of: a fixed line, a share of the line before closure, the tier's line.
     line: PositiveFen | None = None
@@ -131,7 +127,7 @@ class ReopeningStage(_Strict):
         return self
 
 
-class Reopening(_Strict):
+class Reopening(StrictModel):
     eligibility: ReopeningEligibility
     stages: list[ReopeningStage] = Field(min_length=1)
 
@@ -147,14 +143,14 @@ class Reopening(_Strict):
         return self
 
 
-class Hardship(_Strict):
+class Hardship(StrictModel):
     min_months_on_book: int = Field(ge=0)
     max_in_12_months: int = Field(ge=0)
     max_in_5_years: int = Field(ge=0)
     max_term_months: int = Field(gt=0)
 
 
-class Policy(_Strict):
+class Policy(StrictModel):
     """One complete, validated version of the credit policy."""
 
     version: str = Field(min_length=1)

@@ -9,11 +9,12 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.common.documents import (
     DocumentError,
     ReloadingDocument,
+    StrictModel,
     parse_document,
     read_document,
 )
@@ -32,9 +33,8 @@ class Severity(IntEnum):
     critical = 5
 
 
-class _Strict(BaseModel):
-    # A misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _RulePart(StrictModel):
+    """A part of the rules, where a severity may be given by its name."""
 
     @field_validator("severity", mode="before", check_fields=False)
     @classmethod
@@ -47,12 +47,12 @@ class _Strict(BaseModel):
         return value
 
 
-class DaysPastDueThreshold(_Strict):
+class DaysPastDueThreshold(_RulePart):
     days: int = Field(gt=0, le=3650)
     severity: Severity
 
 
-class DaysPastDueRule(_Strict):
+class DaysPastDueRule(_RulePart):
     # Each threshold raises `days_past_due_<days>` once per delinquency episode.
     thresholds: list[DaysPastDueThreshold] = Field(min_length=1)
 
@@ -65,22 +65,22 @@ class DaysPastDueRule(_Strict):
         return thresholds
 
 
-class PartialPaymentsRule(_Strict):
+class PartialPaymentsRule(_RulePart):
     consecutive: int = Field(gt=0)
     severity: Severity
 
 
-class InquiryWindow(_Strict):
+class InquiryWindow(_RulePart):
     window_days: Days
     min_inquiries: int = Field(gt=0)
     severity: Severity
 
 
-class MultipleLendingRule(_Strict):
+class MultipleLendingRule(_RulePart):
     windows: list[InquiryWindow] = Field(min_length=1)
 
 
-class UtilisationRule(_Strict):
+class UtilisationRule(_RulePart):
     # Utilisation at or above this share of the line...
     at_least: Share
     # ...or up by this many points (as a share) within `window_days`.
@@ -89,14 +89,14 @@ class UtilisationRule(_Strict):
     severity: Severity
 
 
-class IncomeDeclineRule(_Strict):
+class IncomeDeclineRule(_RulePart):
     # Income down by at least this share against the highest income of the window.
     at_least: Share
     window_days: Days
     severity: Severity
 
 
-class AbnormalTransactionRule(_Strict):
+class AbnormalTransactionRule(_RulePart):
     # A transaction whose robust z-score (median and MAD of the account's own history) is at
     # least this, once the account has `min_history` transactions.
     robust_z: float = Field(gt=0)
@@ -114,23 +114,23 @@ class AbnormalTransactionRule(_Strict):
         return self
 
 
-class RiskBandRule(_Strict):
+class RiskBandRule(_RulePart):
     # Bands worse by at least this many steps (A to C is 2) after a rescoring.
     min_steps: int = Field(ge=1, le=4)
     severity: Severity
 
 
-class OnTimeRule(_Strict):
+class OnTimeRule(_RulePart):
     # Streak lengths worth an alert of their own (each on-time repayment is reported anyway).
     streak_milestones: list[int] = Field(default_factory=list)
 
 
-class CuredRule(_Strict):
+class CuredRule(_RulePart):
     # A delinquency this deep or deeper, brought back to 0 days past due, raises a signal.
     min_days_past_due: int = Field(gt=0)
 
 
-class Rescoring(_Strict):
+class Rescoring(_RulePart):
     # A profile moved materially, and is rescored, when a count feature changes or one of these
     # features moves by at least this much since its last score.
     numeric_change: dict[str, float]
@@ -138,7 +138,7 @@ class Rescoring(_Strict):
     batch_size: int = Field(gt=0, le=10_000)
 
 
-class SignalType(_Strict):
+class SignalType(_RulePart):
     # Quiet period after a signal of this type on an account (by event time), on top of the
     # episode: one episode raises one signal.
     cool_off_days: float = Field(ge=0)
@@ -146,7 +146,7 @@ class SignalType(_Strict):
     report: bool
 
 
-class Rules(_Strict):
+class Rules(_RulePart):
     version: str = Field(min_length=1)
     days_past_due: DaysPastDueRule
     partial_payments: PartialPaymentsRule
