@@ -7,6 +7,7 @@ from collections import abc as _abc
 from creditline.type.v1 import decision_pb2 as _decision_pb2
 from creditline.type.v1 import money_pb2 as _money_pb2
 from creditline.type.v1 import risk_pb2 as _risk_pb2
+from creditline.type.v1 import signal_pb2 as _signal_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -34,7 +35,9 @@ class _AccountStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Account
     ACCOUNT_STATUS_ACTIVE: _AccountStatus.ValueType  # 1
     """Draws allowed up to the available credit."""
     ACCOUNT_STATUS_WATCHLIST: _AccountStatus.ValueType  # 2
-    """No increases; draws still allowed."""
+    """No increases; draws still allowed while no payment is past due. Left once the account is
+    current and the policy's clean period passed without a warning signal.
+    """
     ACCOUNT_STATUS_FROZEN: _AccountStatus.ValueType  # 3
     """No draws."""
     ACCOUNT_STATUS_CLOSED: _AccountStatus.ValueType  # 4
@@ -48,7 +51,9 @@ ACCOUNT_STATUS_UNSPECIFIED: AccountStatus.ValueType  # 0
 ACCOUNT_STATUS_ACTIVE: AccountStatus.ValueType  # 1
 """Draws allowed up to the available credit."""
 ACCOUNT_STATUS_WATCHLIST: AccountStatus.ValueType  # 2
-"""No increases; draws still allowed."""
+"""No increases; draws still allowed while no payment is past due. Left once the account is
+current and the policy's clean period passed without a warning signal.
+"""
 ACCOUNT_STATUS_FROZEN: AccountStatus.ValueType  # 3
 """No draws."""
 ACCOUNT_STATUS_CLOSED: AccountStatus.ValueType  # 4
@@ -56,6 +61,47 @@ ACCOUNT_STATUS_CLOSED: AccountStatus.ValueType  # 4
 ACCOUNT_STATUS_DECLINED: AccountStatus.ValueType  # 5
 """The application was declined; no line."""
 Global___AccountStatus: _TypeAlias = AccountStatus  # noqa: Y015
+
+class _ConditionType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConditionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConditionType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONDITION_TYPE_UNSPECIFIED: _ConditionType.ValueType  # 0
+    CONDITION_TYPE_WATCHLIST: _ConditionType.ValueType  # 1
+    """Increases paused after a warning signal."""
+    CONDITION_TYPE_FROZEN: _ConditionType.ValueType  # 2
+    CONDITION_TYPE_CLOSED: _ConditionType.ValueType  # 3
+    CONDITION_TYPE_PAST_DUE: _ConditionType.ValueType  # 4
+    """A payment is past due: no draws (from the policy's number of days), no increases."""
+    CONDITION_TYPE_OVER_LINE: _ConditionType.ValueType  # 5
+    """Drawn above a reduced line: nothing available until repayments bring it under."""
+    CONDITION_TYPE_ANOMALY_OPEN: _ConditionType.ValueType  # 6
+    """An abnormal transaction not yet resolved: no reopening."""
+    CONDITION_TYPE_HARDSHIP: _ConditionType.ValueType  # 7
+    """A hardship arrangement: no draws, no increases."""
+    CONDITION_TYPE_REOPENING_STAGE: _ConditionType.ValueType  # 8
+    """A staged reopening before its last stage: no rewards or reviews raise the line."""
+
+class ConditionType(_ConditionType, metaclass=_ConditionTypeEnumTypeWrapper): ...
+
+CONDITION_TYPE_UNSPECIFIED: ConditionType.ValueType  # 0
+CONDITION_TYPE_WATCHLIST: ConditionType.ValueType  # 1
+"""Increases paused after a warning signal."""
+CONDITION_TYPE_FROZEN: ConditionType.ValueType  # 2
+CONDITION_TYPE_CLOSED: ConditionType.ValueType  # 3
+CONDITION_TYPE_PAST_DUE: ConditionType.ValueType  # 4
+"""A payment is past due: no draws (from the policy's number of days), no increases."""
+CONDITION_TYPE_OVER_LINE: ConditionType.ValueType  # 5
+"""Drawn above a reduced line: nothing available until repayments bring it under."""
+CONDITION_TYPE_ANOMALY_OPEN: ConditionType.ValueType  # 6
+"""An abnormal transaction not yet resolved: no reopening."""
+CONDITION_TYPE_HARDSHIP: ConditionType.ValueType  # 7
+"""A hardship arrangement: no draws, no increases."""
+CONDITION_TYPE_REOPENING_STAGE: ConditionType.ValueType  # 8
+"""A staged reopening before its last stage: no rewards or reviews raise the line."""
+Global___ConditionType: _TypeAlias = ConditionType  # noqa: Y015
 
 class _LimitEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -80,6 +126,14 @@ class _LimitEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LimitE
     LIMIT_EVENT_TYPE_HARDSHIP_ENROLLED: _LimitEventType.ValueType  # 14
     LIMIT_EVENT_TYPE_PREFERENCES_CHANGED: _LimitEventType.ValueType  # 15
     LIMIT_EVENT_TYPE_APPEAL_REVERSED: _LimitEventType.ValueType  # 16
+    LIMIT_EVENT_TYPE_WATCHLIST_LIFTED: _LimitEventType.ValueType  # 17
+    """The account left the watchlist: current, and clean for the policy's period."""
+    LIMIT_EVENT_TYPE_ANOMALY_RESOLVED: _LimitEventType.ValueType  # 18
+    """An operator resolved an open anomaly."""
+    LIMIT_EVENT_TYPE_HARDSHIP_ENDED: _LimitEventType.ValueType  # 19
+    """A hardship arrangement reached its end; draws resume."""
+    LIMIT_EVENT_TYPE_BACK_WITHIN_LINE: _LimitEventType.ValueType  # 20
+    """Repayments brought the drawn amount back under a reduced line."""
 
 class LimitEventType(_LimitEventType, metaclass=_LimitEventTypeEnumTypeWrapper): ...
 
@@ -100,6 +154,14 @@ LIMIT_EVENT_TYPE_REOPENING_STAGE_ADVANCED: LimitEventType.ValueType  # 13
 LIMIT_EVENT_TYPE_HARDSHIP_ENROLLED: LimitEventType.ValueType  # 14
 LIMIT_EVENT_TYPE_PREFERENCES_CHANGED: LimitEventType.ValueType  # 15
 LIMIT_EVENT_TYPE_APPEAL_REVERSED: LimitEventType.ValueType  # 16
+LIMIT_EVENT_TYPE_WATCHLIST_LIFTED: LimitEventType.ValueType  # 17
+"""The account left the watchlist: current, and clean for the policy's period."""
+LIMIT_EVENT_TYPE_ANOMALY_RESOLVED: LimitEventType.ValueType  # 18
+"""An operator resolved an open anomaly."""
+LIMIT_EVENT_TYPE_HARDSHIP_ENDED: LimitEventType.ValueType  # 19
+"""A hardship arrangement reached its end; draws resume."""
+LIMIT_EVENT_TYPE_BACK_WITHIN_LINE: LimitEventType.ValueType  # 20
+"""Repayments brought the drawn amount back under a reduced line."""
 Global___LimitEventType: _TypeAlias = LimitEventType  # noqa: Y015
 
 class _ActorKind:
@@ -188,6 +250,7 @@ class Account(_message.Message):
     HARDSHIP_FIELD_NUMBER: _builtins.int
     OPEN_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    RISK_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     customer_id: _builtins.str
     """The customer's id in the calling system; opaque here."""
@@ -215,7 +278,9 @@ class Account(_message.Message):
 
     @_builtins.property
     def available_credit(self) -> _money_pb2.Money:
-        """What can be drawn now: min(line, cap) - drawn, never negative; zero when frozen."""
+        """What can be drawn now: min(line, cap) - drawn, never negative; zero when frozen, in
+        hardship, or past due beyond the policy's limit for draws.
+        """
 
     @_builtins.property
     def next_review_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -225,6 +290,10 @@ class Account(_message.Message):
 
     @_builtins.property
     def open_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def risk(self) -> Global___AccountRiskState:
+        """What limits knows of the account's repayment behaviour, and its open conditions."""
+
     def __init__(
         self,
         *,
@@ -243,14 +312,148 @@ class Account(_message.Message):
         hardship: Global___HardshipArrangement | None = ...,
         open_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        risk: Global___AccountRiskState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "drawn", b"drawn", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "drawn", b"drawn", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time", "risk", b"risk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "automatic_increases", b"automatic_increases", "available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "customer_id", b"customer_id", "drawn", b"drawn", "etag", b"etag", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time", "reopening_stage", b"reopening_stage", "risk_band", b"risk_band", "status", b"status", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "automatic_increases", b"automatic_increases", "available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "customer_id", b"customer_id", "drawn", b"drawn", "etag", b"etag", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time", "reopening_stage", b"reopening_stage", "risk", b"risk", "risk_band", b"risk_band", "status", b"status", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Account: _TypeAlias = Account  # noqa: Y015
+
+@_typing.final
+class AccountRiskState(_message.Message):
+    """The account's risk state: the behaviour monitoring computed from the events and reported,
+    which every scored decision stands on. Callers never supply it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LoansPastDueEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DAYS_PAST_DUE_FIELD_NUMBER: _builtins.int
+    LOANS_PAST_DUE_FIELD_NUMBER: _builtins.int
+    PROFILE_TIME_FIELD_NUMBER: _builtins.int
+    FRESH_FIELD_NUMBER: _builtins.int
+    BEHAVIOUR_RISK_BAND_FIELD_NUMBER: _builtins.int
+    BEHAVIOUR_SCORE_TIME_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    days_past_due: _builtins.int
+    """Days past due of the account now; 0 when every loan is current."""
+    fresh: _builtins.bool
+    """Whether that profile is recent enough to raise the line (the policy's freshness limit)."""
+    behaviour_risk_band: _risk_pb2.RiskBand.ValueType
+    """The latest behaviour band monitoring's rescoring reported, and when it was scored."""
+    @_builtins.property
+    def loans_past_due(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Loans past due, by loan id, where the events named the loan."""
+
+    @_builtins.property
+    def profile_time(self) -> _timestamp_pb2.Timestamp:
+        """The event time the latest reported behaviour profile describes; unset until one came."""
+
+    @_builtins.property
+    def behaviour_score_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountCondition]:
+        """Every condition the account is in, with what ends it."""
+
+    def __init__(
+        self,
+        *,
+        days_past_due: _builtins.int = ...,
+        loans_past_due: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        profile_time: _timestamp_pb2.Timestamp | None = ...,
+        fresh: _builtins.bool = ...,
+        behaviour_risk_band: _risk_pb2.RiskBand.ValueType = ...,
+        behaviour_score_time: _timestamp_pb2.Timestamp | None = ...,
+        conditions: _abc.Iterable[Global___AccountCondition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["behaviour_score_time", b"behaviour_score_time", "profile_time", b"profile_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["behaviour_risk_band", b"behaviour_risk_band", "behaviour_score_time", b"behaviour_score_time", "conditions", b"conditions", "days_past_due", b"days_past_due", "fresh", b"fresh", "loans_past_due", b"loans_past_due", "profile_time", b"profile_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountRiskState: _TypeAlias = AccountRiskState  # noqa: Y015
+
+@_typing.final
+class AccountCondition(_message.Message):
+    """One condition of an account and its way out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ExitEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    SINCE_TIME_FIELD_NUMBER: _builtins.int
+    EXIT_FIELD_NUMBER: _builtins.int
+    EARLIEST_EXIT_TIME_FIELD_NUMBER: _builtins.int
+    type: Global___ConditionType.ValueType
+    @_builtins.property
+    def since_time(self) -> _timestamp_pb2.Timestamp:
+        """When it began, where known."""
+
+    @_builtins.property
+    def exit(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """What takes the account out of it, by locale ("en", "zh-CN")."""
+
+    @_builtins.property
+    def earliest_exit_time(self) -> _timestamp_pb2.Timestamp:
+        """The earliest time it can end, where time decides (a clean period, an arrangement's end)."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___ConditionType.ValueType = ...,
+        since_time: _timestamp_pb2.Timestamp | None = ...,
+        exit: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        earliest_exit_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["earliest_exit_time", b"earliest_exit_time", "since_time", b"since_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["earliest_exit_time", b"earliest_exit_time", "exit", b"exit", "since_time", b"since_time", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountCondition: _TypeAlias = AccountCondition  # noqa: Y015
 
 @_typing.final
 class HardshipArrangement(_message.Message):
@@ -500,6 +703,12 @@ Global___OpenAccountRequest: _TypeAlias = OpenAccountRequest  # noqa: Y015
 
 @_typing.final
 class OpenAccountResponse(_message.Message):
+    """A customer holds one line: an application from a customer who has one, in any state, is
+    refused with ALREADY_EXISTS naming it (a closed line comes back through RequestReopen); a
+    declined applicant may apply again after the policy's cool-off (FAILED_PRECONDITION until
+    then, with the next eligible time).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -728,31 +937,9 @@ Global___RepayResponse: _TypeAlias = RepayResponse  # noqa: Y015
 class RequestIncreaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class FeaturesEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        @_builtins.property
-        def value(self) -> _struct_pb2.Value: ...
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _struct_pb2.Value | None = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     REQUESTED_LINE_FIELD_NUMBER: _builtins.int
-    FEATURES_FIELD_NUMBER: _builtins.int
     MONTHLY_INCOME_FIELD_NUMBER: _builtins.int
     MONTHLY_DEBT_PAYMENTS_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
@@ -764,11 +951,9 @@ class RequestIncreaseRequest(_message.Message):
         """The line asked for; empty for "as much as the policy allows"."""
 
     @_builtins.property
-    def features(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
-        """Fresh behaviour features for the `behaviour` model."""
+    def monthly_income(self) -> _money_pb2.Money:
+        """What the customer declares, for the ability-to-pay check (recorded as a declaration)."""
 
-    @_builtins.property
-    def monthly_income(self) -> _money_pb2.Money: ...
     @_builtins.property
     def monthly_debt_payments(self) -> _money_pb2.Money: ...
     def __init__(
@@ -777,14 +962,13 @@ class RequestIncreaseRequest(_message.Message):
         request_id: _builtins.str = ...,
         account_id: _builtins.str = ...,
         requested_line: _money_pb2.Money | None = ...,
-        features: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
         monthly_income: _money_pb2.Money | None = ...,
         monthly_debt_payments: _money_pb2.Money | None = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["monthly_debt_payments", b"monthly_debt_payments", "monthly_income", b"monthly_income", "requested_line", b"requested_line"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "etag", b"etag", "features", b"features", "monthly_debt_payments", b"monthly_debt_payments", "monthly_income", b"monthly_income", "request_id", b"request_id", "requested_line", b"requested_line"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "etag", b"etag", "monthly_debt_payments", b"monthly_debt_payments", "monthly_income", b"monthly_income", "request_id", b"request_id", "requested_line", b"requested_line"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -831,46 +1015,23 @@ Global___RequestIncreaseResponse: _TypeAlias = RequestIncreaseResponse  # noqa: 
 
 @_typing.final
 class ReviewAccountRequest(_message.Message):
+    """Scores the account's risk state; without a fresh one the line is kept or lowered."""
+
     DESCRIPTOR: _descriptor.Descriptor
-
-    @_typing.final
-    class FeaturesEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        @_builtins.property
-        def value(self) -> _struct_pb2.Value: ...
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _struct_pb2.Value | None = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
-    FEATURES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     account_id: _builtins.str
-    @_builtins.property
-    def features(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]: ...
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         account_id: _builtins.str = ...,
-        features: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "features", b"features", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -990,6 +1151,61 @@ class Signal(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    SIGNAL_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    DAYS_PAST_DUE_FIELD_NUMBER: _builtins.int
+    LOAN_ID_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    DETECT_TIME_FIELD_NUMBER: _builtins.int
+    RISK_FIELD_NUMBER: _builtins.int
+    signal_id: _builtins.str
+    """Unique; a signal reported twice is applied once."""
+    account_id: _builtins.str
+    type: _signal_pb2.SignalType.ValueType
+    severity: Global___SignalSeverity.ValueType
+    days_past_due: _builtins.int
+    """For SIGNAL_TYPE_DAYS_PAST_DUE: the days past due when it was raised."""
+    loan_id: _builtins.str
+    """The loan the event behind it named (a missed payment, a repayment), if any."""
+    @_builtins.property
+    def evidence(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """What was seen, for the record (no personal data)."""
+
+    @_builtins.property
+    def detect_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def risk(self) -> Global___RiskReport:
+        """The account's behaviour when it was raised: limits keeps the newest as the risk state."""
+
+    def __init__(
+        self,
+        *,
+        signal_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        type: _signal_pb2.SignalType.ValueType = ...,
+        severity: Global___SignalSeverity.ValueType = ...,
+        days_past_due: _builtins.int = ...,
+        loan_id: _builtins.str = ...,
+        evidence: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        detect_time: _timestamp_pb2.Timestamp | None = ...,
+        risk: Global___RiskReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detect_time", b"detect_time", "risk", b"risk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "days_past_due", b"days_past_due", "detect_time", b"detect_time", "evidence", b"evidence", "loan_id", b"loan_id", "risk", b"risk", "severity", b"severity", "signal_id", b"signal_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Signal: _TypeAlias = Signal  # noqa: Y015
+
+@_typing.final
+class RiskReport(_message.Message):
+    """What monitoring computed of an account from its events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
     @_typing.final
     class ProfileEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
@@ -1010,50 +1226,41 @@ class Signal(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    SIGNAL_ID_FIELD_NUMBER: _builtins.int
-    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
-    TYPE_FIELD_NUMBER: _builtins.int
-    SEVERITY_FIELD_NUMBER: _builtins.int
-    EVIDENCE_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
-    LATEST_RISK_BAND_FIELD_NUMBER: _builtins.int
-    DETECT_TIME_FIELD_NUMBER: _builtins.int
-    signal_id: _builtins.str
-    """Unique; a signal reported twice is applied once."""
-    account_id: _builtins.str
-    type: _builtins.str
-    """For example "days_past_due_30", "multiple_lending", "on_time_streak"."""
-    severity: Global___SignalSeverity.ValueType
-    latest_risk_band: _risk_pb2.RiskBand.ValueType
-    @_builtins.property
-    def evidence(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """What was seen, for the record (no personal data)."""
-
+    PROFILE_TIME_FIELD_NUMBER: _builtins.int
+    DAYS_PAST_DUE_FIELD_NUMBER: _builtins.int
+    RISK_BAND_FIELD_NUMBER: _builtins.int
+    SCORE_TIME_FIELD_NUMBER: _builtins.int
+    days_past_due: _builtins.int
+    """Days past due of the account (0: current)."""
+    risk_band: _risk_pb2.RiskBand.ValueType
+    """The latest behaviour band and when it was scored; unspecified until scored."""
     @_builtins.property
     def profile(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """The behaviour profile when the signal was raised."""
+        """The behaviour model's features, by name."""
 
     @_builtins.property
-    def detect_time(self) -> _timestamp_pb2.Timestamp: ...
+    def profile_time(self) -> _timestamp_pb2.Timestamp:
+        """The event time the profile describes."""
+
+    @_builtins.property
+    def score_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
-        signal_id: _builtins.str = ...,
-        account_id: _builtins.str = ...,
-        type: _builtins.str = ...,
-        severity: Global___SignalSeverity.ValueType = ...,
-        evidence: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         profile: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
-        latest_risk_band: _risk_pb2.RiskBand.ValueType = ...,
-        detect_time: _timestamp_pb2.Timestamp | None = ...,
+        profile_time: _timestamp_pb2.Timestamp | None = ...,
+        days_past_due: _builtins.int = ...,
+        risk_band: _risk_pb2.RiskBand.ValueType = ...,
+        score_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["detect_time", b"detect_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile_time", b"profile_time", "score_time", b"score_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "detect_time", b"detect_time", "evidence", b"evidence", "latest_risk_band", b"latest_risk_band", "profile", b"profile", "severity", b"severity", "signal_id", b"signal_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days_past_due", b"days_past_due", "profile", b"profile", "profile_time", b"profile_time", "risk_band", b"risk_band", "score_time", b"score_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Signal: _TypeAlias = Signal  # noqa: Y015
+Global___RiskReport: _TypeAlias = RiskReport  # noqa: Y015
 
 @_typing.final
 class ReportSignalsRequest(_message.Message):
@@ -1271,50 +1478,76 @@ class CloseAccountResponse(_message.Message):
 Global___CloseAccountResponse: _TypeAlias = CloseAccountResponse  # noqa: Y015
 
 @_typing.final
-class RequestReopenRequest(_message.Message):
+class ResolveAnomalyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
-
-    @_typing.final
-    class FeaturesEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        @_builtins.property
-        def value(self) -> _struct_pb2.Value: ...
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _struct_pb2.Value | None = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
-    FEATURES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     account_id: _builtins.str
+    reason: _builtins.str
+    """What the operator found."""
     etag: _builtins.str
-    @_builtins.property
-    def features(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]: ...
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         account_id: _builtins.str = ...,
-        features: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
+        reason: _builtins.str = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "etag", b"etag", "features", b"features", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "etag", b"etag", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveAnomalyRequest: _TypeAlias = ResolveAnomalyRequest  # noqa: Y015
+
+@_typing.final
+class ResolveAnomalyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account: ...
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveAnomalyResponse: _TypeAlias = ResolveAnomalyResponse  # noqa: Y015
+
+@_typing.final
+class RequestReopenRequest(_message.Message):
+    """Scores the account's risk state; a stale one is declined until monitoring reports again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    account_id: _builtins.str
+    etag: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "etag", b"etag", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1609,7 +1842,10 @@ class ResolveAppealRequest(_message.Message):
     request_id: _builtins.str
     appeal_id: _builtins.str
     reverse: _builtins.bool
-    """Reverse the decision (restoring the line and status before it) or uphold it."""
+    """Reverse the decision or uphold it. A reversal is a new decision on the account as it is
+    now: it restores what the appealed decision took only where no later decision changed
+    it, and never reopens a line closed since.
+    """
     resolution: _builtins.str
     def __init__(
         self,
@@ -1683,15 +1919,13 @@ class TierImpact(_message.Message):
     ACCOUNTS_FIELD_NUMBER: _builtins.int
     RISE_FIELD_NUMBER: _builtins.int
     FALL_FIELD_NUMBER: _builtins.int
-    FREEZE_FIELD_NUMBER: _builtins.int
-    CLOSE_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
     EXPOSURE_CHANGE_FIELD_NUMBER: _builtins.int
     tier: _builtins.str
     accounts: _builtins.int
     rise: _builtins.int
     fall: _builtins.int
-    freeze: _builtins.int
-    close: _builtins.int
+    unchanged: _builtins.int
     @_builtins.property
     def exposure_change(self) -> _money_pb2.Money:
         """Change in total granted lines."""
@@ -1703,13 +1937,12 @@ class TierImpact(_message.Message):
         accounts: _builtins.int = ...,
         rise: _builtins.int = ...,
         fall: _builtins.int = ...,
-        freeze: _builtins.int = ...,
-        close: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
         exposure_change: _money_pb2.Money | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["exposure_change", b"exposure_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "close", b"close", "exposure_change", b"exposure_change", "fall", b"fall", "freeze", b"freeze", "rise", b"rise", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "exposure_change", b"exposure_change", "fall", b"fall", "rise", b"rise", "tier", b"tier", "unchanged", b"unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -100,6 +100,11 @@ class LimitsServiceStub:
                 request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.CloseAccountRequest.SerializeToString,
                 response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.CloseAccountResponse.FromString,
                 _registered_method=True)
+        self.ResolveAnomaly = channel.unary_unary(
+                '/creditline.limits.v1.LimitsService/ResolveAnomaly',
+                request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.ResolveAnomalyRequest.SerializeToString,
+                response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.ResolveAnomalyResponse.FromString,
+                _registered_method=True)
         self.RequestReopen = channel.unary_unary(
                 '/creditline.limits.v1.LimitsService/RequestReopen',
                 request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.RequestReopenRequest.SerializeToString,
@@ -230,6 +235,14 @@ class LimitsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveAnomaly(self, request, context):
+        """Operator: closes an anomaly (an abnormal transaction explained or dealt with); until then
+        the line cannot be reopened.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RequestReopen(self, request, context):
         """The customer asks to reopen a closed or suspended line, stage by stage.
         """
@@ -273,7 +286,8 @@ class LimitsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SimulatePolicy(self, request, context):
-        """Applies a candidate policy to the book without writing anything.
+        """Reviews every open account under a candidate policy, as a dry-run review would, without
+        writing anything.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -341,6 +355,11 @@ def add_LimitsServiceServicer_to_server(servicer, server):
                     servicer.CloseAccount,
                     request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.CloseAccountRequest.FromString,
                     response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.CloseAccountResponse.SerializeToString,
+            ),
+            'ResolveAnomaly': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveAnomaly,
+                    request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.ResolveAnomalyRequest.FromString,
+                    response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.ResolveAnomalyResponse.SerializeToString,
             ),
             'RequestReopen': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestReopen,
@@ -708,6 +727,33 @@ class LimitsService:
             '/creditline.limits.v1.LimitsService/CloseAccount',
             creditline_dot_limits_dot_v1_dot_limits__service__pb2.CloseAccountRequest.SerializeToString,
             creditline_dot_limits_dot_v1_dot_limits__service__pb2.CloseAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveAnomaly(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditline.limits.v1.LimitsService/ResolveAnomaly',
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.ResolveAnomalyRequest.SerializeToString,
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.ResolveAnomalyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,10 @@ class LimitsServiceStub:
     """Operator: lifts a freeze."""
     CloseAccount: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.CloseAccountRequest, _limits_service_pb2.CloseAccountResponse]
     """Operator: closes the line."""
+    ResolveAnomaly: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.ResolveAnomalyRequest, _limits_service_pb2.ResolveAnomalyResponse]
+    """Operator: closes an anomaly (an abnormal transaction explained or dealt with); until then
+    the line cannot be reopened.
+    """
     RequestReopen: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.RequestReopenRequest, _limits_service_pb2.RequestReopenResponse]
     """The customer asks to reopen a closed or suspended line, stage by stage."""
     EnrollHardship: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.EnrollHardshipRequest, _limits_service_pb2.EnrollHardshipResponse]
@@ -76,7 +80,9 @@ class LimitsServiceStub:
     ResolveAppeal: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.ResolveAppealRequest, _limits_service_pb2.ResolveAppealResponse]
     """Operator: upholds or reverses an appealed decision."""
     SimulatePolicy: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.SimulatePolicyRequest, _limits_service_pb2.SimulatePolicyResponse]
-    """Applies a candidate policy to the book without writing anything."""
+    """Reviews every open account under a candidate policy, as a dry-run review would, without
+    writing anything.
+    """
 
 @_typing.type_check_only
 class LimitsServiceAsyncStub(LimitsServiceStub):
@@ -113,6 +119,10 @@ class LimitsServiceAsyncStub(LimitsServiceStub):
     """Operator: lifts a freeze."""
     CloseAccount: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.CloseAccountRequest, _limits_service_pb2.CloseAccountResponse]  # type: ignore[assignment]
     """Operator: closes the line."""
+    ResolveAnomaly: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.ResolveAnomalyRequest, _limits_service_pb2.ResolveAnomalyResponse]  # type: ignore[assignment]
+    """Operator: closes an anomaly (an abnormal transaction explained or dealt with); until then
+    the line cannot be reopened.
+    """
     RequestReopen: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.RequestReopenRequest, _limits_service_pb2.RequestReopenResponse]  # type: ignore[assignment]
     """The customer asks to reopen a closed or suspended line, stage by stage."""
     EnrollHardship: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.EnrollHardshipRequest, _limits_service_pb2.EnrollHardshipResponse]  # type: ignore[assignment]
@@ -126,7 +136,9 @@ class LimitsServiceAsyncStub(LimitsServiceStub):
     ResolveAppeal: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.ResolveAppealRequest, _limits_service_pb2.ResolveAppealResponse]  # type: ignore[assignment]
     """Operator: upholds or reverses an appealed decision."""
     SimulatePolicy: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.SimulatePolicyRequest, _limits_service_pb2.SimulatePolicyResponse]  # type: ignore[assignment]
-    """Applies a candidate policy to the book without writing anything."""
+    """Reviews every open account under a candidate policy, as a dry-run review would, without
+    writing anything.
+    """
 
 class LimitsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns every credit line: the tiered policy, the ledger of available credit and the
@@ -234,6 +246,16 @@ class LimitsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Operator: closes the line."""
 
     @_abc_1.abstractmethod
+    def ResolveAnomaly(
+        self,
+        request: _limits_service_pb2.ResolveAnomalyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limits_service_pb2.ResolveAnomalyResponse, _abc.Awaitable[_limits_service_pb2.ResolveAnomalyResponse]]:
+        """Operator: closes an anomaly (an abnormal transaction explained or dealt with); until then
+        the line cannot be reopened.
+        """
+
+    @_abc_1.abstractmethod
     def RequestReopen(
         self,
         request: _limits_service_pb2.RequestReopenRequest,
@@ -287,6 +309,8 @@ class LimitsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _limits_service_pb2.SimulatePolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_limits_service_pb2.SimulatePolicyResponse, _abc.Awaitable[_limits_service_pb2.SimulatePolicyResponse]]:
-        """Applies a candidate policy to the book without writing anything."""
+        """Reviews every open account under a candidate policy, as a dry-run review would, without
+        writing anything.
+        """
 
 def add_LimitsServiceServicer_to_server(servicer: LimitsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
