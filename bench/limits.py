@@ -28,7 +28,7 @@ from creditline.limits.v1 import limits_service_pb2_grpc
 from creditline.type.v1 import money_pb2
 from services.common.database import create_engine
 from services.limits.ledger import Line
-from services.limits.records import Account
+from services.limits.records import Account, RiskState
 from services.limits.store import LimitsStore
 
 POSTGRES_URL = os.environ.get(
@@ -234,8 +234,12 @@ REVIEW_TARGET = 5_000  # accounts per second: a million accounts in under four m
 
 
 def seed_book(url: str, accounts: int) -> None:
-    """`accounts` lines opened two years ago and due for review, each with a behaviour profile."""
+    """`accounts` lines opened two years ago and due for review; nine in ten with a behaviour
+    profile monitoring reported a day ago (fresh), the others never reported."""
     opened = datetime.now(UTC) - timedelta(days=730)
+    reported = RiskState(
+        profile=BEHAVIOUR_PROFILE, profile_at=datetime.now(UTC) - timedelta(days=1)
+    )
     store = LimitsStore.open(url)
     try:
         with store.unit_of_work() as uow:
@@ -250,7 +254,7 @@ def seed_book(url: str, accounts: int) -> None:
                         tier="standard",
                         risk_band="B",
                         next_review_at=opened + timedelta(days=365),
-                        behaviour_profile=BEHAVIOUR_PROFILE if i % 10 else {},
+                        risk=reported if i % 10 else RiskState(),
                     )
                 )
     finally:

@@ -79,6 +79,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     _LIMITS + "FreezeAccount": _roles(),
     _LIMITS + "UnfreezeAccount": _roles(),
     _LIMITS + "CloseAccount": _roles(),
+    _LIMITS + "ResolveAnomaly": _roles(),
     _LIMITS + "RequestReopen": _roles("app_backend"),
     _LIMITS + "EnrollHardship": _roles(),
     _LIMITS + "SetPreferences": _roles("app_backend"),

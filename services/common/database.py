@@ -161,8 +161,9 @@ def migrated(engine: Engine, script_location: str | Path) -> Engine:
     return engine
 
 
-def migrate(engine: Engine, script_location: str | Path) -> None:
-    """Upgrades the schema to the newest revision of the Alembic scripts at `script_location`.
+def migrate(engine: Engine, script_location: str | Path, revision: str = "head") -> None:
+    """Upgrades the schema to the newest revision of the Alembic scripts at `script_location`
+    (or to `revision`, for tests that start from an older schema).
 
     Safe to run again (a schema at the newest revision is left alone) and from several
     replicas at once: the upgrade runs in one transaction that first takes the SQLite write
@@ -178,7 +179,7 @@ def migrate(engine: Engine, script_location: str | Path) -> None:
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
 
 
 class UtcDateTime(TypeDecorator):

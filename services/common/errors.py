@@ -167,6 +167,17 @@ def violations_of(error: grpc.RpcError) -> list[FieldViolation]:
     return []
 
 
+def error_info_of(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo (reason, domain, metadata) a failed call carries, if any."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
 def _summary(violations: list[FieldViolation]) -> str:
     if not violations:
         return "invalid request"

@@ -8,7 +8,10 @@ from google.protobuf import timestamp_pb2
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.type.v1 import decision_pb2, money_pb2, risk_pb2
 from services.common.errors import Violations
+from services.limits import decisions
+from services.limits.decisions import RiskReport
 from services.limits.ledger import AccountStatus
+from services.limits.policy import Policy
 from services.limits.records import Account, Appeal, AppealStatus, LimitEvent, Reason
 
 ACCOUNT_STATUS = {
@@ -57,9 +60,42 @@ def amount_of(
     return proto.minor_units
 
 
-def account_message(account: Account) -> pb.Account:
+def band_message(band: str | None) -> int:
+    return risk_pb2.RiskBand.Value(f"RISK_BAND_{band}") if band else risk_pb2.RISK_BAND_UNSPECIFIED
+
+
+def band_of(value: int) -> str | None:
+    if value == risk_pb2.RISK_BAND_UNSPECIFIED:
+        return None
+    return risk_pb2.RiskBand.Name(value).removeprefix("RISK_BAND_")
+
+
+def risk_report(message: pb.RiskReport, path: str, violations: Violations) -> RiskReport | None:
+    """Monitoring's report of the account's behaviour, checked field by field."""
+    if not message.HasField("profile_time"):
+        violations.add(f"{path}.profile_time", "required: the event time the profile describes")
+    if message.days_past_due < 0:
+        violations.add(f"{path}.days_past_due", "must not be negative")
+    if message.risk_band not in risk_pb2.RiskBand.values():
+        violations.add(f"{path}.risk_band", "not a risk band")
+    for name, value in message.profile.items():
+        if value != value or value in (float("inf"), float("-inf")):
+            violations.add(f"{path}.profile[{name}]", "must be a finite number")
+    if violations:
+        return None
+    return RiskReport(
+        profile=dict(message.profile),
+        profile_at=from_timestamp(message.profile_time),
+        days_past_due=message.days_past_due,
+        risk_band=band_of(message.risk_band),
+        scored_at=from_timestamp(message.score_time) if message.HasField("score_time") else None,
+    )
+
+
+def account_message(account: Account, policy: Policy, now: datetime) -> pb.Account:
     currency, line = account.currency_code, account.line
     hardship = account.hardship
+    risk = account.risk
     return pb.Account(
         account_id=account.account_id,
         customer_id=account.customer_id,
@@ -69,9 +105,7 @@ def account_message(account: Account) -> pb.Account:
         drawn=money(line.drawn, currency),
         available_credit=money(line.available_credit, currency),
         tier=account.tier or "",
-        risk_band=risk_pb2.RiskBand.Value(f"RISK_BAND_{account.risk_band}")
-        if account.risk_band
-        else risk_pb2.RISK_BAND_UNSPECIFIED,
+        risk_band=band_message(account.risk_band),
         reopening_stage=account.reopening_stage,
         next_review_time=timestamp(account.next_review_at),
         automatic_increases=account.automatic_increases,
@@ -85,6 +119,23 @@ def account_message(account: Account) -> pb.Account:
         else None,
         open_time=timestamp(account.opened_at),
         etag=account.etag,
+        risk=pb.AccountRiskState(
+            days_past_due=risk.days_past_due,
+            loans_past_due=risk.loans_past_due,
+            profile_time=timestamp(risk.profile_at),
+            fresh=decisions.is_fresh(policy, risk, now),
+            behaviour_risk_band=band_message(risk.behaviour_band),
+            behaviour_score_time=timestamp(risk.behaviour_scored_at),
+            conditions=[
+                pb.AccountCondition(
+                    type=pb.ConditionType.Value(f"CONDITION_TYPE_{condition.type.upper()}"),
+                    since_time=timestamp(condition.since),
+                    exit=condition.exit,
+                    earliest_exit_time=timestamp(condition.earliest_exit_at),
+                )
+                for condition in decisions.conditions(policy, account, now)
+            ],
+        ),
     )
 
 

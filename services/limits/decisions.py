@@ -4,7 +4,10 @@ the policy in force, the latest score and the time.
 Each function returns a `Decision`: the account as it should be stored and the event that
 records why (None when nothing a customer would see changed). Refusals that are about the
 state of the account, not a judgement on it (a frozen line, a cool-off), raise
-FailedPrecondition; judgements (a declined increase) are decisions with principal reasons.
+FailedPrecondition; judgements (a declined increase) are decisions with principal reasons, and
+the principal reasons are what caused the outcome: a model's factors only where the score did.
+Scored decisions stand on the account's risk state (`RiskState`), which monitoring reports;
+where it is not fresh there is no score (None) and no decision raises the line.
 Nothing here talks to a database or a network.
 """
 
@@ -25,11 +28,11 @@ from services.limits.records import (
     LimitEvent,
     Notice,
     Reason,
+    RiskState,
     new_event_id,
 )
 
 BAND_ORDER = "ABCDE"
-POSITIVE_SIGNALS = frozenset({"on_time_repayment", "delinquency_cured"})
 ADVERSE_EVENTS = frozenset(
     {
         EventType.declined,
@@ -76,12 +79,26 @@ class Affordability:
 
 
 @dataclass(frozen=True)
+class RiskReport:
+    """What monitoring computed of the account from its events, at `profile_at` (event time)."""
+
+    profile: dict[str, float]
+    profile_at: datetime
+    days_past_due: int
+    risk_band: str | None = None
+    scored_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Signal:
     signal_id: str
-    type: str
+    type: str  # a SignalType of the contract, by the policy's name for it
     severity: Severity
     detected_at: datetime
+    days_past_due: int = 0
+    loan_id: str = ""
     evidence: dict[str, str] = field(default_factory=dict)
+    report: RiskReport | None = None
 
 
 @dataclass(frozen=True)
@@ -126,13 +143,19 @@ def open_account(
         risk_band=score.risk_band,
     )
     reasons: list[Reason] = []
-    if tier is None:
-        reasons.append(policy_reason("POLICY_DECLINED_RISK_BAND"))
+    if tier is None:  # the score decided: its factors are the reasons
+        reasons = [policy_reason("POLICY_DECLINED_RISK_BAND"), *score.reasons]
     elif affordable_line(policy, affordability) < tier.initial_line:
-        reasons.append(policy_reason("POLICY_ABILITY_TO_PAY"))
+        reasons = [policy_reason("POLICY_ABILITY_TO_PAY")]
     if reasons:
-        event = _event(ctx, blank, blank, EventType.declined, [*reasons, *score.reasons], score)
-        return Decision(blank, event, approved=False)
+        event = _event(ctx, blank, blank, EventType.declined, reasons, score)
+        return Decision(
+            blank,
+            event,
+            approved=False,
+            next_eligible_at=ctx.now
+            + timedelta(days=policy.application.cool_off_days_after_decline),
+        )
     opened = replace(
         blank,
         line=Line(credit_line=tier.initial_line),
@@ -141,6 +164,11 @@ def open_account(
     )
     event = _event(ctx, blank, opened, EventType.opened, list(score.reasons), score)
     return Decision(opened, event)
+
+
+def reapplication_allowed_at(policy: Policy, last_declined_at: datetime) -> datetime:
+    """When a declined applicant may apply again."""
+    return last_declined_at + timedelta(days=policy.application.cool_off_days_after_decline)
 
 
 def affordable_line(policy: Policy, affordability: Affordability) -> int:
@@ -169,10 +197,12 @@ def request_increase(
     ctx: Context,
     account: Account,
     requested_line: int | None,
-    score: Score,
+    score: Score | None,
     affordability: Affordability,
     history: IncreaseHistory,
 ) -> Decision:
+    """The customer asks for a higher line; `score` is the account's risk state scored, or
+    None when that state is not fresh (then the answer is a decline the customer can read)."""
     policy, now = ctx.policy, ctx.now
     rules = policy.requested_increase
     _require_open(account, ctx.now)
@@ -181,21 +211,25 @@ def request_increase(
     if history.last_declined_at is not None:
         eligible_at = history.last_declined_at + timedelta(days=rules.cool_off_days_after_decline)
         if now < eligible_at:
-            raise _not_yet("COOL_OFF", "a recent request was declined", eligible_at)
+            raise not_yet("COOL_OFF", "a recent request was declined", eligible_at)
     if len(history.line_changes_in_period) >= rules.max_changes:
         eligible_at = min(history.line_changes_in_period) + timedelta(days=rules.period_days)
-        raise _not_yet("CHANGE_LIMIT", "the line has changed too often lately", eligible_at)
+        raise not_yet("CHANGE_LIMIT", "the line has changed too often lately", eligible_at)
 
     reasons: list[Reason] = []
     next_eligible_at = now + timedelta(days=rules.cool_off_days_after_decline)
     if account.status is AccountStatus.watchlist:
         reasons.append(policy_reason("POLICY_WATCHLIST"))
-    if account.days_past_due > 0:
+    if account.risk.past_due:
         reasons.append(policy_reason("POLICY_DAYS_PAST_DUE"))
-    tier = policy.tier_for(score.risk_band)
+    if 0 < account.reopening_stage < len(policy.reopening.stages):
+        reasons.append(policy_reason("POLICY_REOPENING_STAGE"))
     current_line = account.line.credit_line
     target = current_line
-    if tier is None or _band_worse(score.risk_band, account.risk_band):
+    tier = policy.tier_for(score.risk_band) if score else None
+    if score is None:
+        reasons.append(policy_reason("POLICY_NO_RECENT_HISTORY"))
+    elif tier is None or _band_worse(score.risk_band, account.risk_band):
         reasons.append(policy_reason("POLICY_RISK_NOT_IMPROVED"))
         reasons.extend(score.reasons)
     else:
@@ -213,8 +247,12 @@ def request_increase(
             reasons.append(policy_reason("POLICY_ABILITY_TO_PAY"))
         target = min(target, affordable)
 
+    declared = {
+        "declared_monthly_income": str(affordability.monthly_income),
+        "declared_monthly_debt_payments": str(affordability.monthly_debt_payments),
+    }
     if reasons:
-        event = _event(ctx, account, account, EventType.increase_declined, reasons, score)
+        event = _event(ctx, account, account, EventType.increase_declined, reasons, score, declared)
         return Decision(
             account,
             event,
@@ -224,27 +262,29 @@ def request_increase(
         )
     raised = _with_line(account, target, tier=tier, risk_band=score.risk_band)
     reasons = [policy_reason("POLICY_CUSTOMER_REQUEST"), *score.reasons]
-    return Decision(raised, _event(ctx, account, raised, EventType.increased, reasons, score))
+    event = _event(ctx, account, raised, EventType.increased, reasons, score, declared)
+    return Decision(raised, event)
 
 
 # -- review --------------------------------------------------------------------------------
 
 
-def review(ctx: Context, account: Account, score: Score, *, fresh_score: bool = True) -> Decision:
+def review(ctx: Context, account: Account, score: Score | None) -> Decision:
     """The periodic re-evaluation: raise, keep or lower the line by at most the review's step.
 
-    Without a fresh score (no recent behaviour profile) a line can be kept or lowered, never
-    raised.
+    Without a score (the risk state is not fresh) the account's last band stands in: the line
+    can be kept or lowered, never raised.
     """
     policy = ctx.policy
     if account.status in (AccountStatus.closed, AccountStatus.declined):
         raise FailedPrecondition(f"the line is {account.status}", reason="NOT_REVIEWABLE")
-    tier = policy.tier_for(score.risk_band)
+    band = score.risk_band if score else account.risk_band or "E"
+    tier = policy.tier_for(band)
     line = account.line.credit_line
     largest_change = math.floor(line * policy.review.max_change_fraction)
     scheduled = replace(
         account,
-        risk_band=score.risk_band,
+        risk_band=band,
         tier=tier.name if tier else account.tier,
         next_review_at=ctx.now + timedelta(days=policy.review.cadence_days),
     )
@@ -253,81 +293,133 @@ def review(ctx: Context, account: Account, score: Score, *, fresh_score: bool = 
         floor = 0 if tier is None else tier.max_line
         reduced = _with_line(scheduled, max(floor, line - largest_change))
         if reduced.line.credit_line < line:
-            adverse = [policy_reason("POLICY_RISK_BAND_WORSENED"), *score.reasons]
+            adverse = [
+                policy_reason("POLICY_RISK_BAND_WORSENED"),
+                *(score.reasons if score else ()),
+            ]
             event = _event(ctx, account, reduced, EventType.reduced, adverse, score)
             return Decision(reduced, event)
-    elif fresh_score and _may_increase(policy, account, tier, ctx.now) and line < tier.max_line:
+    elif (
+        score is not None and _may_increase(policy, account, tier, ctx.now) and line < tier.max_line
+    ):
         target = min(line + max(1, min(tier.increase_step, largest_change)), tier.max_line)
         raised = _with_line(scheduled, target)
         reasons.append(policy_reason("POLICY_GOOD_REPAYMENT"))
         return Decision(raised, _event(ctx, account, raised, EventType.increased, reasons, score))
+    if score is None:
+        reasons.append(policy_reason("POLICY_NO_RECENT_HISTORY"))
     event = _event(ctx, account, scheduled, EventType.reviewed_unchanged, reasons, score)
     return Decision(scheduled, event)
 
 
-def last_known_score(account: Account) -> Score:
-    """The account's last risk band standing in for a score, where no fresh one can be had."""
-    return Score(account.risk_band or "E", math.nan, 0, (), "", "")
+def is_fresh(policy: Policy, risk: RiskState, now: datetime) -> bool:
+    """Whether the reported behaviour profile is recent enough to be scored for a decision."""
+    if risk.profile_at is None or not risk.profile:
+        return False
+    return now - risk.profile_at <= timedelta(days=policy.risk_state.max_age_days)
 
 
-# Days-past-due thresholds, the signal monitoring raises at each, and its severity.
-DAYS_PAST_DUE_SIGNALS = (
-    (90, "days_past_due_90", Severity.critical),
-    (60, "days_past_due_60", Severity.high),
-    (30, "days_past_due_30", Severity.medium),
-    (1, "days_past_due_1", Severity.low),
-)
+def settle(ctx: Context, account: Account, at: datetime | None = None) -> list[Decision]:
+    """The exits that the time (`at`, now by default; a signal's own event time) or the
+    account's state has opened, each an event: a hardship arrangement that ended, a watchlist
+    whose clean period passed."""
+    at = ctx.now if at is None else min(at, ctx.now)
+    decisions = []
+    hardship = account.hardship
+    if hardship is not None and account.line.in_hardship and at >= hardship.ends_at:
+        after = replace(account, line=replace(account.line, in_hardship=False))
+        reasons = [policy_reason("POLICY_HARDSHIP_ENDED")]
+        decisions.append(
+            Decision(after, _event(ctx, account, after, EventType.hardship_ended, reasons))
+        )
+        account = after
+    if (lifted_at := watchlist_lifts_at(ctx.policy, account)) is not None and at >= lifted_at:
+        after = replace(account, line=ledger.set_status(account.line, AccountStatus.active))
+        reasons = [policy_reason("POLICY_CLEAN_PERIOD")]
+        decisions.append(
+            Decision(after, _event(ctx, account, after, EventType.watchlist_lifted, reasons))
+        )
+    return decisions
+
+
+def watchlist_lifts_at(policy: Policy, account: Account) -> datetime | None:
+    """When a watchlisted account leaves the watchlist if it stays clean (None: it is not on
+    it, or a payment is past due, and no time alone takes it off)."""
+    risk = account.risk
+    if account.status is not AccountStatus.watchlist or risk.past_due:
+        return None
+    clean_since = risk.last_warning_at or account.opened_at
+    return clean_since + timedelta(days=policy.watchlist.clean_period_days)
+
 
 SIMULATED_OUTCOMES = {
     EventType.increased: "rise",
     EventType.reduced: "fall",
-    EventType.frozen: "freeze",
-    EventType.closed: "close",
+    EventType.reviewed_unchanged: "unchanged",
 }
-
-
-def simulate(ctx: Context, account: Account) -> tuple[str | None, int]:
-    """What a candidate policy (in ctx) would do to an account now: "rise", "fall", "freeze",
-    "close" or None, and the change of its line. Nothing is stored."""
-    decision = None
-    for threshold, signal_type, severity in DAYS_PAST_DUE_SIGNALS:
-        if account.days_past_due >= threshold:
-            signal = Signal("simulation", signal_type, severity, ctx.now)
-            decision = apply_signal(ctx, account, signal)
-            break
-    if decision is None or decision.event is None:
-        if account.status not in ledger.DRAWS_ALLOWED:
-            return None, 0
-        decision = review(ctx, account, last_known_score(account))
-    change = decision.account.line.credit_line - account.line.credit_line
-    return SIMULATED_OUTCOMES.get(decision.event.type), change
 
 
 # -- signals from monitoring ---------------------------------------------------------------
 
 
+def apply_report(ctx: Context, account: Account, report: RiskReport) -> Account:
+    """Keeps the newer of the stored and the reported risk state (reports can cross). What
+    changed is dated by the event time it happened at (never later than now), so an outbox
+    that delivers late moves no clean period."""
+    risk = account.risk
+    if risk.profile_at is not None and report.profile_at < risk.profile_at:
+        return account
+    days = report.days_past_due
+    if report.profile:  # a report without features keeps the last profile, and its time
+        risk = replace(risk, profile=dict(report.profile), profile_at=report.profile_at)
+    if report.risk_band and report.scored_at:  # a band counts with the time it was scored
+        risk = replace(risk, behaviour_band=report.risk_band, behaviour_scored_at=report.scored_at)
+    at = min(report.profile_at, ctx.now)
+    return replace(account, risk=_with_days_past_due(risk, days, at))
+
+
+def _with_days_past_due(risk: RiskState, days: int, at: datetime) -> RiskState:
+    if days == 0:
+        if not risk.past_due and not risk.loans_past_due:
+            return risk
+        # Cured: every loan is current, and the watchlist's clean period starts again.
+        clean_since = max(at, risk.last_warning_at or at)
+        return replace(
+            risk,
+            days_past_due=0,
+            loans_past_due={},
+            past_due_since=None,
+            last_warning_at=clean_since,
+        )
+    return replace(risk, days_past_due=days, past_due_since=risk.past_due_since or at)
+
+
 def apply_signal(ctx: Context, account: Account, signal: Signal) -> Decision:
-    """Updates what the account knows of repayment behaviour and applies the policy's action."""
-    if signal.type in POSITIVE_SIGNALS:
-        return _apply_positive(ctx, account, signal)
-    account = _record_warning(account, signal)
-    rules = ctx.policy.actions_for(signal.type, signal.severity)
+    """Takes in the risk state the signal carries, then the policy's action on the signal."""
+    if signal.report is not None:
+        account = apply_report(ctx, account, signal.report)
+    if signal.type == "on_time_repayment":
+        return _on_time_repayment(ctx, account, signal)
+    if signal.type in ("delinquency_cured", "behaviour_rescored"):
+        return Decision(account, None)  # the report carried what changed
+    at = min(signal.detected_at, ctx.now)  # when it happened, never later than now
+    account = _record_warning(account, signal, at)
+    rules = ctx.policy.actions_for(signal.type, signal.severity, signal.days_past_due)
     if not rules:
         return Decision(account, None)
     rule = rules[-1]  # the strongest action the signal triggers
-    reason = policy_reason(SIGNAL_REASONS.get(signal.type, "POLICY_RISK_BAND_WORSENED"))
+    reason = policy_reason(SIGNAL_REASONS[signal.type])
     status, line = account.status, account.line.credit_line
     if rule.action is SignalAction.close and status is not AccountStatus.closed:
-        after = _suspend(account, AccountStatus.closed, ctx.now)
+        after = _suspend(account, AccountStatus.closed, at)
         kind = EventType.closed
     elif rule.action is SignalAction.freeze and status in ledger.DRAWS_ALLOWED:
-        after = _suspend(account, AccountStatus.frozen, ctx.now)
+        after = _suspend(account, AccountStatus.frozen, at)
         kind = EventType.frozen
-    elif rule.action is SignalAction.reduce and status in ledger.DRAWS_ALLOWED:
+    elif rule.action is SignalAction.reduce and status in ledger.DRAWS_ALLOWED and line > 0:
+        # The new line holds even below what is drawn: the account is then over its line.
         after = _with_line(account, math.floor(line * rule.line_fraction))
         kind = EventType.reduced
-        if after.line.credit_line >= line:
-            return Decision(account, None)  # already drawn down to the line: nothing to cut
     elif rule.action is SignalAction.watchlist and status is AccountStatus.active:
         after = replace(account, line=ledger.set_status(account.line, AccountStatus.watchlist))
         kind = EventType.watchlisted
@@ -338,30 +430,42 @@ def apply_signal(ctx: Context, account: Account, signal: Signal) -> Decision:
     return Decision(after, event)
 
 
-def _record_warning(account: Account, signal: Signal) -> Account:
-    if signal.type.startswith("days_past_due_"):
-        days = int(signal.evidence.get("days_past_due", signal.type.rsplit("_", 1)[1]))
-        return replace(account, days_past_due=max(account.days_past_due, days), on_time_streak=0)
-    if signal.type == "abnormal_transaction":
-        return replace(account, open_anomaly=True)
-    return account
+def _record_warning(account: Account, signal: Signal, at: datetime) -> Account:
+    """A warning restarts the watchlist's clean period and the on-time streak."""
+    risk = replace(account.risk, last_warning_at=max(at, account.risk.last_warning_at or at))
+    if signal.type == "days_past_due":
+        days = max(risk.days_past_due, signal.days_past_due)
+        risk = _with_days_past_due(risk, days, at)
+        if signal.loan_id:
+            loans = dict(risk.loans_past_due)
+            loans[signal.loan_id] = max(loans.get(signal.loan_id, 0), signal.days_past_due)
+            risk = replace(risk, loans_past_due=loans)
+    elif signal.type == "abnormal_transaction" and risk.anomaly_since is None:
+        risk = replace(risk, anomaly_since=at)
+    return replace(account, risk=risk, on_time_streak=0)
 
 
-def _apply_positive(ctx: Context, account: Account, signal: Signal) -> Decision:
-    if signal.type == "delinquency_cured":
-        return Decision(replace(account, days_past_due=0), None)
+def _on_time_repayment(ctx: Context, account: Account, signal: Signal) -> Decision:
+    """Counts the repayment towards rewards and reopening stages. It cures only the loan it
+    paid; the account is current only when monitoring reports it so."""
+    loans = dict(account.risk.loans_past_due)
+    loans.pop(signal.loan_id, None)
     account = replace(
         account,
         on_time_streak=account.on_time_streak + 1,
-        last_on_time_repayment_at=signal.detected_at,
-        days_past_due=0,
+        last_on_time_repayment_at=min(signal.detected_at, ctx.now),
+        risk=replace(account.risk, loans_past_due=loans),
     )
     policy, reopening = ctx.policy, ctx.policy.reopening
     details = {"signal_id": signal.signal_id}
     stage = account.reopening_stage
     if 0 < stage < len(reopening.stages):
         needed = reopening.stages[stage - 1].advance_after_on_time_repayments
-        if account.on_time_streak >= needed and account.status in ledger.DRAWS_ALLOWED:
+        if (
+            account.on_time_streak >= needed
+            and account.status in ledger.DRAWS_ALLOWED
+            and not account.risk.past_due
+        ):
             advanced = replace(
                 _with_line(account, _stage_line(policy, account, stage + 1)),
                 reopening_stage=stage + 1,
@@ -372,9 +476,11 @@ def _apply_positive(ctx: Context, account: Account, signal: Signal) -> Decision:
                 advanced, _event(ctx, account, advanced, kind, reasons, details=details)
             )
         return Decision(account, None)
-    tier = policy.tier_for(account.risk_band or "E")
+    band = fresh_behaviour_band(policy, account, ctx.now)
+    tier = policy.tier_for(band) if band else None
     if (
         tier is not None
+        and not _band_worse(band, account.risk_band)
         and account.on_time_streak >= policy.reward.consecutive_on_time_repayments
         and months_on_book(account, ctx.now) >= policy.reward.min_months_on_book
         and _may_increase(policy, account, tier, ctx.now)
@@ -390,11 +496,25 @@ def _apply_positive(ctx: Context, account: Account, signal: Signal) -> Decision:
     return Decision(account, None)
 
 
+def fresh_behaviour_band(policy: Policy, account: Account, now: datetime) -> str | None:
+    """The behaviour band monitoring scored, where both it and the profile are fresh."""
+    risk = account.risk
+    if risk.behaviour_band is None or risk.behaviour_scored_at is None:
+        return None
+    if not is_fresh(policy, risk, now):
+        return None
+    if now - risk.behaviour_scored_at > timedelta(days=policy.risk_state.max_age_days):
+        return None
+    return risk.behaviour_band
+
+
 # -- reopening -----------------------------------------------------------------------------
 
 
-def request_reopen(ctx: Context, account: Account, score: Score) -> Decision:
-    """Reopens a closed or frozen line at stage 1 when every eligibility rule holds."""
+def request_reopen(ctx: Context, account: Account, score: Score | None) -> Decision:
+    """Reopens a closed or frozen line at stage 1, with the stage's own line (even below what
+    is drawn), when every eligibility rule holds; `score` is None when the risk state is not
+    fresh."""
     if account.status not in (AccountStatus.closed, AccountStatus.frozen):
         raise FailedPrecondition(
             f"the line is {account.status}, not closed or frozen", reason="NOT_SUSPENDED"
@@ -409,16 +529,18 @@ def request_reopen(ctx: Context, account: Account, score: Score) -> Decision:
     if now < waited_until:
         reasons.append(policy_reason("POLICY_REOPEN_TOO_SOON"))
         next_eligible_at = max(next_eligible_at, waited_until)
-    if account.days_past_due > 0:
+    if account.risk.past_due:
         reasons.append(policy_reason("POLICY_DAYS_PAST_DUE"))
     last_on_time = account.last_on_time_repayment_at
     if last_on_time is None or now - last_on_time > timedelta(
         days=rules.max_days_since_last_on_time_repayment
     ):
         reasons.append(policy_reason("POLICY_NO_RECENT_ON_TIME_REPAYMENT"))
-    if account.open_anomaly:
+    if account.risk.anomaly_since is not None:
         reasons.append(policy_reason("POLICY_OPEN_ANOMALY"))
-    if _band_worse(score.risk_band, rules.worst_risk_band):
+    if score is None:
+        reasons.append(policy_reason("POLICY_NO_RECENT_HISTORY"))
+    elif _band_worse(score.risk_band, rules.worst_risk_band):
         reasons.append(policy_reason("POLICY_RISK_NOT_IMPROVED"))
         reasons.extend(score.reasons)
     if reasons:
@@ -427,11 +549,7 @@ def request_reopen(ctx: Context, account: Account, score: Score) -> Decision:
     tier = ctx.policy.tier_for(score.risk_band)
     reopened = replace(
         account,
-        line=Line(
-            credit_line=account.line.credit_line,
-            drawn=account.line.drawn,
-            customer_cap=account.line.customer_cap,
-        ),
+        line=replace(account.line, status=AccountStatus.active, in_hardship=False),
         reopening_stage=1,
         risk_band=score.risk_band,
         tier=tier.name if tier else account.tier,
@@ -478,6 +596,36 @@ def close(ctx: Context, account: Account, note: str) -> Decision:
         raise FailedPrecondition(f"the line is {account.status}", reason="NOT_CLOSABLE")
     after = _suspend(account, AccountStatus.closed, ctx.now)
     return Decision(after, _operator_event(ctx, account, after, EventType.closed, note))
+
+
+def resolve_anomaly(ctx: Context, account: Account, note: str) -> Decision:
+    if account.risk.anomaly_since is None:
+        raise FailedPrecondition("the account has no open anomaly", reason="NO_OPEN_ANOMALY")
+    after = replace(account, risk=replace(account.risk, anomaly_since=None))
+    return Decision(after, _operator_event(ctx, account, after, EventType.anomaly_resolved, note))
+
+
+# -- the ledger ------------------------------------------------------------------------------
+
+
+def draw(ctx: Context, account: Account, amount: int, purpose: str) -> Account:
+    """Occupies credit for a loan: never above the line, never while past due."""
+    if purpose in ctx.policy.prohibited_purposes:
+        raise FailedPrecondition(
+            f"a consumer credit line may not fund {purpose}",
+            reason="PROHIBITED_PURPOSE",
+            metadata={"purpose": purpose},
+        )
+    return replace(account, line=ledger.draw(account.line, amount))
+
+
+def repay(ctx: Context, account: Account, amount: int) -> Decision:
+    """Releases credit; the repayment that brings an over line back under it is an event."""
+    after = replace(account, line=ledger.repay(account.line, amount))
+    if account.over_line and not after.over_line:
+        reasons = [policy_reason("POLICY_REPAID_UNDER_LINE")]
+        return Decision(after, _event(ctx, account, after, EventType.back_within_line, reasons))
+    return Decision(after, None)
 
 
 # -- hardship, preferences, appeals --------------------------------------------------------
@@ -532,19 +680,38 @@ def set_preferences(
     return Decision(after, _event(ctx, account, after, EventType.preferences_changed, reasons))
 
 
-def reverse(ctx: Context, account: Account, appealed: LimitEvent) -> Decision:
-    """Restores the line and status from before an appealed decision."""
-    restored = replace(
-        account,
-        line=replace(
-            ledger.change_line(account.line, appealed.line_before),
-            status=appealed.status_before,
-        ),
-    )
+def reverse(
+    ctx: Context, account: Account, appealed: LimitEvent, later: list[LimitEvent]
+) -> Decision:
+    """A new decision on the account as it is now, undoing what the appealed decision took
+    where nothing decided since has changed it: the line where no later event moved it, the
+    status where no later event moved it. A line closed since stays closed (it reopens through
+    the staged reopening)."""
+    line_moved_since = any(e.line_before != e.line_after for e in later)
+    status_moved_since = any(e.status_before != e.status_after for e in later)
+    after = account
+    restored = []
+    if (
+        not line_moved_since
+        and appealed.line_before > appealed.line_after
+        and account.status not in (AccountStatus.closed, AccountStatus.declined)
+    ):
+        after = replace(after, line=ledger.change_line(after.line, appealed.line_before))
+        restored.append("line")
+    if (
+        not status_moved_since
+        and appealed.status_before != appealed.status_after
+        and account.status is appealed.status_after
+        and appealed.status_before in (AccountStatus.active, AccountStatus.watchlist)
+    ):
+        after = replace(after, line=ledger.set_status(after.line, appealed.status_before))
+        if appealed.status_after is AccountStatus.closed:
+            after = replace(after, reopening_stage=0)
+        restored.append("status")
     reasons = [policy_reason("POLICY_APPEAL_REVERSED")]
-    details = {"appealed_event_id": appealed.event_id}
-    event = _event(ctx, account, restored, EventType.appeal_reversed, reasons, details=details)
-    return Decision(restored, event)
+    details = {"appealed_event_id": appealed.event_id, "restored": ",".join(restored) or "none"}
+    event = _event(ctx, account, after, EventType.appeal_reversed, reasons, details=details)
+    return Decision(after, event)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -572,18 +739,24 @@ def in_hardship(account: Account, now: datetime) -> bool:
     return account.hardship is not None and now < account.hardship.ends_at
 
 
-def current(account: Account, now: datetime) -> Account:
-    """The account as of `now`: a hardship arrangement that has ended no longer pauses draws."""
-    if account.line.in_hardship and not in_hardship(account, now):
-        return replace(account, line=replace(account.line, in_hardship=False))
-    return account
+def current(account: Account, policy: Policy, now: datetime) -> Account:
+    """The account as of `now` under `policy`: a hardship arrangement that has ended no longer
+    pauses draws, and draws stop while a payment is past due beyond the policy's limit."""
+    line = account.line
+    if line.in_hardship and not in_hardship(account, now):
+        line = replace(line, in_hardship=False)
+    stopped = account.risk.days_past_due >= policy.draws.stop_at_days_past_due
+    if stopped != line.draws_stopped:
+        line = replace(line, draws_stopped=stopped)
+    return account if line is account.line else replace(account, line=line)
 
 
 def _may_increase(policy: Policy, account: Account, tier: Tier, now: datetime) -> bool:
     return (
         account.status is AccountStatus.active
         and account.automatic_increases
-        and account.days_past_due == 0
+        and not account.risk.past_due
+        and not 0 < account.reopening_stage < len(policy.reopening.stages)
         and not in_hardship(account, now)
         and months_on_book(account, now) >= tier.min_months_on_book_for_increase
     )
@@ -604,7 +777,7 @@ def _require_open(account: Account, now: datetime) -> None:
         )
 
 
-def _not_yet(reason: str, why: str, eligible_at: datetime) -> FailedPrecondition:
+def not_yet(reason: str, why: str, eligible_at: datetime) -> FailedPrecondition:
     return FailedPrecondition(
         f"{why}; the next request can be considered from {eligible_at.isoformat()}",
         reason=reason,
@@ -683,3 +856,73 @@ def _notice(kind: EventType, reasons: tuple[Reason, ...], now: datetime) -> Noti
         },
         sent_at=now,
     )
+
+
+# -- conditions and their exits --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A condition the account is in, and its way out."""
+
+    type: str  # watchlist, frozen, closed, past_due, over_line, anomaly_open, hardship, ...
+    since: datetime | None
+    exit: dict[str, str]  # what takes the account out of it, by locale
+    earliest_exit_at: datetime | None = None
+
+
+# The exit of each condition, as the customer and operators are told it (README: "States and
+# their exits" says the same).
+CONDITION_EXITS = {
+    "watchlist": (
+        "Leaves the watchlist once no payment is past due and no warning sign came for the "
+        "policy's clean period",
+        "还款恢复正常且在规定期限内未出现新的风险信号后，自动解除观察",
+    ),
+    "frozen": (
+        "An operator lifts the freeze, or the line reopens in stages (RequestReopen)",
+        "由运营人员解除冻结，或通过分阶段恢复申请重新开通",
+    ),
+    "closed": (
+        "Reopens in stages through RequestReopen once eligible",
+        "符合条件后可申请分阶段重新开通",
+    ),
+    "past_due": ("Repay what is past due", "还清逾期款项"),
+    "over_line": (
+        "Repayments bring the balance under the line",
+        "还款使欠款低于信用额度",
+    ),
+    "anomaly_open": (
+        "Our team resolves the anomaly with you",
+        "由我们的团队与您核实并解决异常",
+    ),
+    "hardship": ("The arrangement ends at its end date", "困难还款安排到期后结束"),
+    "reopening_stage": (
+        "On-time repayments at each stage open the next",
+        "每个阶段按时还款后进入下一阶段",
+    ),
+}
+
+
+def conditions(policy: Policy, account: Account, now: datetime) -> list[Condition]:
+    """Every condition the account is in now, each with what ends it."""
+    found: list[tuple[str, datetime | None, datetime | None]] = []
+    risk = account.risk
+    if account.status is AccountStatus.watchlist:
+        found.append(("watchlist", risk.last_warning_at, watchlist_lifts_at(policy, account)))
+    if account.status in (AccountStatus.frozen, AccountStatus.closed):
+        found.append((account.status.value, account.suspended_at, None))
+    if risk.past_due:
+        found.append(("past_due", risk.past_due_since, None))
+    if account.over_line:
+        found.append(("over_line", None, None))
+    if risk.anomaly_since is not None:
+        found.append(("anomaly_open", risk.anomaly_since, None))
+    if account.hardship is not None and in_hardship(account, now):
+        found.append(("hardship", account.hardship.started_at, account.hardship.ends_at))
+    if 0 < account.reopening_stage < len(policy.reopening.stages):
+        found.append(("reopening_stage", None, None))
+    return [
+        Condition(kind, since, dict(zip(("en", "zh-CN"), CONDITION_EXITS[kind], strict=True)), at)
+        for kind, since, at in found
+    ]

@@ -1,8 +1,10 @@
 """The money side of a credit line: the granted line, the customer's own cap, what is drawn,
 and the credit available. Pure and transport-free; the store applies these atomically.
 
-Invariants, for every sequence of operations: nothing drawn is negative, the drawn total never
-exceeds the granted line, and the available credit is never negative.
+Invariants, for every sequence of operations: nothing drawn is negative, no draw takes the drawn
+total above the line (a reduction may leave it above: the line is then over, with nothing
+available until repayments bring it under), no draw while draws are stopped, and the available
+credit is never negative.
 """
 
 from dataclasses import dataclass, replace
@@ -33,6 +35,9 @@ class Line:
     customer_cap: int | None = None
     # Draws pause while a hardship arrangement runs.
     in_hardship: bool = False
+    # Draws stop while a payment is past due beyond the policy's limit (set from the account's
+    # risk state whenever the account is read: `decisions.current`).
+    draws_stopped: bool = False
 
     @property
     def usable_line(self) -> int:
@@ -43,7 +48,7 @@ class Line:
 
     @property
     def available_credit(self) -> int:
-        if self.status not in DRAWS_ALLOWED or self.in_hardship:
+        if self.status not in DRAWS_ALLOWED or self.in_hardship or self.draws_stopped:
             return 0
         return max(0, self.usable_line - self.drawn)
 
@@ -58,6 +63,10 @@ def draw(line: Line, amount: int) -> Line:
     if line.in_hardship:
         raise FailedPrecondition(
             "draws are paused during a hardship arrangement", reason="LINE_IN_HARDSHIP"
+        )
+    if line.draws_stopped:
+        raise FailedPrecondition(
+            "a payment is past due: no draws until it is repaid", reason="PAST_DUE"
         )
     if amount > line.available_credit:
         raise FailedPrecondition(
@@ -81,10 +90,10 @@ def repay(line: Line, amount: int) -> Line:
 
 
 def change_line(line: Line, new_line: int) -> Line:
-    """Sets the granted line; a reduction never goes below what is already drawn."""
+    """Sets the granted line, below what is drawn if so decided (the line is then over)."""
     if new_line < 0:
         raise ValueError("a credit line cannot be negative")
-    return replace(line, credit_line=max(new_line, line.drawn))
+    return replace(line, credit_line=new_line)
 
 
 def set_status(line: Line, status: AccountStatus) -> Line:

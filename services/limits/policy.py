@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
+from creditline.type.v1 import signal_pb2
 from services.common.documents import (
     DocumentError,
     ReloadingDocument,
@@ -29,6 +30,20 @@ PositiveFen = Annotated[int, Field(gt=0, description="Integer minor units (fen).
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Band = Literal["A", "B", "C", "D", "E"]
 
+# The signal types of the shared contract (creditline.type.v1.SignalType), by the names the
+# policy uses: SIGNAL_TYPE_DAYS_PAST_DUE is `days_past_due`.
+SIGNAL_TYPES = tuple(
+    name.removeprefix("SIGNAL_TYPE_").lower()
+    for name in signal_pb2.SignalType.DESCRIPTOR.values_by_name
+    if name != "SIGNAL_TYPE_UNSPECIFIED"
+)
+# The ones that say something went wrong, which the policy may act on.
+WARNING_SIGNALS = frozenset(SIGNAL_TYPES) - {
+    "on_time_repayment",
+    "delinquency_cured",
+    "behaviour_rescored",
+}
+
 
 class Severity(IntEnum):
     info = 1
@@ -40,7 +55,7 @@ class Severity(IntEnum):
 
 class SignalAction(StrEnum):
     watchlist = "watchlist"  # no increases
-    reduce = "reduce"  # to a fraction of the line, never below what is drawn
+    reduce = "reduce"  # to a fraction of the line, even below what is drawn
     freeze = "freeze"  # no draws
     close = "close"
 
@@ -79,8 +94,11 @@ class RequestedIncrease(StrictModel):
 
 
 class SignalRule(StrictModel):
+    # A warning signal type of the contract (SIGNAL_TYPES), checked at load.
     signal: str = Field(min_length=1)
-    min_severity: Severity
+    min_severity: Severity = Severity.info
+    # For `days_past_due` only, and required there: from how many days past due it applies.
+    min_days_past_due: int | None = Field(None, gt=0)
     action: SignalAction
     # For `reduce`: the share of the current line that remains.
     line_fraction: Fraction | None = None
@@ -96,12 +114,45 @@ class SignalRule(StrictModel):
         return data
 
     @model_validator(mode="after")
+    def _known_signal(self) -> Self:
+        if self.signal not in WARNING_SIGNALS:
+            raise ValueError(
+                f"signal {self.signal!r} is not a warning signal type; one of "
+                + ", ".join(sorted(WARNING_SIGNALS))
+            )
+        if (self.signal == "days_past_due") != (self.min_days_past_due is not None):
+            raise ValueError("min_days_past_due is required for days_past_due, and only there")
+        return self
+
+    @model_validator(mode="after")
     def _fraction_only_for_reduce(self) -> Self:
         if (self.action is SignalAction.reduce) != (self.line_fraction is not None):
             raise ValueError("line_fraction is required for reduce, and only for reduce")
         if self.line_fraction == 1:
             raise ValueError("a reduce with line_fraction 1 changes nothing")
         return self
+
+
+class Draws(StrictModel):
+    # No draw from this many days past due (1: while any payment is past due).
+    stop_at_days_past_due: int = Field(gt=0)
+
+
+class RiskState(StrictModel):
+    # A behaviour profile describing a time older than this is no fresh score: a review keeps
+    # or lowers the line, a requested increase or a reopening is declined.
+    max_age_days: int = Field(gt=0)
+
+
+class Watchlist(StrictModel):
+    # The watchlist is left once no payment is past due and no warning signal came for this
+    # many days.
+    clean_period_days: int = Field(gt=0)
+
+
+class Application(StrictModel):
+    # A declined applicant may apply again after this many days.
+    cool_off_days_after_decline: int = Field(ge=0)
 
 
 class ReopeningEligibility(StrictModel):
@@ -157,6 +208,10 @@ class Policy(StrictModel):
     currency_code: str = Field(pattern=r"^[A-Z]{3}$")
     tiers: list[Tier] = Field(min_length=1)
     declined_bands: list[Band] = []
+    application: Application
+    draws: Draws
+    risk_state: RiskState
+    watchlist: Watchlist
     review: Review
     reward: Reward
     requested_increase: RequestedIncrease
@@ -188,13 +243,18 @@ class Policy(StrictModel):
         """The tier of a risk band, or None when the band is declined."""
         return next((tier for tier in self.tiers if band in tier.bands), None)
 
-    def actions_for(self, signal: str, severity: Severity) -> list[SignalRule]:
-        """The rules a signal of this type and severity triggers, strongest action last."""
+    def actions_for(
+        self, signal: str, severity: Severity, days_past_due: int = 0
+    ) -> list[SignalRule]:
+        """The rules a signal of this type, severity and days past due triggers, strongest
+        action last."""
         order = list(SignalAction)
         matching = [
             rule
             for rule in self.signal_actions
-            if rule.signal == signal and severity >= rule.min_severity
+            if rule.signal == signal
+            and severity >= rule.min_severity
+            and days_past_due >= (rule.min_days_past_due or 0)
         ]
         return sorted(matching, key=lambda rule: order.index(rule.action))
 

@@ -131,14 +131,37 @@ POLICY_REASONS: dict[str, tuple[str, str, str, str]] = {
         "",
     ),
     "POLICY_SCHEDULED_REVIEW": ("Scheduled review", "定期额度评估", "", ""),
+    "POLICY_NO_RECENT_HISTORY": (
+        "Not enough recent repayment history",
+        "近期还款记录不足",
+        "Keep using and repaying the line; a decision needs recent repayment history",
+        "继续正常使用并按时还款，积累近期还款记录",
+    ),
+    "POLICY_REOPENING_STAGE": (
+        "The line is being reopened in stages",
+        "额度正在分阶段恢复中",
+        "Repay on time: each stage's repayments open the next",
+        "按时还款，完成每个阶段后额度将逐步恢复",
+    ),
+    "POLICY_CLEAN_PERIOD": (
+        "Repayments are current and no warning sign for the policy's period",
+        "还款正常且在规定期限内未出现风险信号",
+        "",
+        "",
+    ),
+    "POLICY_HARDSHIP_ENDED": ("The hardship arrangement ended", "困难还款安排已结束", "", ""),
+    "POLICY_REPAID_UNDER_LINE": (
+        "Repayments brought the balance under the line",
+        "还款后欠款已低于信用额度",
+        "",
+        "",
+    ),
 }
 
-# Signal types (as monitoring names them) to the policy reason they are reported under.
+# Warning signal types (the policy's names of creditline.type.v1.SignalType) to the policy
+# reason a decision on them gives; a test checks every warning type has one.
 SIGNAL_REASONS = {
-    "days_past_due_1": "POLICY_DAYS_PAST_DUE",
-    "days_past_due_30": "POLICY_DAYS_PAST_DUE",
-    "days_past_due_60": "POLICY_DAYS_PAST_DUE",
-    "days_past_due_90": "POLICY_DAYS_PAST_DUE",
+    "days_past_due": "POLICY_DAYS_PAST_DUE",
     "partial_payments": "POLICY_PARTIAL_PAYMENTS",
     "multiple_lending": "POLICY_MULTIPLE_LENDING",
     "utilisation_spike": "POLICY_UTILISATION",

@@ -48,6 +48,10 @@ class EventType(StrEnum):
     hardship_enrolled = "hardship_enrolled"
     preferences_changed = "preferences_changed"
     appeal_reversed = "appeal_reversed"
+    watchlist_lifted = "watchlist_lifted"
+    anomaly_resolved = "anomaly_resolved"
+    hardship_ended = "hardship_ended"
+    back_within_line = "back_within_line"
 
 
 class ActorKind(StrEnum):
@@ -84,6 +88,32 @@ class Hardship:
 
 
 @dataclass(frozen=True)
+class RiskState:
+    """What limits knows of an account's repayment behaviour: monitoring computes it from the
+    events and reports it with every signal; every scored decision stands on it."""
+
+    # The behaviour model's features, and the event time they describe (None: never reported).
+    profile: dict[str, float] = field(default_factory=dict)
+    profile_at: datetime | None = None
+    # Days past due of the account, and of each loan the events named.
+    days_past_due: int = 0
+    loans_past_due: dict[str, int] = field(default_factory=dict)
+    # When the current delinquency began (None: current).
+    past_due_since: datetime | None = None
+    # The latest behaviour band monitoring's rescoring reported, and when.
+    behaviour_band: str | None = None
+    behaviour_scored_at: datetime | None = None
+    # The last warning signal (the watchlist's clean period counts from it).
+    last_warning_at: datetime | None = None
+    # An abnormal transaction not yet resolved by an operator, since when.
+    anomaly_since: datetime | None = None
+
+    @property
+    def past_due(self) -> bool:
+        return self.days_past_due > 0
+
+
+@dataclass(frozen=True)
 class Account:
     account_id: str
     customer_id: str
@@ -101,15 +131,12 @@ class Account:
     next_review_at: datetime | None = None
     automatic_increases: bool = True
     hardship: Hardship | None = None
-    # Repayment behaviour as signals have reported it.
+    # On-time repayments since the last warning or line change (rewards, reopening stages).
     on_time_streak: int = 0
     last_on_time_repayment_at: datetime | None = None
-    days_past_due: int = 0
-    open_anomaly: bool = False
+    risk: RiskState = field(default_factory=RiskState)
     # Incremented by every change; the etag clients send back (AIP-154).
     version: int = 1
-    # The latest behaviour features monitoring reported: what a portfolio review scores.
-    behaviour_profile: dict[str, float] = field(default_factory=dict)
 
     @property
     def etag(self) -> str:
@@ -118,6 +145,10 @@ class Account:
     @property
     def status(self) -> AccountStatus:
         return self.line.status
+
+    @property
+    def over_line(self) -> bool:
+        return self.line.drawn > self.line.usable_line
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from services.limits.records import (
     Notice,
     Reason,
     ReasonSource,
+    RiskState,
 )
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -118,11 +119,32 @@ accounts = Table(
     Column("on_time_streak", Integer, nullable=False),
     Column("last_on_time_repayment_at", UtcDateTime),
     Column("days_past_due", Integer, nullable=False),
-    Column("open_anomaly", Boolean, nullable=False),
     Column("version", BigInteger, nullable=False),
-    # The latest behaviour features monitoring reported (JSON), scored by portfolio reviews.
+    # The risk state monitoring reports (records.RiskState): the behaviour features (JSON)
+    # and the event time they describe, delinquency by loan (JSON), the behaviour band.
     Column("behaviour_profile", Text),
+    Column("profile_at", UtcDateTime),
+    Column("loans_past_due", Text),
+    Column("past_due_since", UtcDateTime),
+    Column("behaviour_band", String),
+    Column("behaviour_scored_at", UtcDateTime),
+    Column("last_warning_at", UtcDateTime),
+    Column("anomaly_since", UtcDateTime),
     Index("ix_accounts_next_review_at", "next_review_at"),
+    Index("ix_accounts_customer_id_opened_at", "customer_id", "opened_at"),
+)
+
+# One customer, one line: the account that is the customer's line, in whatever state.
+customer_lines = Table(
+    "customer_lines",
+    metadata,
+    Column("customer_id", String, primary_key=True),
+    Column(
+        "account_id",
+        String,
+        ForeignKey("accounts.account_id", name="fk_customer_lines_account_id"),
+        nullable=False,
+    ),
 )
 
 limit_events = Table(
@@ -283,11 +305,33 @@ class UnitOfWork:
         return None if row is None else _account_from_row(row)
 
     def insert_account(self, account: Account) -> None:
+        """Inserts a new account; a line (not a declined application) becomes the customer's
+        one line, or AlreadyExists naming the line they hold."""
         if not self._insert_new(accounts, _account_values(account)):
             raise AlreadyExists(
                 f"account {account.account_id} already exists",
                 metadata={"account_id": account.account_id},
             )
+        if account.status is AccountStatus.declined:
+            return
+        values = {"customer_id": account.customer_id, "account_id": account.account_id}
+        if not self._insert_new(customer_lines, values):
+            raise customer_has_line(self.line_of_customer(account.customer_id) or "")
+
+    def line_of_customer(self, customer_id: str) -> str | None:
+        """The id of the customer's line, in whatever state, or None."""
+        return self._connection.execute(
+            select(customer_lines.c.account_id).where(customer_lines.c.customer_id == customer_id)
+        ).scalar_one_or_none()
+
+    def last_decline_of_customer(self, customer_id: str) -> datetime | None:
+        """When the customer's latest application was declined, or None."""
+        return self._connection.execute(
+            select(func.max(accounts.c.opened_at)).where(
+                accounts.c.customer_id == customer_id,
+                accounts.c.status == AccountStatus.declined.value,
+            )
+        ).scalar_one_or_none()
 
     def get_accounts(self, account_ids: list[str], *, lock: bool = False) -> list[Account]:
         """The accounts of these ids that exist, by id; `lock` takes their row locks."""
@@ -337,9 +381,10 @@ class UnitOfWork:
         return saved
 
     def accounts_due_for_review(
-        self, as_of: datetime, after_account_id: str, limit: int
+        self, as_of: datetime | None, after_account_id: str, limit: int
     ) -> list[Account]:
-        """Active and watchlisted accounts due by `as_of`, by id, after `after_account_id`."""
+        """Active and watchlisted accounts due by `as_of` (every one when None), by id, after
+        `after_account_id`."""
         query = (
             select(accounts)
             .where(*_due_for_review(as_of, after_account_id))
@@ -348,21 +393,13 @@ class UnitOfWork:
         )
         return [_account_from_row(row) for row in self._all(query)]
 
-    def count_accounts_due_for_review(self, as_of: datetime, after_account_id: str = "") -> int:
+    def count_accounts_due_for_review(
+        self, as_of: datetime | None, after_account_id: str = ""
+    ) -> int:
         query = select(func.count()).select_from(accounts)
         return self._connection.execute(
             query.where(*_due_for_review(as_of, after_account_id))
         ).scalar_one()
-
-    def accounts_page(self, after_account_id: str, limit: int) -> list[Account]:
-        """Every account by id, after `after_account_id`."""
-        query = (
-            select(accounts)
-            .where(accounts.c.account_id > after_account_id)
-            .order_by(accounts.c.account_id)
-            .limit(limit)
-        )
-        return [_account_from_row(row) for row in self._all(query)]
 
     # History.
 
@@ -376,6 +413,38 @@ class UnitOfWork:
         """Appends many new events in one statement; their ids are fresh, so none conflicts."""
         if events:
             self._connection.execute(insert(limit_events), [_event_values(e) for e in events])
+
+    def events_after(self, event: LimitEvent) -> list[LimitEvent]:
+        """The account's events after `event`, oldest first."""
+        query = select(limit_events).where(
+            limit_events.c.account_id == event.account_id,
+            or_(
+                limit_events.c.created_at > event.created_at,
+                and_(
+                    limit_events.c.created_at == event.created_at,
+                    limit_events.c.event_id > event.event_id,
+                ),
+            ),
+        )
+        query = query.order_by(limit_events.c.created_at, limit_events.c.event_id)
+        return [_event_from_row(row) for row in self._all(query)]
+
+    def last_event_time(self, account_id: str, types: tuple[EventType, ...]) -> datetime | None:
+        """When the account's latest event of these types was made, or None."""
+        return self._connection.execute(
+            select(func.max(limit_events.c.created_at)).where(*_of_types(account_id, types))
+        ).scalar_one_or_none()
+
+    def event_times_since(
+        self, account_id: str, types: tuple[EventType, ...], since: datetime
+    ) -> list[datetime]:
+        """When the account's events of these types since `since` were made, oldest first."""
+        query = (
+            select(limit_events.c.created_at)
+            .where(*_of_types(account_id, types), limit_events.c.created_at >= since)
+            .order_by(limit_events.c.created_at)
+        )
+        return list(self._connection.execute(query).scalars())
 
     def get_event(self, event_id: str) -> LimitEvent | None:
         row = self._one(select(limit_events).where(limit_events.c.event_id == event_id))
@@ -507,6 +576,22 @@ def _newest_first(
     return query.order_by(created_at.desc(), key.desc())
 
 
+def _of_types(account_id: str, types: tuple[EventType, ...]) -> tuple:
+    return (
+        limit_events.c.account_id == account_id,
+        limit_events.c.type.in_([EventType(t).value for t in types]),
+    )
+
+
+def customer_has_line(account_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"the customer already holds line {account_id}; a closed line reopens through "
+        "RequestReopen",
+        reason="CUSTOMER_HAS_LINE",
+        metadata={"account_id": account_id},
+    )
+
+
 def _answered_concurrently(kind: str, key: str) -> Aborted:
     return Aborted(
         f"{kind} {key} was handled by a concurrent call; retry to get its answer",
@@ -534,10 +619,11 @@ def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
     }
 
 
-def _due_for_review(as_of: datetime, after_account_id: str) -> tuple:
+def _due_for_review(as_of: datetime | None, after_account_id: str) -> tuple:
+    due = () if as_of is None else (accounts.c.next_review_at <= as_of,)
     return (
         accounts.c.status.in_(REVIEWABLE_STATUSES),
-        accounts.c.next_review_at <= as_of,
+        *due,
         accounts.c.account_id > after_account_id,
     )
 
@@ -567,13 +653,37 @@ def _account_values(account: Account) -> dict[str, Any]:
         "hardship": None if account.hardship is None else _dumps(_hardship_json(account.hardship)),
         "on_time_streak": account.on_time_streak,
         "last_on_time_repayment_at": account.last_on_time_repayment_at,
-        "days_past_due": account.days_past_due,
-        "open_anomaly": account.open_anomaly,
         "version": account.version,
-        "behaviour_profile": _dumps(account.behaviour_profile)
-        if account.behaviour_profile
-        else None,
+        **_risk_values(account.risk),
     }
+
+
+def _risk_values(risk: RiskState) -> dict[str, Any]:
+    return {
+        "behaviour_profile": _dumps(risk.profile) if risk.profile else None,
+        "profile_at": risk.profile_at,
+        "days_past_due": risk.days_past_due,
+        "loans_past_due": _dumps(risk.loans_past_due) if risk.loans_past_due else None,
+        "past_due_since": risk.past_due_since,
+        "behaviour_band": risk.behaviour_band,
+        "behaviour_scored_at": risk.behaviour_scored_at,
+        "last_warning_at": risk.last_warning_at,
+        "anomaly_since": risk.anomaly_since,
+    }
+
+
+def _risk_from_row(row: Row) -> RiskState:
+    return RiskState(
+        profile=json.loads(row.behaviour_profile) if row.behaviour_profile else {},
+        profile_at=row.profile_at,
+        days_past_due=row.days_past_due,
+        loans_past_due=json.loads(row.loans_past_due) if row.loans_past_due else {},
+        past_due_since=row.past_due_since,
+        behaviour_band=row.behaviour_band,
+        behaviour_scored_at=row.behaviour_scored_at,
+        last_warning_at=row.last_warning_at,
+        anomaly_since=row.anomaly_since,
+    )
 
 
 def _account_from_row(row: Row) -> Account:
@@ -599,10 +709,8 @@ def _account_from_row(row: Row) -> Account:
         hardship=None if row.hardship is None else _hardship_from_json(json.loads(row.hardship)),
         on_time_streak=row.on_time_streak,
         last_on_time_repayment_at=row.last_on_time_repayment_at,
-        days_past_due=row.days_past_due,
-        open_anomaly=row.open_anomaly,
+        risk=_risk_from_row(row),
         version=row.version,
-        behaviour_profile=json.loads(row.behaviour_profile) if row.behaviour_profile else {},
     )
 
 

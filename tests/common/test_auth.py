@@ -399,7 +399,7 @@ def open_account(limits_port: int, token: str) -> limits_service_pb2.OpenAccount
         return limits_service_pb2_grpc.LimitsServiceStub(channel).OpenAccount(
             limits_service_pb2.OpenAccountRequest(
                 request_id=uuid.uuid4().hex,
-                customer_id="cust-auth",
+                customer_id=f"cust-{uuid.uuid4().hex}",
                 features=features(GOOD_APPLICANT),
                 monthly_income=cny(20_000),
             ),

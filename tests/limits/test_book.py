@@ -8,34 +8,20 @@ import yaml
 
 from creditline.limits.v1 import limits_service_pb2 as pb
 from services.common.errors import violations_of
-from services.limits import servicer
+from services.limits import application
 from services.limits.policy import DEFAULT_POLICY
-from tests.limits.test_service import CLEAN_BEHAVIOUR, open_account, rid
+from tests.limits.test_service import open_account, report, risk, signal
 
 
-def report_profile(limits, account_id: str) -> None:
-    limits.ReportSignals(
-        pb.ReportSignalsRequest(
-            signals=[
-                pb.Signal(
-                    signal_id=rid(),
-                    account_id=account_id,
-                    type="on_time_repayment",
-                    severity=pb.SIGNAL_SEVERITY_INFO,
-                    profile=CLEAN_BEHAVIOUR,
-                )
-            ]
-        ),
-        timeout=10,
-    )
-
-
-def book(limits, clock, profiled: int = 3, plain: int = 2) -> list[str]:
-    """Accounts opened a year ago; the first `profiled` have a behaviour profile."""
-    ids = [open_account(limits).account.account_id for _ in range(profiled + plain)]
-    for account_id in ids[:profiled]:
-        report_profile(limits, account_id)
+def book(limits, clock, fresh: int = 3, stale: int = 1, plain: int = 1) -> list[str]:
+    """Accounts opened a year ago: the first `fresh` with a behaviour profile monitoring
+    reported now, then `stale` whose last report is a year old, then `plain` never reported."""
+    ids = [open_account(limits).account.account_id for _ in range(fresh + stale + plain)]
+    for account_id in ids[fresh : fresh + stale]:
+        report(limits, signal(account_id, "behaviour_rescored", risk=risk(clock.now)))
     clock.advance(days=366)
+    for account_id in ids[:fresh]:
+        report(limits, signal(account_id, "behaviour_rescored", risk=risk(clock.now)))
     return ids
 
 
@@ -52,7 +38,8 @@ def test_a_dry_run_counts_and_a_real_run_applies_once(limits, clock):
     ids = book(limits, clock)
     dry = list(limits.RunReview(pb.RunReviewRequest(request_id="dry", dry_run=True), timeout=30))
     assert dry[-1].done and dry[-1].accounts_due == 5 and dry[-1].accounts_reviewed == 5
-    # A fresh score can raise a line; without one a review only keeps or lowers it.
+    # A fresh score can raise a line; without one (a year-old profile, or none) a review only
+    # keeps or lowers it.
     assert (dry[-1].increased, dry[-1].unchanged) == (3, 2)
     assert lines(limits, ids) == [500_000] * 5
 
@@ -69,7 +56,7 @@ def test_a_dry_run_counts_and_a_real_run_applies_once(limits, clock):
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(limits, clock, monkeypatch):
-    monkeypatch.setattr(servicer, "REVIEW_PAGE", 2)
+    monkeypatch.setattr(application, "REVIEW_PAGE", 2)
     ids = book(limits, clock)
     stream = limits.RunReview(pb.RunReviewRequest(request_id="run-2"), timeout=30)
     next(stream)  # the plan
@@ -87,8 +74,27 @@ def test_an_interrupted_run_resumes_where_it_stopped(limits, clock, monkeypatch)
         assert len(reviews) == 1, account_id
 
 
+def test_a_simulation_counts_what_a_dry_run_review_of_the_same_book_does(limits, clock):
+    book(limits, clock)
+    dry = list(limits.RunReview(pb.RunReviewRequest(request_id="dry", dry_run=True), timeout=30))
+    simulated = limits.SimulatePolicy(
+        pb.SimulatePolicyRequest(policy=DEFAULT_POLICY.read_text()), timeout=30
+    )
+    (prime,) = simulated.tiers
+    assert (
+        (prime.accounts, prime.rise, prime.fall, prime.unchanged)
+        == (
+            dry[-1].accounts_reviewed,
+            dry[-1].increased,
+            dry[-1].reduced,
+            dry[-1].unchanged,
+        )
+        == (5, 3, 0, 2)
+    )
+
+
 def test_simulating_a_policy_changes_nothing_and_reports_by_tier(limits, clock):
-    ids = book(limits, clock, profiled=0, plain=3)
+    ids = book(limits, clock, fresh=0, stale=0, plain=3)
     candidate = yaml.safe_load(DEFAULT_POLICY.read_text())
     candidate["version"] = "candidate-1"
     candidate["tiers"][0].update(initial_line=300_000, max_line=400_000)  # prime at most 4,000
@@ -125,16 +131,16 @@ def test_a_malformed_policy_file_is_refused_and_the_old_one_keeps_serving(
     limits = start_limits(
         scoring.port, policy_file=policy_file, policy_reload_interval_seconds=0.05
     )
-    assert open_account(limits).event.policy_version == "2026.11.1"
+    assert open_account(limits).event.policy_version == "2026.12.1"
 
     policy_file.write_text("tiers: [not, a, policy")
     time.sleep(0.3)  # several reload checks
-    assert open_account(limits).event.policy_version == "2026.11.1"
+    assert open_account(limits).event.policy_version == "2026.12.1"
 
     document = yaml.safe_load(DEFAULT_POLICY.read_text())
-    document["version"] = "2026.12.1"
+    document["version"] = "2027.1.1"
     policy_file.write_text(yaml.safe_dump(document))
     deadline = time.monotonic() + 10
-    while open_account(limits).event.policy_version != "2026.12.1":
+    while open_account(limits).event.policy_version != "2027.1.1":
         assert time.monotonic() < deadline, "the valid policy was never picked up"
         time.sleep(0.05)

@@ -19,7 +19,7 @@ from services.limits.decisions import (
 )
 from services.limits.ledger import AccountStatus, Line
 from services.limits.policy import Severity, load_policy
-from services.limits.records import ActorKind, EventType, Reason, ReasonSource
+from services.limits.records import ActorKind, EventType, Reason, ReasonSource, RiskState
 
 POLICY = load_policy()
 NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
@@ -70,6 +70,7 @@ def test_first_line_follows_the_tier(band, tier, line):
 
 
 def test_band_e_is_declined_with_policy_and_model_reasons_and_a_notice():
+    """The score decided: its factors are principal reasons."""
     decision = decisions.open_account(ctx(), "a", "c", score("E"), RICH)
     assert not decision.approved
     assert decision.account.status is AccountStatus.declined
@@ -82,7 +83,9 @@ def test_band_e_is_declined_with_policy_and_model_reasons_and_a_notice():
 def test_an_application_that_cannot_afford_the_first_line_is_declined():
     poor = Affordability(monthly_income=10_000, monthly_debt_payments=4_000)
     decision = decisions.open_account(ctx(), "a", "c", score("A"), poor)
-    assert codes(decision.event)[0] == "POLICY_ABILITY_TO_PAY"
+    # The model did not decide it: ability to pay is the only principal reason.
+    assert codes(decision.event) == ["POLICY_ABILITY_TO_PAY"]
+    assert decision.next_eligible_at == NOW + timedelta(days=30)
 
 
 # -- requested increase --------------------------------------------------------------------
@@ -191,28 +194,89 @@ def test_review_raises_by_a_step_keeps_or_lowers_within_the_largest_change():
 # -- signals -------------------------------------------------------------------------------
 
 
-def signal(kind: str, severity: Severity, **evidence) -> Signal:
-    return Signal(f"sig-{kind}", kind, severity, NOW, {k: str(v) for k, v in evidence.items()})
+def signal(kind: str, severity: Severity = Severity.info, **fields) -> Signal:
+    return Signal(f"sig-{kind}", kind, severity, NOW, **fields)
+
+
+def dpd(days: int, severity: Severity = Severity.low, loan_id="loan-1") -> Signal:
+    return signal("days_past_due", severity, days_past_due=days, loan_id=loan_id)
 
 
 def test_days_past_due_escalates_watchlist_reduce_freeze_close():
     account = opened("B", line=Line(credit_line=200_000, drawn=150_000))
-    one = decisions.apply_signal(ctx(), account, signal("days_past_due_1", Severity.low))
-    assert one.event.type is EventType.watchlisted and one.account.days_past_due == 1
-    thirty = decisions.apply_signal(ctx(), one.account, signal("days_past_due_30", Severity.medium))
+    one = decisions.apply_signal(ctx(), account, dpd(1))
+    assert one.event.type is EventType.watchlisted and one.account.risk.days_past_due == 1
+    assert one.account.risk.loans_past_due == {"loan-1": 1}
+    thirty = decisions.apply_signal(ctx(), one.account, dpd(30, Severity.medium))
     assert thirty.event.type is EventType.reduced
-    assert thirty.account.line.credit_line == 150_000  # half is 100,000: never below drawn
+    # Half, below what is drawn: the account is over its line with nothing available.
+    assert thirty.account.line.credit_line == 100_000
+    assert thirty.account.over_line and thirty.account.line.available_credit == 0
     assert codes(thirty.event) == ["POLICY_DAYS_PAST_DUE"]
-    assert thirty.event.details == {"signal_id": "sig-days_past_due_30"}
-    sixty = decisions.apply_signal(ctx(), thirty.account, signal("days_past_due_60", Severity.high))
+    assert thirty.event.details == {"signal_id": "sig-days_past_due"}
+    assert thirty.event.notice is not None
+    sixty = decisions.apply_signal(ctx(), thirty.account, dpd(60, Severity.high))
     assert sixty.event.type is EventType.frozen and sixty.account.suspended_at == NOW
     with pytest.raises(FailedPrecondition):
         ledger.draw(sixty.account.line, 1)
-    ninety = decisions.apply_signal(
-        ctx(), sixty.account, signal("days_past_due_90", Severity.critical)
-    )
+    ninety = decisions.apply_signal(ctx(), sixty.account, dpd(90, Severity.critical))
     assert ninety.event.type is EventType.closed
-    assert ninety.account.line_before_closure == 150_000
+    assert ninety.account.line_before_closure == 100_000
+
+
+def test_a_fully_drawn_line_is_still_cut_with_an_event_and_a_notice():
+    account = opened("B", line=Line(credit_line=200_000, drawn=200_000))
+    cut = decisions.apply_signal(ctx(), account, signal("income_decline", Severity.medium))
+    assert cut.event.type is EventType.reduced and cut.event.notice is not None
+    assert cut.account.line.credit_line == 140_000 and cut.account.over_line
+
+
+def test_past_due_stops_draws_from_the_policys_days():
+    account = decisions.apply_signal(ctx(), opened("B"), dpd(1)).account
+    account = decisions.current(account, POLICY, NOW)
+    assert account.line.draws_stopped and account.line.available_credit == 0
+    with pytest.raises(FailedPrecondition) as raised:
+        decisions.draw(ctx(), account, 100, "consumption")
+    assert raised.value.reason == "PAST_DUE"
+
+
+def test_an_on_time_repayment_of_one_loan_does_not_cure_another():
+    account = decisions.apply_signal(ctx(), opened("B"), dpd(45, loan_id="loan-a")).account
+    report = decisions.RiskReport({"days_past_due": 45.0}, NOW, days_past_due=45)
+    paid_b = decisions.apply_signal(
+        ctx(), account, signal("on_time_repayment", loan_id="loan-b", report=report)
+    ).account
+    assert paid_b.risk.days_past_due == 45 and paid_b.risk.loans_past_due == {"loan-a": 45}
+    cured = decisions.apply_signal(
+        ctx(), paid_b,
+        signal("delinquency_cured", report=decisions.RiskReport({}, NOW, days_past_due=0)),
+    ).account  # fmt: skip
+    assert not cured.risk.past_due and cured.risk.loans_past_due == {}
+
+
+def test_an_older_report_never_replaces_a_newer_one():
+    newer = decisions.RiskReport({"utilisation": 0.5}, NOW, days_past_due=3)
+    older = decisions.RiskReport({"utilisation": 0.1}, NOW - timedelta(days=1), days_past_due=0)
+    account = decisions.apply_report(ctx(), opened("B"), newer)
+    assert decisions.apply_report(ctx(), account, older) == account
+
+
+def test_the_watchlist_is_left_after_a_cure_and_the_clean_period():
+    watched = decisions.apply_signal(ctx(), opened("B"), dpd(1)).account
+    assert watched.status is AccountStatus.watchlist
+    later = NOW + timedelta(days=200)
+    assert decisions.settle(ctx(later), watched) == []  # still past due: no time takes it off
+    cure_at = NOW + timedelta(days=10)
+    cured = decisions.apply_report(
+        ctx(cure_at), watched, decisions.RiskReport({}, cure_at, days_past_due=0)
+    )
+    clean_until = cure_at + timedelta(days=POLICY.watchlist.clean_period_days)
+    assert decisions.watchlist_lifts_at(POLICY, cured) == clean_until
+    assert decisions.settle(ctx(clean_until - timedelta(seconds=1)), cured) == []
+    (lifted,) = decisions.settle(ctx(clean_until), cured)
+    assert lifted.event.type is EventType.watchlist_lifted
+    assert codes(lifted.event) == ["POLICY_CLEAN_PERIOD"]
+    assert lifted.account.status is AccountStatus.active
 
 
 def test_a_signal_below_its_rules_severity_changes_no_line():
@@ -221,28 +285,57 @@ def test_a_signal_below_its_rules_severity_changes_no_line():
     assert decision.event is None and decision.account.status is AccountStatus.active
 
 
-def test_abnormal_transactions_freeze_and_mark_an_open_anomaly():
+def test_abnormal_transactions_freeze_and_open_an_anomaly_an_operator_resolves():
     decision = decisions.apply_signal(
         ctx(), opened("B"), signal("abnormal_transaction", Severity.high)
     )
-    assert decision.event.type is EventType.frozen and decision.account.open_anomaly
+    assert decision.event.type is EventType.frozen and decision.account.risk.anomaly_since == NOW
+    resolved = decisions.resolve_anomaly(ctx(actor=ActorKind.operator), decision.account, "ok")
+    assert resolved.event.type is EventType.anomaly_resolved
+    assert resolved.account.risk.anomaly_since is None
+    with pytest.raises(FailedPrecondition):
+        decisions.resolve_anomaly(ctx(actor=ActorKind.operator), resolved.account, "again")
+
+
+def fresh(account, band="B", at=NOW):
+    """The account with a fresh risk state monitoring scored `band`."""
+    risk = RiskState(
+        profile={"utilisation": 0.2}, profile_at=at, behaviour_band=band, behaviour_scored_at=at
+    )
+    return replace(account, risk=risk)
 
 
 def test_six_on_time_repayments_and_six_months_earn_a_step_unless_opted_out():
-    account = opened("B", months_ago=7)
+    account = fresh(opened("B", months_ago=7))
     for _ in range(5):
-        account = decisions.apply_signal(
-            ctx(), account, signal("on_time_repayment", Severity.info)
-        ).account
+        account = decisions.apply_signal(ctx(), account, signal("on_time_repayment")).account
     assert account.line.credit_line == 200_000 and account.on_time_streak == 5
-    sixth = decisions.apply_signal(ctx(), account, signal("on_time_repayment", Severity.info))
+    sixth = decisions.apply_signal(ctx(), account, signal("on_time_repayment"))
     assert sixth.event.type is EventType.increased
     assert sixth.account.line.credit_line == 300_000 and sixth.account.on_time_streak == 0
     opted_out = replace(account, automatic_increases=False)
-    assert (
-        decisions.apply_signal(ctx(), opted_out, signal("on_time_repayment", Severity.info)).event
-        is None
-    )
+    assert decisions.apply_signal(ctx(), opted_out, signal("on_time_repayment")).event is None
+    # A reward stands on a fresh behaviour score: none without one, or with a stale one.
+    stale = fresh(account, at=NOW - timedelta(days=POLICY.risk_state.max_age_days + 1))
+    for unscored in (replace(account, risk=RiskState()), stale):
+        assert decisions.apply_signal(ctx(), unscored, signal("on_time_repayment")).event is None
+
+
+def test_a_stale_risk_state_declines_an_increase_with_a_reason_the_customer_reads():
+    decision = decisions.request_increase(ctx(), opened("B"), None, None, RICH, NO_HISTORY)
+    assert not decision.approved
+    assert codes(decision.event) == ["POLICY_NO_RECENT_HISTORY"]
+    assert decision.event.reasons[0].texts["en"] == "Not enough recent repayment history"
+    assert decisions.is_fresh(POLICY, fresh(opened("B")).risk, NOW)
+    assert not decisions.is_fresh(POLICY, RiskState(profile={"u": 1.0}), NOW)  # no time
+
+
+def test_a_review_without_a_fresh_score_keeps_or_lowers():
+    kept = decisions.review(ctx(), opened("B"), None)
+    assert kept.event.type is EventType.reviewed_unchanged
+    assert "POLICY_NO_RECENT_HISTORY" in codes(kept.event)
+    big = opened("B", line=Line(credit_line=3_000_000), risk_band="B")
+    assert decisions.review(ctx(), big, None).event.type is EventType.reduced
 
 
 # -- staged reopening ----------------------------------------------------------------------
@@ -255,7 +348,7 @@ def closed_account(days_ago: int, **changes):
 
 
 def test_reopening_is_refused_until_every_rule_holds():
-    account = closed_account(10, days_past_due=5, open_anomaly=True)
+    account = closed_account(10, risk=RiskState(days_past_due=5, anomaly_since=NOW))
     decision = decisions.request_reopen(ctx(), account, score("D"))
     assert not decision.approved
     assert codes(decision.event) == [
@@ -265,6 +358,8 @@ def test_reopening_is_refused_until_every_rule_holds():
         "POLICY_OPEN_ANOMALY",
     ]
     assert decision.next_eligible_at == NOW + timedelta(days=80)
+    stale = closed_account(100, last_on_time_repayment_at=NOW - timedelta(days=5))
+    assert codes(decisions.request_reopen(ctx(), stale, None).event) == ["POLICY_NO_RECENT_HISTORY"]
 
 
 def test_staged_reopening_moves_forward_with_on_time_repayments():
@@ -273,16 +368,21 @@ def test_staged_reopening_moves_forward_with_on_time_repayments():
     assert stage1.approved and stage1.event.type is EventType.reopened
     assert (stage1.account.reopening_stage, stage1.account.line.credit_line) == (1, 20_000)
     assert stage1.account.status is AccountStatus.active
+    # The stage's own line holds even below what is still drawn.
+    drawn = replace(account, line=replace(account.line, drawn=64_000))
+    over = decisions.request_reopen(ctx(), drawn, score("B")).account
+    assert over.line.credit_line == 20_000 and over.over_line
+    assert over.line.available_credit == 0
 
     account = stage1.account
     for _ in range(3):
-        step = decisions.apply_signal(ctx(), account, signal("on_time_repayment", Severity.info))
+        step = decisions.apply_signal(ctx(), account, signal("on_time_repayment"))
         account = step.account
     assert step.event.type is EventType.reopening_stage_advanced
     assert (account.reopening_stage, account.line.credit_line) == (2, 150_000)  # half of before
 
     for _ in range(6):
-        step = decisions.apply_signal(ctx(), account, signal("on_time_repayment", Severity.info))
+        step = decisions.apply_signal(ctx(), account, signal("on_time_repayment"))
         account = step.account
     assert (account.reopening_stage, account.line.credit_line) == (3, 200_000)  # the tier's line
 
@@ -314,7 +414,10 @@ def test_hardship_pauses_draws_for_its_term_and_is_limited():
     assert decision.account.hardship.monthly_instalment == 10_000
     assert decision.account.line.available_credit == 0
     later = add_months(NOW, 12) + timedelta(days=1)
-    assert decisions.current(decision.account, later).line.available_credit == 80_000
+    assert decisions.current(decision.account, POLICY, later).line.available_credit == 80_000
+    (ended,) = decisions.settle(ctx(later), decision.account)
+    assert ended.event.type is EventType.hardship_ended
+    assert not ended.account.line.in_hardship
 
     with pytest.raises(FailedPrecondition, match="limited"):
         decisions.enroll_hardship(ctx(), account, 6, [NOW - timedelta(days=100)])
@@ -336,18 +439,31 @@ def test_a_reversed_appeal_restores_the_line_and_status():
     account = opened("B", line=Line(credit_line=200_000, drawn=10_000))
     cut = decisions.apply_signal(ctx(), account, signal("income_decline", Severity.medium))
     assert cut.account.line.credit_line == 140_000
-    restored = decisions.reverse(ctx(actor=ActorKind.operator), cut.account, cut.event)
+    restored = decisions.reverse(ctx(actor=ActorKind.operator), cut.account, cut.event, [])
     assert restored.account.line.credit_line == 200_000
     assert restored.event.type is EventType.appeal_reversed
-    assert restored.event.details == {"appealed_event_id": cut.event.event_id}
+    assert restored.event.details == {"appealed_event_id": cut.event.event_id, "restored": "line"}
+
+
+def test_a_reversal_never_reopens_a_line_closed_since():
+    account = opened("B", line=Line(credit_line=200_000, drawn=10_000))
+    cut = decisions.apply_signal(ctx(), account, signal("income_decline", Severity.medium))
+    closed = decisions.apply_signal(ctx(), cut.account, dpd(90, Severity.critical))
+    reversed_ = decisions.reverse(
+        ctx(actor=ActorKind.operator), closed.account, cut.event, [closed.event]
+    )
+    assert reversed_.account.status is AccountStatus.closed
+    assert reversed_.account.line == closed.account.line
+    assert reversed_.event.details["restored"] == "none"
 
 
 # -- invariants under any sequence of decisions (hypothesis) -------------------------------
 
 SIGNAL_TYPES = [
-    "days_past_due_1", "days_past_due_30", "days_past_due_60", "days_past_due_90",
-    "partial_payments", "multiple_lending", "utilisation_spike", "income_decline",
-    "abnormal_transaction", "risk_band_worsened", "on_time_repayment", "delinquency_cured",
+    ("days_past_due", 1), ("days_past_due", 30), ("days_past_due", 60), ("days_past_due", 90),
+    ("partial_payments", 0), ("multiple_lending", 0), ("utilisation_spike", 0),
+    ("income_decline", 0), ("abnormal_transaction", 0), ("risk_band_worsened", 0),
+    ("on_time_repayment", 0), ("delinquency_cured", 0), ("behaviour_rescored", 0),
 ]  # fmt: skip
 steps = st.lists(
     st.one_of(
@@ -355,48 +471,82 @@ steps = st.lists(
         st.tuples(st.just("repay"), st.integers(1, 600_000)),
         st.tuples(st.just("signal"), st.tuples(st.sampled_from(SIGNAL_TYPES),
                                                st.sampled_from(list(Severity)))),
+        st.tuples(st.just("report"), st.tuples(st.integers(0, 120), st.sampled_from("ABCDE"))),
         st.tuples(st.just("review"), st.sampled_from("ABCDE")),
         st.tuples(st.just("increase"), st.sampled_from("ABCDE")),
         st.tuples(st.just("reopen"), st.sampled_from("ABCDE")),
+        st.tuples(st.just("operator"), st.sampled_from(["freeze", "unfreeze", "close"])),
         st.tuples(st.just("days"), st.integers(1, 120)),
     ),
     max_size=40,
 )  # fmt: skip
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(band=st.sampled_from("ABCD"), sequence=steps)
 def test_line_invariants_hold_under_any_sequence_of_decisions(band, sequence):
+    """No draw takes the drawn amount above the line, none goes through while a payment is
+    past due, a reduction holds, and no status changes without its event."""
     now = NOW
     account = decisions.open_account(ctx(now), "a", "c", score(band), RICH).account
     drawn = 0
+    operator = {"freeze": decisions.freeze, "unfreeze": decisions.unfreeze,
+                "close": decisions.close}  # fmt: skip
     for number, (kind, value) in enumerate(sequence):
+        c = ctx(now)
+        before = account = decisions.current(account, POLICY, now)
+        events = []
         try:
+            for exit_decision in decisions.settle(c, account):
+                events.append(exit_decision.event)
+                account = exit_decision.account
+            decision = None
             if kind == "draw":
-                account = replace(account, line=ledger.draw(account.line, value))
+                account = decisions.draw(c, account, value, "consumption")
+                assert account.line.drawn <= account.line.usable_line
+                assert not before.risk.past_due
                 drawn += value
             elif kind == "repay":
-                account = replace(account, line=ledger.repay(account.line, value))
+                decision = decisions.repay(c, account, value)
                 drawn -= value
             elif kind == "signal":
-                signal_type, severity = value
-                event = Signal(f"s{number}", signal_type, severity, now)
-                account = decisions.apply_signal(ctx(now), account, event).account
+                (signal_type, days), severity = value
+                event = Signal(f"s{number}", signal_type, severity, now, days_past_due=days)
+                decision = decisions.apply_signal(c, account, event)
+            elif kind == "report":
+                days, scored = value
+                report = decisions.RiskReport({"u": 0.1}, now, days, scored, now)
+                account = decisions.apply_report(c, account, report)
             elif kind == "review":
-                account = decisions.review(ctx(now), account, score(value)).account
+                decision = decisions.review(c, account, score(value))
             elif kind == "increase":
-                account = decisions.request_increase(
-                    ctx(now), account, None, score(value), RICH, NO_HISTORY
-                ).account
+                decision = decisions.request_increase(
+                    c, account, None, score(value), RICH, NO_HISTORY
+                )
             elif kind == "reopen":
-                account = decisions.request_reopen(ctx(now), account, score(value)).account
+                decision = decisions.request_reopen(c, account, score(value))
+            elif kind == "operator":
+                decision = operator[value](c, account, "")
             else:
                 now += timedelta(days=value)
+            if decision is not None:
+                events.append(decision.event)
+                account = decision.account
         except (FailedPrecondition, InvalidArgument):
-            pass  # refused: the account is as it was
+            account = before  # refused: the account is as it was
+            events = []
         line = account.line
-        assert 0 <= line.drawn <= line.credit_line
-        assert line.drawn == drawn  # decisions never draw or repay
+        assert line.drawn == drawn >= 0  # decisions never draw or repay
         assert 0 <= line.available_credit <= line.credit_line
         if account.status not in ledger.DRAWS_ALLOWED:
             assert line.available_credit == 0
+        if line.credit_line != before.line.credit_line:  # no line moves silently
+            assert any(e and e.line_after == line.credit_line for e in events)
+        if account.status is not before.status:  # no entry or exit without its event
+            assert any(
+                e
+                and (e.status_before, e.status_after) == (before.status, account.status)
+                or e
+                and e.status_after is account.status
+                for e in events
+            ), (before.status, account.status, [e.type for e in events if e])

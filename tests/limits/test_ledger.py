@@ -18,6 +18,7 @@ operations = st.lists(
         st.tuples(st.just("change_line"), st.integers(min_value=0, max_value=3_000_000)),
         st.tuples(st.just("status"), st.sampled_from(list(AccountStatus))),
         st.tuples(st.just("cap"), st.one_of(st.none(), st.integers(0, 3_000_000))),
+        st.tuples(st.just("stopped"), st.booleans()),
     ),
     max_size=60,
 )
@@ -33,6 +34,8 @@ def apply(line: Line, operation) -> Line:
         return change_line(line, value)
     if kind == "status":
         return set_status(line, value)
+    if kind == "stopped":
+        return replace(line, draws_stopped=value)
     return replace(line, customer_cap=value)
 
 
@@ -50,11 +53,13 @@ def test_invariants_hold_for_any_sequence(initial, steps):
             continue
         if step[0] == "draw":
             drawn_by_us += step[1]
+            # No draw takes the drawn amount above the line, or happens while stopped.
+            assert line.drawn <= line.usable_line and not before.draws_stopped
         elif step[0] == "repay":
             drawn_by_us -= step[1]
         assert line.drawn >= 0
-        assert line.drawn <= line.credit_line
         assert line.available_credit >= 0
+        assert line.available_credit <= max(0, line.usable_line - line.drawn)
         assert line.drawn == drawn_by_us  # nothing appears or vanishes
 
 
@@ -86,10 +91,21 @@ def test_hardship_pauses_draws_but_not_repayments():
     assert repay(line, 10_000).drawn == 40_000
 
 
-def test_a_reduction_never_goes_below_what_is_drawn():
-    line = draw(Line(credit_line=100_000), 70_000)
-    assert change_line(line, 50_000).credit_line == 70_000
-    assert change_line(line, 50_000).available_credit == 0
+def test_a_reduction_holds_below_what_is_drawn_until_repayments_bring_it_under():
+    line = change_line(draw(Line(credit_line=100_000), 70_000), 50_000)
+    assert (line.credit_line, line.available_credit) == (50_000, 0)
+    with pytest.raises(FailedPrecondition):
+        draw(line, 1)
+    line = repay(line, 30_000)
+    assert line.available_credit == 10_000
+
+
+def test_draws_stop_while_a_payment_is_past_due():
+    line = Line(credit_line=100_000, draws_stopped=True)
+    assert line.available_credit == 0
+    with pytest.raises(FailedPrecondition) as raised:
+        draw(line, 1)
+    assert raised.value.reason == "PAST_DUE"
 
 
 def test_the_customer_cap_limits_what_can_be_drawn():

@@ -48,9 +48,15 @@ def test_signal_actions_by_severity():
         SignalAction.watchlist,
         SignalAction.reduce,
     ]
-    assert policy.actions_for("days_past_due_90", Severity.critical)[-1].action is (
-        SignalAction.close
-    )
+    by_days = {days: policy.actions_for("days_past_due", Severity.low, days)[-1].action
+               for days in (1, 29, 30, 60, 90)}  # fmt: skip
+    assert by_days == {
+        1: SignalAction.watchlist,
+        29: SignalAction.watchlist,
+        30: SignalAction.reduce,
+        60: SignalAction.freeze,
+        90: SignalAction.close,
+    }
 
 
 @pytest.mark.parametrize(
@@ -65,6 +71,26 @@ def test_signal_actions_by_severity():
         (lambda d: d["signal_actions"][1].pop("line_fraction"), "line_fraction is required"),
         (lambda d: d["signal_actions"][0].update(min_severity="dire"), "min_severity must be"),
         (lambda d: d["signal_actions"][0].update(action="ban"), "signal_actions.0.action"),
+        (
+            lambda d: d["signal_actions"][4].update(signal="partial_payment"),
+            "signal_actions.4: Value error, signal 'partial_payment' is not a warning signal",
+        ),
+        (
+            lambda d: d["signal_actions"][4].update(signal="on_time_repayment"),
+            "signal_actions.4: Value error, signal 'on_time_repayment' is not a warning",
+        ),
+        (
+            lambda d: d["signal_actions"][0].pop("min_days_past_due"),
+            "min_days_past_due is required for days_past_due",
+        ),
+        (
+            lambda d: d["signal_actions"][4].update(min_days_past_due=3),
+            "min_days_past_due is required for days_past_due, and only there",
+        ),
+        (lambda d: d["draws"].update(stop_at_days_past_due=0), "draws.stop_at_days_past_due"),
+        (lambda d: d.pop("risk_state"), "risk_state: Field required"),
+        (lambda d: d["watchlist"].update(clean_period_days=0), "watchlist.clean_period_days"),
+        (lambda d: d.pop("application"), "application: Field required"),
         (lambda d: d["reopening"]["stages"].pop(1), "numbered 1, 2, 3"),
         (lambda d: d["reopening"]["stages"][0].update(tier_line=True), "exactly one of"),
         (lambda d: d.update(currency_code="yuan"), "currency_code"),
@@ -90,19 +116,19 @@ def test_a_bad_file_never_replaces_the_policy_in_force(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(DEFAULT_POLICY.read_text())
     holder = PolicyHolder(path)
-    assert holder.policy.version == "2026.11.1"
+    assert holder.policy.version == "2026.12.1"
 
     path.write_text("tiers: [this is not a policy")
     _touch_later(path)
     assert holder.reload_if_changed() is False
-    assert holder.policy.version == "2026.11.1"
+    assert holder.policy.version == "2026.12.1"
 
     document = default_document()
-    document["version"] = "2026.12.1"
+    document["version"] = "2027.1.1"
     path.write_text(yaml.safe_dump(document))
     _touch_later(path)
     assert holder.reload_if_changed() is True
-    assert holder.policy.version == "2026.12.1"
+    assert holder.policy.version == "2027.1.1"
     assert holder.reload_if_changed() is False  # unchanged file: nothing to do
 
 

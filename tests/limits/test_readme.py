@@ -115,12 +115,14 @@ def test_readme_commands_work_as_printed(reflection):
     assert minor_units(drawn["drawn"]) == 30_000
     assert minor_units(drawn["availableCredit"]) == line - 30_000
 
-    # The increase is declined with its reasons, what would change it and when to ask again.
+    # The increase is declined with its reasons, what would change it and when to ask again:
+    # no behaviour reported yet, and a caller cannot supply it.
     increase = answers["RequestIncrease"]
     assert not increase.get("approved", False)
     event = increase["event"]
     assert event["type"] == "LIMIT_EVENT_TYPE_INCREASE_DECLINED" and event["adverse"]
-    assert [r["code"] for r in event["reasons"]] == ["POLICY_MONTHS_ON_BOOK"]
+    assert [r["code"] for r in event["reasons"]] == ["POLICY_NO_RECENT_HISTORY"]
+    assert event["reasons"][0]["texts"]["en"] == "Not enough recent repayment history"
     for reason in event["reasons"] + increase["improvements"]:
         assert reason["texts"]["en"] and reason["texts"]["zh-CN"]
     assert event["notice"]["texts"]["zh-CN"]
@@ -137,6 +139,7 @@ def test_readme_commands_work_as_printed(reflection):
     read = answers["GetAccount"]["account"]
     assert minor_units(read["drawn"]) == 30_000
     assert minor_units(read["availableCredit"]) == line - 30_000
+    assert not read["risk"].get("fresh", False) and "profileTime" not in read["risk"]
 
 
 def test_pasting_the_readme_again_changes_nothing(reflection):

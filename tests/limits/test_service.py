@@ -5,10 +5,11 @@ import uuid
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
-from creditline.type.v1 import money_pb2
+from creditline.type.v1 import money_pb2, risk_pb2, signal_pb2
 from services.common.errors import violations_of
 from tests.scoring.helpers import to_value
 from tests.servers import start_scoring
@@ -49,17 +50,62 @@ def features(values: dict):
     return {name: to_value(value) for name, value in values.items()}
 
 
-def open_account(stub, applicant=GOOD_APPLICANT) -> pb.OpenAccountResponse:
+def open_account(stub, applicant=GOOD_APPLICANT, customer_id=None) -> pb.OpenAccountResponse:
+    """A new customer's application (or `customer_id`'s)."""
     return stub.OpenAccount(
         pb.OpenAccountRequest(
             request_id=rid(),
-            customer_id="cust-1",
+            customer_id=customer_id or f"cust-{rid()}",
             features=features(applicant),
             monthly_income=cny(20_000),
             monthly_debt_payments=cny(1_000),
         ),
         timeout=10,
     )
+
+
+def timestamp(moment) -> Timestamp:
+    proto = Timestamp()
+    proto.FromDatetime(moment)
+    return proto
+
+
+def risk(at, profile=CLEAN_BEHAVIOUR, days_past_due=0, band=None) -> pb.RiskReport:
+    """Monitoring's report of the account's behaviour at `at` (event time)."""
+    report = pb.RiskReport(
+        profile={**profile, "days_past_due": days_past_due},
+        profile_time=timestamp(at),
+        days_past_due=days_past_due,
+    )
+    if band:
+        report.risk_band = risk_pb2.RiskBand.Value(f"RISK_BAND_{band}")
+        report.score_time.CopyFrom(timestamp(at))
+    return report
+
+
+def signal(account_id, kind, severity=pb.SIGNAL_SEVERITY_INFO, signal_id=None, **fields):
+    """A signal of `kind` ("days_past_due", "on_time_repayment", ...) as monitoring sends it."""
+    return pb.Signal(
+        signal_id=signal_id or rid(),
+        account_id=account_id,
+        type=signal_pb2.SignalType.Value(f"SIGNAL_TYPE_{kind.upper()}"),
+        severity=severity,
+        **fields,
+    )
+
+
+def report(stub, *signals) -> list[pb.SignalOutcome]:
+    return list(stub.ReportSignals(pb.ReportSignalsRequest(signals=signals), timeout=10).outcomes)
+
+
+def past_due(account_id, days, at, loan_id="loan-1", **fields) -> pb.Signal:
+    """The days-past-due signal monitoring raises at a threshold, with its risk report."""
+    severity = {1: pb.SIGNAL_SEVERITY_LOW, 30: pb.SIGNAL_SEVERITY_MEDIUM,
+                60: pb.SIGNAL_SEVERITY_HIGH}.get(days, pb.SIGNAL_SEVERITY_CRITICAL)  # fmt: skip
+    return signal(
+        account_id, "days_past_due", severity, days_past_due=days, loan_id=loan_id,
+        risk=risk(at, days_past_due=days), **fields,
+    )  # fmt: skip
 
 
 def draw(stub, account_id, yuan, purpose="consumption", **kw):
@@ -230,8 +276,9 @@ def test_concurrent_draws_from_several_clients_never_overdraw(limits):
 
 def test_an_increase_after_the_waiting_period(limits, clock):
     account_id = open_account(limits).account.account_id
+    report(limits, signal(account_id, "behaviour_rescored", risk=risk(clock.now)))
     request = pb.RequestIncreaseRequest(
-        request_id=rid(), account_id=account_id, features=features(CLEAN_BEHAVIOUR),
+        request_id=rid(), account_id=account_id,
         monthly_income=cny(20_000), monthly_debt_payments=cny(1_000),
     )  # fmt: skip
     too_new = limits.RequestIncrease(request, timeout=10)
@@ -240,6 +287,7 @@ def test_an_increase_after_the_waiting_period(limits, clock):
     assert too_new.improvements and too_new.next_eligible_time.seconds > 0
 
     clock.advance(days=120)
+    report(limits, signal(account_id, "on_time_repayment", risk=risk(clock.now)))
     request.request_id = rid()
     approved = limits.RequestIncrease(request, timeout=10)
     assert approved.approved
@@ -256,26 +304,14 @@ def test_scoring_down_refuses_increases_but_signals_still_apply(start_limits, cl
     limits = start_limits(own_scoring.port)
     account_id = open_account(limits).account.account_id
     clock.advance(days=120)
+    report(limits, signal(account_id, "on_time_repayment", risk=risk(clock.now)))
     own_scoring.stop(0)
     request = pb.RequestIncreaseRequest(
-        request_id=rid(), account_id=account_id, features=features(CLEAN_BEHAVIOUR),
-        monthly_income=cny(20_000),
-    )  # fmt: skip
-    assert failed(limits.RequestIncrease, request).code() == grpc.StatusCode.UNAVAILABLE
-    reported = limits.ReportSignals(
-        pb.ReportSignalsRequest(
-            signals=[
-                pb.Signal(
-                    signal_id="sig-30",
-                    account_id=account_id,
-                    type="days_past_due_30",
-                    severity=pb.SIGNAL_SEVERITY_MEDIUM,
-                )  # fmt: skip
-            ]
-        ),
-        timeout=10,
+        request_id=rid(), account_id=account_id, monthly_income=cny(20_000)
     )
-    assert reported.outcomes[0].event.type == pb.LIMIT_EVENT_TYPE_REDUCED
+    assert failed(limits.RequestIncrease, request).code() == grpc.StatusCode.UNAVAILABLE
+    reported = report(limits, past_due(account_id, 30, clock.now))
+    assert reported[0].event.type == pb.LIMIT_EVENT_TYPE_REDUCED
     account = limits.GetAccount(pb.GetAccountRequest(account_id=account_id), timeout=5).account
     assert account.credit_line.minor_units == 250_000
 
@@ -283,16 +319,10 @@ def test_scoring_down_refuses_increases_but_signals_still_apply(start_limits, cl
 # -- signals, operators, reopening, hardship, preferences, appeals -------------------------
 
 
-def signal(account_id, kind, severity, signal_id=None) -> pb.Signal:
-    return pb.Signal(
-        signal_id=signal_id or rid(), account_id=account_id, type=kind, severity=severity
-    )
-
-
-def test_signals_are_applied_once_by_signal_id(limits):
+def test_signals_are_applied_once_by_signal_id(limits, clock):
     account_id = open_account(limits).account.account_id
     request = pb.ReportSignalsRequest(
-        signals=[signal(account_id, "days_past_due_60", pb.SIGNAL_SEVERITY_HIGH, "sig-60")]
+        signals=[past_due(account_id, 60, clock.now, signal_id="sig-60")]
     )
     first = limits.ReportSignals(request, timeout=10).outcomes[0]
     again = limits.ReportSignals(request, timeout=10).outcomes[0]
@@ -304,26 +334,17 @@ def test_signals_are_applied_once_by_signal_id(limits):
 
 def test_a_closed_line_reopens_in_stages(limits, clock):
     account_id = open_account(limits).account.account_id
-    limits.ReportSignals(
-        pb.ReportSignalsRequest(
-            signals=[signal(account_id, "days_past_due_90", pb.SIGNAL_SEVERITY_CRITICAL)]
-        ),
-        timeout=10,
-    )
-    reopen = pb.RequestReopenRequest(
-        request_id=rid(), account_id=account_id, features=features(CLEAN_BEHAVIOUR)
-    )
+    report(limits, past_due(account_id, 90, clock.now))
+    reopen = pb.RequestReopenRequest(request_id=rid(), account_id=account_id)
     refused = limits.RequestReopen(reopen, timeout=10)
     assert not refused.reopened
     assert "POLICY_REOPEN_TOO_SOON" in [r.code for r in refused.event.reasons]
 
     clock.advance(days=100)
-    limits.ReportSignals(
-        pb.ReportSignalsRequest(
-            signals=[signal(account_id, "delinquency_cured", pb.SIGNAL_SEVERITY_INFO)]
-            + [signal(account_id, "on_time_repayment", pb.SIGNAL_SEVERITY_INFO)]
-        ),
-        timeout=10,
+    report(
+        limits,
+        signal(account_id, "delinquency_cured", risk=risk(clock.now)),
+        signal(account_id, "on_time_repayment", loan_id="loan-1", risk=risk(clock.now)),
     )
     reopen.request_id = rid()
     reopened = limits.RequestReopen(reopen, timeout=10)
@@ -333,12 +354,7 @@ def test_a_closed_line_reopens_in_stages(limits, clock):
 
     for _ in range(3):
         clock.advance(days=30)
-        outcome = limits.ReportSignals(
-            pb.ReportSignalsRequest(
-                signals=[signal(account_id, "on_time_repayment", pb.SIGNAL_SEVERITY_INFO)]
-            ),
-            timeout=10,
-        ).outcomes[0]
+        (outcome,) = report(limits, signal(account_id, "on_time_repayment", risk=risk(clock.now)))
     assert outcome.event.type == pb.LIMIT_EVENT_TYPE_REOPENING_STAGE_ADVANCED
     account = limits.GetAccount(pb.GetAccountRequest(account_id=account_id), timeout=5).account
     assert (account.reopening_stage, account.credit_line.minor_units) == (2, 250_000)
@@ -422,15 +438,21 @@ BAD_REQUESTS = [
     ("GetAccount", pb.GetAccountRequest(), {"account_id"}),
     ("ListLimitEvents", pb.ListLimitEventsRequest(account_id="a", page_token="???"),
      {"page_token"}),
-    ("Draw", pb.DrawRequest(), {"request_id", "account_id", "purpose"}),
-    ("Repay", pb.RepayRequest(), {"request_id", "account_id"}),
-    ("RequestIncrease", pb.RequestIncreaseRequest(), {"request_id", "account_id", "features"}),
-    ("ReviewAccount", pb.ReviewAccountRequest(), {"request_id", "account_id", "features"}),
-    ("RequestReopen", pb.RequestReopenRequest(), {"request_id", "account_id", "features"}),
+    ("Draw", pb.DrawRequest(), {"request_id", "account_id", "purpose", "amount"}),
+    ("Repay", pb.RepayRequest(), {"request_id", "account_id", "amount"}),
+    ("RequestIncrease", pb.RequestIncreaseRequest(), {"request_id", "account_id"}),
+    ("ReviewAccount", pb.ReviewAccountRequest(), {"request_id", "account_id"}),
+    ("RequestReopen", pb.RequestReopenRequest(), {"request_id", "account_id"}),
     ("ReportSignals", pb.ReportSignalsRequest(), {"signals"}),
     ("ReportSignals", pb.ReportSignalsRequest(signals=[pb.Signal()]),
      {"signals[0].signal_id", "signals[0].account_id", "signals[0].type",
       "signals[0].severity"}),
+    ("ReportSignals", pb.ReportSignalsRequest(signals=[pb.Signal(
+        signal_id="s", account_id="a", type=signal_pb2.SIGNAL_TYPE_DAYS_PAST_DUE,
+        severity=pb.SIGNAL_SEVERITY_LOW, risk=pb.RiskReport(days_past_due=-1))]),
+     {"signals[0].days_past_due", "signals[0].risk.profile_time",
+      "signals[0].risk.days_past_due"}),
+    ("ResolveAnomaly", pb.ResolveAnomalyRequest(), {"request_id", "account_id", "reason"}),
     ("FreezeAccount", pb.FreezeAccountRequest(), {"request_id", "account_id", "reason"}),
     ("UnfreezeAccount", pb.UnfreezeAccountRequest(), {"request_id", "account_id", "reason"}),
     ("CloseAccount", pb.CloseAccountRequest(), {"request_id", "account_id", "reason"}),

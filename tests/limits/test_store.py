@@ -28,6 +28,7 @@ from services.limits.records import (
     Notice,
     Reason,
     ReasonSource,
+    RiskState,
 )
 from services.limits.store import MIGRATIONS, LimitsStore, ReviewRun, metadata
 
@@ -44,7 +45,10 @@ def store(database_url):
 
 
 def make_account(account_id: str = "acct-1", **changes) -> Account:
-    account = Account(account_id, "cust-1", "CNY", line=Line(credit_line=500_000), opened_at=T0)
+    """An account of its own customer (`cust-<account_id>`), unless changed."""
+    account = Account(
+        account_id, f"cust-{account_id}", "CNY", line=Line(credit_line=500_000), opened_at=T0
+    )
     return replace(account, **changes)
 
 
@@ -123,12 +127,21 @@ ACCOUNT_FIELDS = {
     ),
     "on_time_streak": small_ints,
     "last_on_time_repayment_at": st.none() | times,
-    "days_past_due": small_ints,
-    "open_anomaly": st.booleans(),
-    "version": money,
-    "behaviour_profile": st.dictionaries(
-        texts, st.floats(allow_nan=False, allow_infinity=False, width=64), max_size=5
+    "risk": st.builds(
+        RiskState,
+        profile=st.dictionaries(
+            texts, st.floats(allow_nan=False, allow_infinity=False, width=64), max_size=5
+        ),
+        profile_at=st.none() | times,
+        days_past_due=small_ints,
+        loans_past_due=st.dictionaries(texts, small_ints, max_size=3),
+        past_due_since=st.none() | times,
+        behaviour_band=st.none() | texts,
+        behaviour_scored_at=st.none() | times,
+        last_warning_at=st.none() | times,
+        anomaly_since=st.none() | times,
     ),
+    "version": money,
 }
 
 
@@ -138,6 +151,9 @@ class Rollback(Exception):
 
 def test_the_generated_accounts_set_every_field():
     assert set(ACCOUNT_FIELDS) == {f.name for f in fields(Account)}
+    assert set(ACCOUNT_FIELDS["risk"].wrapped_strategy.kwargs) == {
+        f.name for f in fields(RiskState)
+    }
 
 
 @settings(
@@ -165,8 +181,17 @@ def test_a_committed_account_reads_back_equal(store):
         hardship=Hardship(T0, T0 + timedelta(days=180), 6, 12_500),
         on_time_streak=7,
         last_on_time_repayment_at=T0,
-        days_past_due=3,
-        open_anomaly=True,
+        risk=RiskState(
+            profile={"utilisation": 0.25, "on_time_streak": 7.0},
+            profile_at=T0,
+            days_past_due=3,
+            loans_past_due={"loan-7": 3},
+            past_due_since=T0,
+            behaviour_band="C",
+            behaviour_scored_at=T0,
+            last_warning_at=T0,
+            anomaly_since=T0,
+        ),
         line=Line(500_000, drawn=120_000, status=AccountStatus.watchlist, customer_cap=400_000),
     )
     with store.unit_of_work() as uow:
@@ -251,17 +276,60 @@ def test_accounts_due_for_review_are_active_or_watchlisted_and_due(store):
     ]
 
 
-def test_accounts_page_lists_every_account_by_id(store):
+def test_without_a_time_every_open_account_is_listed_by_id(store):
     account_ids = [f"acct-{i:02}" for i in range(7)]
     with store.unit_of_work() as uow:
         for account_id in reversed(account_ids):
             uow.insert_account(make_account(account_id))
+        uow.insert_account(make_account("acct-closed", line=Line(1, status=AccountStatus.closed)))
     seen, after = [], ""
     with store.read() as uow:
-        while page := uow.accounts_page(after, 3):
+        while page := uow.accounts_due_for_review(None, after, 3):
             seen += [a.account_id for a in page]
             after = page[-1].account_id
+        assert uow.count_accounts_due_for_review(None) == 7
     assert seen == account_ids
+
+
+def test_a_customer_holds_one_line_in_any_state(store):
+    declined = Line(0, status=AccountStatus.declined)
+    with store.unit_of_work() as uow:
+        uow.insert_account(make_account("d-1", customer_id="c", line=declined))
+        uow.insert_account(
+            make_account("d-2", customer_id="c", line=declined, opened_at=T0 + timedelta(days=40))
+        )
+        assert uow.line_of_customer("c") is None
+        assert uow.last_decline_of_customer("c") == T0 + timedelta(days=40)
+        uow.insert_account(
+            make_account("line-1", customer_id="c", line=Line(1, status=AccountStatus.closed))
+        )
+    with pytest.raises(AlreadyExists) as raised, store.unit_of_work() as uow:
+        uow.insert_account(make_account("line-2", customer_id="c"))
+    assert raised.value.metadata == {"account_id": "line-1"}
+    with store.read() as uow:
+        assert uow.line_of_customer("c") == "line-1"
+        assert uow.get_account("line-2") is None  # nothing half-applied
+        assert uow.last_decline_of_customer("nobody") is None
+
+
+def test_history_queries_by_purpose_read_the_whole_history(store):
+    """Eligibility counts are not capped at one page of the API."""
+    with store.unit_of_work() as uow:
+        uow.insert_account(make_account())
+        for i in range(600):
+            event = make_event(f"ev-{i:04}", created_at=T0 + timedelta(minutes=i))
+            uow.append_event(
+                replace(event, type=EventType.increase_declined if i == 7 else EventType.reduced)
+            )
+    with store.read() as uow:
+        since = T0 + timedelta(minutes=100)
+        assert len(uow.event_times_since("acct-1", (EventType.reduced,), since)) == 500
+        assert uow.last_event_time("acct-1", (EventType.increase_declined,)) == T0 + timedelta(
+            minutes=7
+        )
+        assert uow.last_event_time("acct-1", (EventType.opened,)) is None
+        later = uow.events_after(uow.get_event("ev-0597"))
+    assert [e.event_id for e in later] == ["ev-0598", "ev-0599"]
 
 
 def test_concurrent_read_modify_writes_lose_no_update(store):
@@ -485,6 +553,62 @@ def schema_differences(engine: Engine) -> list:
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
         return compare_metadata(context, metadata)
+
+
+def test_a_database_of_the_previous_schema_migrates_with_its_data(database_url):
+    """A database written before the risk state (revision 0002) opens and carries its data:
+    an open anomaly gets its date, a profile without a time is kept (not fresh), and each
+    customer's line is their earliest one."""
+    engine = create_engine(database_url)
+    try:
+        migrate(engine, MIGRATIONS, revision="0002")
+        columns = (
+            "account_id, customer_id, currency_code, credit_line, drawn, status, in_hardship, "
+            "opened_at, reopening_stage, automatic_increases, on_time_streak, days_past_due, "
+            "open_anomaly, version, suspended_at, behaviour_profile"
+        )
+        rows = [
+            ("a-1", "c-1", "active", T0, True, None, '{"utilisation": 0.5}'),
+            ("a-2", "c-1", "active", T0 + timedelta(days=1), False, None, None),
+            ("a-3", "c-2", "declined", T0, False, None, None),
+            ("a-4", "c-3", "frozen", T0, True, T0 + timedelta(days=5), None),
+        ]
+        with engine.begin() as connection:
+            for account_id, customer, status, opened, anomaly, suspended, profile in rows:
+                connection.exec_driver_sql(
+                    f"INSERT INTO accounts ({columns}) VALUES "
+                    "(%(a)s, %(c)s, 'CNY', 100, 0, %(s)s, %(f)s, %(o)s, 0, %(t)s, 0, 4, "
+                    "%(n)s, 1, %(u)s, %(p)s)"
+                    if connection.dialect.name == "postgresql"
+                    else f"INSERT INTO accounts ({columns}) VALUES "
+                    "(:a, :c, 'CNY', 100, 0, :s, :f, :o, 0, :t, 0, 4, :n, 1, :u, :p)",
+                    {"a": account_id, "c": customer, "s": status, "f": False, "t": True,
+                     "o": _stored_time(connection, opened), "n": anomaly,
+                     "u": _stored_time(connection, suspended), "p": profile},
+                )  # fmt: skip
+    finally:
+        engine.dispose()
+    store = LimitsStore.open(database_url)
+    try:
+        with store.read() as uow:
+            first, second, frozen = (uow.get_account(i) for i in ("a-1", "a-2", "a-4"))
+            assert first.risk == RiskState(
+                profile={"utilisation": 0.5}, days_past_due=4, anomaly_since=T0
+            )
+            assert second.risk.anomaly_since is None
+            assert frozen.risk.anomaly_since == T0 + timedelta(days=5)
+            assert uow.line_of_customer("c-1") == "a-1"
+            assert uow.line_of_customer("c-2") is None
+            assert uow.line_of_customer("c-3") == "a-4"
+    finally:
+        store.close()
+
+
+def _stored_time(connection, moment):
+    """A time as the UtcDateTime column stores it on this database."""
+    if moment is None or connection.dialect.name == "postgresql":
+        return moment
+    return moment.replace(tzinfo=None).isoformat(sep=" ")
 
 
 def test_migrating_twice_changes_nothing(database_url):

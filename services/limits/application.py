@@ -1,0 +1,683 @@
+"""The limits use cases, transport-free: each call takes one policy snapshot, scores what it
+needs before any lock is taken, then decides and stores in one unit of work, idempotent by its
+request id.
+
+The servicer converts messages into the typed commands below and outcomes back into messages.
+Every mutation opens the account through `_open`, which brings it to the present (the exits
+that time or its state opened are recorded as events first), so no path forgets them.
+"""
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Generic, Protocol, TypeVar
+
+from services.common.context import current_principal
+from services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from services.limits import decisions
+from services.limits.decisions import (
+    SIMULATED_OUTCOMES,
+    Affordability,
+    Context,
+    Decision,
+    IncreaseHistory,
+    Score,
+    Signal,
+)
+from services.limits.policy import Policy, PolicyHolder
+from services.limits.records import (
+    Account,
+    ActorKind,
+    Appeal,
+    AppealStatus,
+    EventType,
+    LimitEvent,
+    Reason,
+)
+from services.limits.store import LimitsStore, ReviewRun, UnitOfWork, customer_has_line
+
+# Accounts a portfolio review scores in one BatchScore and applies in one transaction.
+REVIEW_PAGE = 500
+NAMED_ACTORS = frozenset({ActorKind.operator, ActorKind.monitoring})
+
+
+class Message(Protocol):
+    def SerializeToString(self) -> bytes: ...  # noqa: N802 - protobuf's name
+
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R")
+
+
+class Scorer(Protocol):
+    """What limits needs of the scoring service (`ScoringClient`)."""
+
+    def score(self, model: str, features) -> Score: ...
+
+    def batch_score(self, model: str, rows: list[dict[str, float]]) -> list[Score | None]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A mutation's key (AIP-155) and a fingerprint of what it asks for: a retry with the same
+    key gets the first answer; the same key asking for something else is refused."""
+
+    method: str
+    request_id: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Respond(Generic[R, M]):
+    """How an outcome becomes the call's answer, and how a stored answer is read back."""
+
+    message: Callable[[R], M]
+    parse: Callable[[bytes], M]
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenAccount:
+    key: Idempotency
+    customer_id: str
+    application_features: dict  # the application model's inputs, as the caller gave them
+    affordability: Affordability
+
+
+@dataclass(frozen=True)
+class MoveCredit:
+    """A draw (with its purpose) or a repayment (purpose None)."""
+
+    key: Idempotency
+    account_id: str
+    amount: int
+    currency_code: str
+    etag: str
+    purpose: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestIncrease:
+    key: Idempotency
+    account_id: str
+    requested_line: int | None
+    affordability: Affordability
+    etag: str
+
+
+@dataclass(frozen=True)
+class ScoredRequest:
+    """A review of one account (operator) or a request to reopen it (customer)."""
+
+    key: Idempotency
+    account_id: str
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    key: Idempotency
+    account_id: str
+    note: str
+    etag: str
+
+
+@dataclass(frozen=True)
+class EnrollHardship:
+    key: Idempotency
+    account_id: str
+    term_months: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class SetPreferences:
+    key: Idempotency
+    account_id: str
+    customer_cap: int | None
+    automatic_increases: bool
+    etag: str
+
+
+@dataclass(frozen=True)
+class FileAppeal:
+    key: Idempotency
+    account_id: str
+    event_id: str
+    statement: str
+
+
+@dataclass(frozen=True)
+class ResolveAppeal:
+    key: Idempotency
+    appeal_id: str
+    reverse: bool
+    resolution: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a call decided: the account as stored, the decision's event, and for requests
+    the answer's parts."""
+
+    account: Account | None = None
+    event: LimitEvent | None = None
+    approved: bool = True
+    improvements: tuple[Reason, ...] = ()
+    next_eligible_at: datetime | None = None
+    appeal: Appeal | None = None
+    # The policy and time it was decided under (the account's conditions are told by them).
+    policy: Policy | None = None
+    decided_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SignalOutcome:
+    signal_id: str
+    currency_code: str
+    event: LimitEvent | None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class TierImpact:
+    accounts: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # rise, fall, unchanged
+    exposure_change: int = 0
+
+
+# -- the application -----------------------------------------------------------------------
+
+
+class LimitsApplication:
+    def __init__(
+        self,
+        store: LimitsStore | None,
+        policies: PolicyHolder,
+        scoring: Scorer,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._store = store
+        self.policies = policies
+        self.scoring = scoring
+        self.clock = clock
+
+    @property
+    def store(self) -> LimitsStore:
+        if self._store is None:  # the server answers while the database is being migrated
+            raise Unavailable("the service is starting; retry shortly", reason="STARTING")
+        return self._store
+
+    def attach_store(self, store: LimitsStore) -> None:
+        self._store = store
+
+    def close(self) -> None:
+        self.scoring.close()
+        if self._store is not None:
+            self._store.close()
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def account(self, account_id: str) -> Account:
+        with self.store.read() as uow:
+            return self._read(uow, self.policies.policy, account_id)
+
+    def history(
+        self, account_id: str, limit: int, before: tuple[datetime, str] | None
+    ) -> tuple[Account, list[LimitEvent]]:
+        with self.store.read() as uow:
+            account = self._read(uow, self.policies.policy, account_id)
+            return account, uow.list_events(account_id, limit, before)
+
+    def appeals(self, account_id: str | None, status, limit: int, before) -> list[Appeal]:
+        with self.store.read() as uow:
+            return uow.list_appeals(account_id, status, limit, before)
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def open_account(self, command: OpenAccount, respond: Respond[Outcome, M]) -> M:
+        """One customer, one line: a customer holding a line in any state is refused, and a
+        declined applicant waits for the cool-off. Both are checked again under the write."""
+        if (replayed := self._replayed(command.key, respond)) is not None:
+            return replayed
+        policy = self.policies.policy
+        with self.store.read() as uow:
+            self._may_apply(uow, policy, command.customer_id)
+        score = self.scoring.score("application", command.application_features)
+
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            self._may_apply(uow, policy, command.customer_id)
+            decision = decisions.open_account(
+                ctx, _new_id(), command.customer_id, score, command.affordability
+            )
+            uow.insert_account(decision.account)
+            uow.append_event(decision.event)
+            return _outcome(decision)
+
+        return self._once(command.key, respond, policy, ActorKind.customer, decide)
+
+    def _may_apply(self, uow: UnitOfWork, policy: Policy, customer_id: str) -> None:
+        if (line := uow.line_of_customer(customer_id)) is not None:
+            raise customer_has_line(line)
+        declined_at = uow.last_decline_of_customer(customer_id)
+        if declined_at is not None:
+            eligible_at = decisions.reapplication_allowed_at(policy, declined_at)
+            if self.clock() < eligible_at:
+                raise decisions.not_yet(
+                    "COOL_OFF", "a recent application was declined", eligible_at
+                )
+
+    # -- the ledger -------------------------------------------------------------------------
+
+    def move_credit(self, command: MoveCredit, respond: Respond[Outcome, M]) -> M:
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            account = self._open(uow, ctx, command.account_id, command.etag)
+            if command.currency_code != account.currency_code:
+                raise InvalidArgument(
+                    [FieldViolation("amount.currency_code", f"must be {account.currency_code}")]
+                )
+            if command.purpose is None:
+                decision = decisions.repay(ctx, account, command.amount)
+            else:
+                decision = Decision(
+                    decisions.draw(ctx, account, command.amount, command.purpose), None
+                )
+            return _outcome(decision, self._apply(uow, decision))
+
+        return self._once(command.key, respond, None, ActorKind.customer, decide)
+
+    # -- decisions that score the account's risk state ------------------------------------
+
+    def request_increase(self, command: RequestIncrease, respond: Respond[Outcome, M]) -> M:
+        if (replayed := self._replayed(command.key, respond)) is not None:
+            return replayed
+        policy = self.policies.policy
+        score = self._score_risk_state(policy, command.account_id)
+
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            account = self._open(uow, ctx, command.account_id, command.etag)
+            since = ctx.now - timedelta(days=policy.requested_increase.period_days)
+            history = IncreaseHistory(
+                last_declined_at=uow.last_event_time(
+                    account.account_id, (EventType.increase_declined,)
+                ),
+                line_changes_in_period=tuple(
+                    uow.event_times_since(
+                        account.account_id, (EventType.increased, EventType.reduced), since
+                    )
+                ),
+            )
+            decision = decisions.request_increase(
+                ctx, account, command.requested_line, score, command.affordability, history
+            )
+            return _outcome(decision, self._apply(uow, decision))
+
+        return self._once(command.key, respond, policy, ActorKind.customer, decide)
+
+    def review_account(self, command: ScoredRequest, respond: Respond[Outcome, M]) -> M:
+        return self._scored(command, respond, ActorKind.review, decisions.review)
+
+    def request_reopen(self, command: ScoredRequest, respond: Respond[Outcome, M]) -> M:
+        return self._scored(command, respond, ActorKind.customer, decisions.request_reopen)
+
+    def _scored(self, command: ScoredRequest, respond, actor: ActorKind, rule) -> Message:
+        if (replayed := self._replayed(command.key, respond)) is not None:
+            return replayed
+        policy = self.policies.policy
+        score = self._score_risk_state(policy, command.account_id)
+
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            account = self._open(uow, ctx, command.account_id, command.etag)
+            decision = rule(ctx, account, score)
+            return _outcome(decision, self._apply(uow, decision))
+
+        return self._once(command.key, respond, policy, actor, decide)
+
+    def _score_risk_state(self, policy: Policy, account_id: str) -> Score | None:
+        """The account's reported behaviour scored, or None where it is not fresh."""
+        with self.store.read() as uow:
+            account = self._read(uow, policy, account_id)
+        return self._score_accounts(policy, [account])[0]
+
+    def _score_accounts(self, policy: Policy, accounts: list[Account]) -> list[Score | None]:
+        now = self.clock()
+        fresh = [i for i, a in enumerate(accounts) if decisions.is_fresh(policy, a.risk, now)]
+        scores: list[Score | None] = [None] * len(accounts)
+        if fresh:
+            rows = [accounts[i].risk.profile for i in fresh]
+            for i, score in zip(fresh, self.scoring.batch_score("behaviour", rows), strict=True):
+                scores[i] = score
+        return scores
+
+    # -- the book ---------------------------------------------------------------------------
+
+    def run_review(self, run_id: str, as_of: datetime | None, dry_run: bool) -> Iterator[tuple]:
+        """Reviews every due account a page per transaction with the run's progress, so a run
+        resumed by its id after a crash applies nothing twice. Yields (run, accounts due)."""
+        with self.store.unit_of_work() as uow:
+            run = uow.get_review_run(run_id)
+            if run is None:
+                run = ReviewRun(run_id, as_of or self.clock(), dry_run)
+                uow.save_review_run(run)
+            elif run.dry_run != dry_run or (as_of is not None and run.as_of != as_of):
+                raise AlreadyExists(
+                    "this request_id names a review run with other parameters",
+                    reason="REQUEST_ID_REUSED",
+                )
+        with self.store.read() as uow:
+            due = run.counts.get("reviewed", 0) + uow.count_accounts_due_for_review(
+                run.as_of, run.last_account_id
+            )
+        yield run, due
+        while not run.done:
+            policy = self.policies.policy
+            with self.store.read() as uow:
+                page = uow.accounts_due_for_review(run.as_of, run.last_account_id, REVIEW_PAGE)
+            page = [decisions.current(a, policy, self.clock()) for a in page]
+            scores = dict(
+                zip((a.account_id for a in page), self._score_accounts(policy, page), strict=True)
+            )
+            with self.store.unit_of_work() as uow:
+                stored = uow.get_review_run(run.run_id, lock=True)
+                if stored == run:
+                    run = self._review_page(uow, policy, run, page, scores)
+                    uow.save_review_run(run)
+                else:  # another call resumed this run meanwhile: carry on from where it is
+                    run = stored
+            yield run, due
+
+    def _review_page(self, uow, policy, run: ReviewRun, page, scores) -> ReviewRun:
+        if not page:
+            return replace(run, done=True)
+        counts = dict(run.counts)
+        ctx = self._context(policy, run.run_id, ActorKind.review)
+        locked = uow.get_accounts(list(scores), lock=True)
+        due = [a for a in locked if a.next_review_at is not None and a.next_review_at <= run.as_of]
+        accounts, events = [], []
+        for account, decision in _reviewed(ctx, due, scores):
+            outcome = decision.event.type.value
+            counts[outcome] = counts.get(outcome, 0) + 1
+            counts["reviewed"] = counts.get("reviewed", 0) + 1
+            accounts.append(decision.account)
+            events.extend(account)
+        if not run.dry_run:
+            uow.save_accounts(accounts)
+            uow.append_events(events)
+        return replace(run, last_account_id=page[-1].account_id, counts=counts)
+
+    def simulate(self, candidate: Policy) -> dict[str, TierImpact]:
+        """What a review of every open account under `candidate` would do now, through the
+        same steps as a review run, writing nothing."""
+        ctx = self._context(candidate, "simulation", ActorKind.policy)
+        tiers: dict[str, TierImpact] = {}
+        after = ""
+        while True:
+            with self.store.read() as uow:
+                page = uow.accounts_due_for_review(None, after, REVIEW_PAGE)
+            if not page:
+                return tiers
+            after = page[-1].account_id
+            page = [decisions.current(a, candidate, ctx.now) for a in page]
+            scores = dict(
+                zip(
+                    (a.account_id for a in page),
+                    self._score_accounts(candidate, page),
+                    strict=True,
+                )
+            )
+            for (_, decision), before in zip(_reviewed(ctx, page, scores), page, strict=True):
+                tier = candidate.tier_for(before.risk_band or "E")
+                name = tier.name if tier else "declined"
+                impact = tiers.get(name, TierImpact())
+                outcome = SIMULATED_OUTCOMES[decision.event.type]
+                change = decision.account.line.credit_line - before.line.credit_line
+                tiers[name] = TierImpact(
+                    accounts=impact.accounts + 1,
+                    counts={**impact.counts, outcome: impact.counts.get(outcome, 0) + 1},
+                    exposure_change=impact.exposure_change + change,
+                )
+
+    # -- signals from monitoring ------------------------------------------------------------
+
+    def report_signals(self, signals: list[Signal], account_ids: list[str]) -> list[SignalOutcome]:
+        """Applies each signal once, in its own transaction, in the order given."""
+        policy = self.policies.policy
+        with self.store.read() as uow:
+            for account_id in account_ids:
+                self._read(uow, policy, account_id)  # NOT_FOUND before anything is applied
+        outcomes = []
+        for signal, account_id in zip(signals, account_ids, strict=True):
+            with self.store.unit_of_work() as uow:
+                outcomes.append(self._apply_signal(uow, policy, signal, account_id))
+        return outcomes
+
+    def _apply_signal(self, uow, policy, signal: Signal, account_id: str) -> SignalOutcome:
+        seen = uow.find_signal(signal.signal_id)
+        ctx = self._context(policy, signal.signal_id, ActorKind.monitoring)
+        if seen is not None:
+            account = self._read(uow, policy, account_id)
+            event = uow.get_event(seen.event_id) if seen.event_id else None
+            return SignalOutcome(signal.signal_id, account.currency_code, event, duplicate=True)
+        # Exits that time opens are judged at the signal's own event time: a backlog delivered
+        # late lifts no watchlist before its clean period ran out in the customer's history.
+        account = self._open(uow, ctx, account_id, "", at=signal.detected_at)
+        decision = decisions.apply_signal(ctx, account, signal)
+        account = self._apply(uow, decision)
+        uow.save_signal(
+            signal.signal_id, account_id, decision.event.event_id if decision.event else None
+        )
+        return SignalOutcome(signal.signal_id, account.currency_code, decision.event)
+
+    # -- operator and customer actions ------------------------------------------------------
+
+    def freeze(self, command: OperatorAction, respond: Respond[Outcome, M]) -> M:
+        return self._operator(command, respond, decisions.freeze)
+
+    def unfreeze(self, command: OperatorAction, respond: Respond[Outcome, M]) -> M:
+        return self._operator(command, respond, decisions.unfreeze)
+
+    def close_account(self, command: OperatorAction, respond: Respond[Outcome, M]) -> M:
+        return self._operator(command, respond, decisions.close)
+
+    def resolve_anomaly(self, command: OperatorAction, respond: Respond[Outcome, M]) -> M:
+        return self._operator(command, respond, decisions.resolve_anomaly)
+
+    def _operator(self, command: OperatorAction, respond, rule) -> Message:
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            account = self._open(uow, ctx, command.account_id, command.etag)
+            decision = rule(ctx, account, command.note)
+            return _outcome(decision, self._apply(uow, decision))
+
+        return self._once(command.key, respond, None, ActorKind.operator, decide)
+
+    def enroll_hardship(self, command: EnrollHardship, respond: Respond[Outcome, M]) -> M:
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            account = self._open(uow, ctx, command.account_id, command.etag)
+            earlier = uow.event_times_since(
+                account.account_id,
+                (EventType.hardship_enrolled,),
+                ctx.now - timedelta(days=5 * 365),
+            )
+            decision = decisions.enroll_hardship(ctx, account, command.term_months, earlier)
+            return _outcome(decision, self._apply(uow, decision))
+
+        return self._once(command.key, respond, None, ActorKind.customer, decide)
+
+    def set_preferences(self, command: SetPreferences, respond: Respond[Outcome, M]) -> M:
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            account = self._open(uow, ctx, command.account_id, command.etag)
+            decision = decisions.set_preferences(
+                ctx, account, command.customer_cap, command.automatic_increases
+            )
+            return _outcome(decision, self._apply(uow, decision))
+
+        return self._once(command.key, respond, None, ActorKind.customer, decide)
+
+    # -- appeals ----------------------------------------------------------------------------
+
+    def file_appeal(self, command: FileAppeal, respond: Respond[Outcome, M]) -> M:
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            self._read(uow, ctx.policy, command.account_id)
+            event = uow.get_event(command.event_id)
+            if event is None or event.account_id != command.account_id:
+                raise NotFound("no such decision on this account", reason="EVENT_NOT_FOUND")
+            if not event.adverse:
+                raise FailedPrecondition(
+                    "only adverse decisions (declines, reductions, freezes, closures) are appealed",
+                    reason="NOT_APPEALABLE",
+                )
+            appeal = Appeal(
+                appeal_id=_new_id(),
+                account_id=command.account_id,
+                event_id=command.event_id,
+                statement=command.statement,
+                status=AppealStatus.open,
+                created_at=ctx.now,
+            )
+            uow.insert_appeal(appeal)
+            return Outcome(appeal=appeal)
+
+        return self._once(command.key, respond, None, ActorKind.customer, decide)
+
+    def resolve_appeal(self, command: ResolveAppeal, respond: Respond[Outcome, M]) -> M:
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            appeal = uow.get_appeal(command.appeal_id, lock=True)
+            if appeal is None:
+                raise NotFound("no such appeal", reason="APPEAL_NOT_FOUND")
+            if appeal.status is not AppealStatus.open:
+                raise FailedPrecondition(f"the appeal is {appeal.status}", reason="APPEAL_CLOSED")
+            account, event = None, None
+            if command.reverse:
+                account = self._open(uow, ctx, appeal.account_id, "")
+                appealed = uow.get_event(appeal.event_id)
+                decision = decisions.reverse(ctx, account, appealed, uow.events_after(appealed))
+                account, event = self._apply(uow, decision), decision.event
+            appeal = replace(
+                appeal,
+                status=AppealStatus.reversed if command.reverse else AppealStatus.upheld,
+                resolution=command.resolution,
+                resolved_at=ctx.now,
+            )
+            uow.save_appeal(appeal)
+            return Outcome(account=account, event=event, appeal=appeal)
+
+        return self._once(command.key, respond, None, ActorKind.operator, decide)
+
+    # -- shared steps -----------------------------------------------------------------------
+
+    def _replayed(self, key: Idempotency, respond: Respond) -> Message | None:
+        """The stored answer to a request id, read before any scoring is done."""
+        with self.store.read() as uow:
+            return _replay(uow, key, respond)
+
+    def _once(
+        self,
+        key: Idempotency,
+        respond: Respond[Outcome, M],
+        policy: Policy | None,
+        actor: ActorKind,
+        decide: Callable[[UnitOfWork, Context], Outcome],
+    ) -> M:
+        """One unit of work under one policy snapshot, answered once per request id: a replay
+        returns the stored answer; a new answer is stored with the change it made."""
+        ctx = self._context(policy or self.policies.policy, key.request_id, actor)
+        with self.store.unit_of_work() as uow:
+            if (replayed := _replay(uow, key, respond)) is not None:
+                return replayed
+            outcome = replace(decide(uow, ctx), policy=ctx.policy, decided_at=ctx.now)
+            answer = respond.message(outcome)
+            uow.save_idempotent(
+                key.request_id, key.method, key.fingerprint, answer.SerializeToString()
+            )
+            return answer
+
+    def _context(self, policy: Policy, request_id: str, actor: ActorKind) -> Context:
+        # Operators and services are named on the events they cause: the authenticated
+        # principal (empty with authentication off). Customers and the policy are not.
+        principal = current_principal() if actor in NAMED_ACTORS else None
+        actor_id = principal.name if principal else ""
+        return Context(policy, self.clock(), request_id, actor, actor_id)
+
+    def _read(self, uow: UnitOfWork, policy: Policy, account_id: str) -> Account:
+        account = uow.get_account(account_id)
+        if account is None:
+            raise NotFound(f"no account {account_id}", reason="ACCOUNT_NOT_FOUND")
+        return decisions.current(account, policy, self.clock())
+
+    def _open(
+        self, uow: UnitOfWork, ctx: Context, account_id: str, etag: str, at: datetime | None = None
+    ) -> Account:
+        """The account locked for a change, brought to the present: the exits its state or
+        the time opened (a watchlist's clean period, a hardship's end) are recorded first."""
+        account = uow.get_account(account_id, lock=True)
+        if account is None:
+            raise NotFound(f"no account {account_id}", reason="ACCOUNT_NOT_FOUND")
+        if etag and etag != account.etag:
+            raise Aborted(
+                "the account changed since it was read; read it again",
+                reason="STALE_ETAG",
+                metadata={"etag": account.etag},
+            )
+        account = decisions.current(account, ctx.policy, ctx.now)
+        for exit_decision in decisions.settle(ctx, account, at):
+            uow.append_event(exit_decision.event)
+            account = exit_decision.account
+        return decisions.current(account, ctx.policy, ctx.now)
+
+    @staticmethod
+    def _apply(uow: UnitOfWork, decision: Decision) -> Account:
+        account = uow.save_account(decision.account)
+        if decision.event is not None:
+            uow.append_event(decision.event)
+        return account
+
+
+def _reviewed(ctx: Context, accounts: list[Account], scores) -> Iterator[tuple]:
+    """Each account's review, after the exits it is due: (events, the review's decision)."""
+    for account in accounts:
+        events = []
+        for exit_decision in decisions.settle(ctx, account):
+            events.append(exit_decision.event)
+            account = exit_decision.account
+        decision = decisions.review(ctx, account, scores.get(account.account_id))
+        yield [*events, decision.event], decision
+
+
+def _replay(uow: UnitOfWork, key: Idempotency, respond: Respond) -> Message | None:
+    record = uow.find_idempotent(key.request_id)
+    if record is None:
+        return None
+    if record.method != key.method or record.fingerprint != key.fingerprint:
+        raise AlreadyExists(
+            "this request_id was used for a different request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": key.request_id},
+        )
+    return respond.parse(record.response)
+
+
+def _outcome(decision: Decision, account: Account | None = None) -> Outcome:
+    return Outcome(
+        account=account or decision.account,
+        event=decision.event,
+        approved=decision.approved,
+        improvements=decision.improvements,
+        next_eligible_at=decision.next_eligible_at,
+    )
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
