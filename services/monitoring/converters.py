@@ -22,6 +22,10 @@ TIMINGS = {
     pb.REPAYMENT_TIMING_LATE: Timing.late,
     pb.REPAYMENT_TIMING_PARTIAL: Timing.partial,
 }
+# The events whose body names a loan.
+LOAN_EVENTS = frozenset(
+    {EventKind.line_drawn, EventKind.instalment_due, EventKind.repayment, EventKind.payment_missed}
+)
 OUTCOMES = {
     Outcome.applied: pb.EVENT_OUTCOME_APPLIED,
     Outcome.duplicate: pb.EVENT_OUTCOME_DUPLICATE,
@@ -64,6 +68,9 @@ def _event(message: pb.RepaymentEvent, path: str, currency: str, v: Violations) 
     body = getattr(message, kind_name)
     at = path + "." + kind_name
     amount, income, days, timing = 0, 0, None, None
+    loan_id = body.loan_id if kind in LOAN_EVENTS else ""
+    if len(loan_id) > MAX_ID_LENGTH:
+        v.add(f"{at}.loan_id", f"at most {MAX_ID_LENGTH} characters")
     if kind is EventKind.account_opened:
         amount = _money(body, "credit_line", at, currency, v, positive=False)
         income = _money(body, "monthly_income", at, currency, v, positive=False, required=False)
@@ -104,6 +111,7 @@ def _event(message: pb.RepaymentEvent, path: str, currency: str, v: Violations) 
         days_past_due=days,
         timing=timing,
         income=income,
+        loan_id=loan_id,
     )
 
 

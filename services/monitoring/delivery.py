@@ -17,14 +17,15 @@ from datetime import datetime
 
 import grpc
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from creditline.limits.v1 import limits_service_pb2 as limits_pb
 from creditline.limits.v1 import limits_service_pb2_grpc
+from creditline.type.v1 import signal_pb2
 from services.common.channels import ChannelOptions, create_channel
 from services.common.workers import BackgroundWorker
 from services.monitoring import metrics
-from services.monitoring.converters import band_value
+from services.monitoring.converters import band_value, timestamp
+from services.monitoring.rules import reported_type
 from services.monitoring.store import AlertRecord, MonitoringStore
 
 log = structlog.get_logger("creditline.monitoring.delivery")
@@ -43,17 +44,31 @@ REFUSALS = frozenset(
 
 
 def signal_message(alert: AlertRecord) -> limits_pb.Signal:
-    detected = Timestamp()
-    detected.FromDatetime(alert.detected_at)
+    """The alert as limits hears it. An alert stored under older rules whose kind has no type
+    any more goes as unspecified: limits refuses it, and it is set aside as rejected."""
+    signal_type = reported_type(alert.type)
+    days_past_due = 0
+    if signal_type == signal_pb2.SIGNAL_TYPE_DAYS_PAST_DUE:
+        days_past_due = int(alert.evidence["days_past_due"])
+    # Every signal carries the account's behaviour: limits keeps the newest as its risk state.
+    risk = limits_pb.RiskReport(
+        profile=alert.profile,
+        profile_time=timestamp(alert.detected_at),
+        days_past_due=int(alert.profile.get("days_past_due", 0)),
+    )
+    if signal_type == signal_pb2.SIGNAL_TYPE_BEHAVIOUR_RESCORED:  # the one alert scored now
+        risk.risk_band = band_value(alert.risk_band)
+        risk.score_time.CopyFrom(timestamp(alert.created_at))
     return limits_pb.Signal(
         signal_id=alert.signal_id,
         account_id=alert.account_id,
-        type=alert.type,
+        type=signal_type,
         severity=int(alert.severity),  # the two enums share their numbers
+        days_past_due=days_past_due,
+        loan_id=alert.evidence.get("loan_id", ""),
         evidence=alert.evidence,
-        profile=alert.profile,
-        latest_risk_band=band_value(alert.risk_band),
-        detect_time=detected,
+        detect_time=timestamp(alert.detected_at),
+        risk=risk,
     )
 
 

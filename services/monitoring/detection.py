@@ -18,7 +18,6 @@ from services.monitoring.profile import (
     Keep,
     Timing,
     count_since,
-    features,
     record,
     robust_z,
     trim_incomes,
@@ -106,32 +105,54 @@ def process(state: AccountState, event: Event, rules: Rules) -> list[Raised]:
     return detector.raised
 
 
-def rescored(state: AccountState, new_band: str, model_version: str, rules: Rules) -> list[Raised]:
-    """The signal a new score raises: a band worse than the last one by enough steps."""
-    old_band = state.risk_band
-    if not old_band or not new_band:
-        return []
-    steps = BANDS.index(new_band) - BANDS.index(old_band)
-    if steps < rules.risk_band.min_steps:
-        if steps < 0:
-            state.episodes.pop("risk_band_worsened", None)
+@dataclass(frozen=True, slots=True)
+class ScoredProfile:
+    """An account's profile as the behaviour model scored it (events may have moved the
+    account on since)."""
+
+    version: int  # the account's profile_version then
+    at: float  # the event time it describes
+    features: dict[str, float]
+
+
+def rescored(
+    state: AccountState, scored: ScoredProfile, new_band: str, model_version: str, rules: Rules
+) -> list[Raised]:
+    """The signals a new score raises: `behaviour_rescored` every time (the band and the
+    profile scored, which limits keeps as the account's risk state), and `risk_band_worsened`
+    too when the band is worse than the last one by enough steps."""
+    if not new_band:
         return []
     event = Event(
-        event_id=f"{state.account_id}/rescore/{state.profile_version}/{model_version}",
+        event_id=f"{state.account_id}/rescore/{scored.version}/{model_version}",
         account_id=state.account_id,
         sequence=state.last_sequence,
-        at=state.last_event_at,
+        at=scored.at,
         kind=EventKind.account_opened,  # unused: rescoring raises without an event
     )
     detector = _Detector(state, event, rules, risk_band=new_band)
-    detector.end_expired_episodes()
     detector.raise_signal(
-        "risk_band_worsened",
-        rules.risk_band.severity,
-        {"from_band": old_band, "to_band": new_band, "model_version": model_version},
+        "behaviour_rescored",
+        Severity.info,
+        {"risk_band": new_band, "model_version": model_version},
+        episode=False,
     )
-    profile = features(state)
-    return [replace(r, event_id="", profile=profile) for r in detector.raised]  # no event
+    old_band = state.risk_band
+    steps = BANDS.index(new_band) - BANDS.index(old_band) if old_band else 0
+    if steps >= rules.risk_band.min_steps:
+        detector.end_expired_episodes()
+        detector.raise_signal(
+            "risk_band_worsened",
+            rules.risk_band.severity,
+            {"from_band": old_band, "to_band": new_band, "model_version": model_version},
+        )
+    elif steps < 0:
+        detector.end_episode("risk_band_worsened")
+    # No event raised them: they describe the profile scored, as of its own time.
+    return [
+        replace(r, event_id="", detected_at=scored.at, profile=scored.features)
+        for r in detector.raised
+    ]
 
 
 def _income_reference(state: AccountState, event: Event, rules: Rules, keep: Keep) -> float:
@@ -276,6 +297,8 @@ class _Detector:
         cooling = last_time is not None and now - last_time < spec.cool_off_days * DAY
         if (open_episode or cooling) and severity <= last_severity:
             return
+        if self.event.loan_id:  # limits tracks delinquency and repayment per loan
+            evidence["loan_id"] = self.event.loan_id
         raised = Raised(
             signal_id=signal_id(self.event.event_id, kind, int(severity)),
             account_id=state.account_id,

@@ -60,6 +60,7 @@ class Event:
     days_past_due: int | None = None  # where the event reports it
     timing: Timing | None = None  # repayments
     income: int = 0  # monthly income, where the event reports it
+    loan_id: str = ""  # the loan it is about, where the event names one
 
 
 @dataclass(slots=True)

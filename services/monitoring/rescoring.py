@@ -1,5 +1,6 @@
 """Rescoring: accounts whose profile moved materially are scored again with the behaviour model,
-in batches, in the background; a worse band raises `risk_band_worsened`.
+in batches, in the background. Every score raises `behaviour_rescored`, which reports the band
+and the profile scored to limits; a worse band raises `risk_band_worsened` as well.
 
 Ingestion only flags an account (`rescore_due`), so a slow or absent scoring service never
 holds up ingestion: the flags wait, and the worker retries with backoff. A score is stored with
@@ -19,7 +20,7 @@ from creditline.type.v1 import risk_pb2
 from services.common.channels import ChannelOptions, create_channel
 from services.common.workers import BackgroundWorker
 from services.monitoring import metrics
-from services.monitoring.detection import rescored
+from services.monitoring.detection import ScoredProfile, rescored
 from services.monitoring.profile import features, moved_materially
 from services.monitoring.rules import RulesHolder
 from services.monitoring.store import MonitoringStore
@@ -131,18 +132,25 @@ class Rescorer(BackgroundWorker):
             states = uow.account_states(ids, lock=False)
         if not states:
             return False
-        snapshot = {i: (s.profile_version, features(s)) for i, s in states.items()}
+        snapshot = {
+            i: ScoredProfile(s.profile_version, s.last_event_at, features(s))
+            for i, s in states.items()
+        }
         scores = dict(
-            zip(snapshot, self.scorer.score([p for _, p in snapshot.values()]), strict=True)
+            zip(snapshot, self.scorer.score([p.features for p in snapshot.values()]), strict=True)
         )
         now = self.clock()
         with self.store.unit_of_work() as uow:
             current = uow.account_states(snapshot, lock=True)
             raised = []
             for account_id, state in current.items():
-                version, profile = snapshot[account_id]
+                if not state.rescore_due:  # another replica scored it meanwhile
+                    continue
+                profile = snapshot[account_id]
                 scored = scores[account_id]
-                raised.extend(rescored(state, scored.risk_band, scored.model_version, rules))
+                raised.extend(
+                    rescored(state, profile, scored.risk_band, scored.model_version, rules)
+                )
                 state.score = {
                     "probability_of_default": scored.probability_of_default,
                     "score": scored.score,
@@ -153,11 +161,11 @@ class Rescorer(BackgroundWorker):
                 }
                 # Events that arrived meanwhile may have moved the profile again: then the
                 # flag stays up and the account is scored again.
-                moved = state.profile_version != version and moved_materially(
-                    features(state), profile, rules.rescoring.numeric_change
+                moved = state.profile_version != profile.version and moved_materially(
+                    features(state), profile.features, rules.rescoring.numeric_change
                 )
                 if not moved:
-                    state.scored_profile = profile
+                    state.scored_profile = profile.features
                     state.rescore_due = False
             uow.save_states(current.values(), set(current), now)
             last_alert = uow.add_alerts(raised, rules.version, now)

@@ -11,6 +11,7 @@ from typing import Annotated, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from creditline.type.v1 import signal_pb2
 from services.common.documents import (
     DocumentError,
     ReloadingDocument,
@@ -23,6 +24,29 @@ DEFAULT_RULES = Path(__file__).with_name("default_rules.yaml")
 
 Share = Annotated[float, Field(gt=0, le=1)]
 Days = Annotated[int, Field(gt=0, le=3650)]
+
+# The one table of what limits hears each reported signal as, by kind; every
+# `days_past_due_<days>` threshold is a DAYS_PAST_DUE signal (the days travel with it). A kind
+# missing here cannot be reported: the rules refuse `report: true` for it.
+REPORTED_TYPES: dict[str, signal_pb2.SignalType.ValueType] = {
+    "days_past_due": signal_pb2.SIGNAL_TYPE_DAYS_PAST_DUE,
+    "partial_payments": signal_pb2.SIGNAL_TYPE_PARTIAL_PAYMENTS,
+    "multiple_lending": signal_pb2.SIGNAL_TYPE_MULTIPLE_LENDING,
+    "utilisation_spike": signal_pb2.SIGNAL_TYPE_UTILISATION_SPIKE,
+    "income_decline": signal_pb2.SIGNAL_TYPE_INCOME_DECLINE,
+    "abnormal_transaction": signal_pb2.SIGNAL_TYPE_ABNORMAL_TRANSACTION,
+    "risk_band_worsened": signal_pb2.SIGNAL_TYPE_RISK_BAND_WORSENED,
+    "on_time_repayment": signal_pb2.SIGNAL_TYPE_ON_TIME_REPAYMENT,
+    "delinquency_cured": signal_pb2.SIGNAL_TYPE_DELINQUENCY_CURED,
+    "behaviour_rescored": signal_pb2.SIGNAL_TYPE_BEHAVIOUR_RESCORED,
+}
+
+
+def reported_type(kind: str) -> signal_pb2.SignalType.ValueType:
+    """The type limits hears a signal of this kind as (unspecified: none, not reportable)."""
+    if kind.startswith("days_past_due_"):
+        kind = "days_past_due"
+    return REPORTED_TYPES.get(kind, signal_pb2.SIGNAL_TYPE_UNSPECIFIED)
 
 
 class Severity(IntEnum):
@@ -170,6 +194,17 @@ class Rules(_RulePart):
             raise ValueError(f"signals: no rule raises {', '.join(unknown)}")
         return self
 
+    @model_validator(mode="after")
+    def _every_reported_signal_has_a_type(self) -> Self:
+        unreportable = [
+            f"signals.{kind}.report: limits has no signal type for {kind}"
+            for kind, spec in self.signals.items()
+            if spec.report and reported_type(kind) == signal_pb2.SIGNAL_TYPE_UNSPECIFIED
+        ]
+        if unreportable:
+            raise ValueError("; ".join(unreportable))
+        return self
+
     def signal_types(self) -> list[str]:
         """Every signal type these rules can raise."""
         return [
@@ -183,6 +218,7 @@ class Rules(_RulePart):
             "on_time_repayment",
             "on_time_streak",
             "delinquency_cured",
+            "behaviour_rescored",
         ]
 
 

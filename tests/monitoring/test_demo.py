@@ -20,11 +20,18 @@ def test_the_demo_tells_the_customers_story(start_limits, scoring, start_monitor
         "limits: watchlisted",
         "monitoring: days_past_due_30",
         "POLICY_DAYS_PAST_DUE",
+        "monitoring: delinquency_cured",
+        # The watchlist's exit: cured, then clean for the policy's 90 days.
+        "day 190",
+        "limits: watchlist_lifted",
+        "POLICY_CLEAN_PERIOD",
         "monitoring: days_past_due_60",
         "limits: frozen",
         "monitoring: delinquency_cured",
-        "limits: reopen_declined",
-        "POLICY_REOPEN_TOO_SOON",
+        # Reopened at stage 1 with the stage's own line, scored on what monitoring reported.
+        "limits: reopened",
+        "stage 1 with the stage's own line of 200.00 yuan",
+        "condition reopening_stage",
         "GetAccountRisk",
     ]
     position = 0

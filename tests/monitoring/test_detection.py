@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from services.monitoring.detection import new_account, process, rescored
+from services.monitoring.detection import ScoredProfile, new_account, process, rescored
 from services.monitoring.profile import DAY, AccountState, Event, EventKind, Timing, features
 from services.monitoring.rules import Severity, load_rules
 
@@ -56,6 +56,24 @@ def test_days_past_due_thresholds_raise_once_per_episode_with_rising_severity():
     assert severities == [Severity.low, Severity.medium, Severity.high, Severity.critical]
     evidence = account.raised[1].evidence
     assert evidence == {"days_past_due": "30", "threshold_days": "30"}
+
+
+def test_signals_raised_by_an_event_naming_a_loan_carry_the_loan():
+    account = Account()
+
+    def repay(timing: Timing, dpd: int) -> list[str]:
+        return account.feed(
+            EventKind.repayment, 1, amount=100, timing=timing, days_past_due=dpd, loan_id="loan-7"
+        )
+
+    missed = account.feed(EventKind.payment_missed, 30, days_past_due=1, loan_id="loan-7")
+    assert missed == ["days_past_due_1"]
+    assert [repay(Timing.partial, 1) for _ in range(2)] == [[], ["partial_payments"]]
+    assert account.dpd(30, 28) == ["days_past_due_30"]  # an event naming no loan
+    assert repay(Timing.late, 0) == ["delinquency_cured"]
+    assert repay(Timing.on_time, 0) == ["on_time_repayment"]
+    loans = [r.evidence.get("loan_id") for r in account.raised]
+    assert loans == ["loan-7", "loan-7", None, "loan-7", "loan-7"]
 
 
 def test_a_jump_raises_every_threshold_crossed_in_order():
@@ -165,17 +183,56 @@ def test_many_draws_in_a_short_window_raise_abnormal_transaction():
     assert account.raised[-1].evidence == {"draws": "5", "hours": "24.0"}
 
 
+def scored_now(state: AccountState) -> ScoredProfile:
+    return ScoredProfile(state.profile_version, state.last_event_at, features(state))
+
+
+def test_every_rescoring_raises_behaviour_rescored_with_the_band_and_the_profile_scored():
+    account = Account()
+    account.dpd(5, 3)
+    scored = scored_now(account.state)
+    first = rescored(account.state, scored, "B", "1.0.0", RULES)  # no band before: no change
+    assert [r.type for r in first] == ["behaviour_rescored"]
+    report = first[0]
+    assert (report.severity, report.risk_band, report.event_id) == (Severity.info, "B", "")
+    assert report.evidence == {"risk_band": "B", "model_version": "1.0.0"}
+    assert report.profile == scored.features and report.detected_at == scored.at
+    assert report.report and "behaviour_rescored" not in account.state.episodes
+    # The same profile scored again (another model) is reported again, under another id.
+    account.state.score = {"risk_band": "B"}
+    again = rescored(account.state, scored, "B", "1.1.0", RULES)
+    assert [r.type for r in again] == ["behaviour_rescored"]
+    assert again[0].signal_id != report.signal_id
+    assert rescored(account.state, scored, "B", "1.0.0", RULES)[0].signal_id == report.signal_id
+
+
+def test_rescoring_reports_the_profile_scored_even_when_events_moved_the_account_since():
+    account = Account()
+    scored = scored_now(account.state)
+    account.dpd(40, 35)  # arrives while the profile above is being scored
+    [report] = rescored(account.state, scored, "C", "1.0.0", RULES)
+    assert report.profile == scored.features and report.profile["days_past_due"] == 0
+    assert report.detected_at == T0
+
+
 def test_a_worse_band_after_rescoring_raises_and_a_better_one_does_not():
     account = Account()
     account.state.score = {"risk_band": "B"}
-    assert rescored(account.state, "B", "1.0.0", RULES) == []
-    worse = rescored(account.state, "D", "1.0.0", RULES)
-    assert [(r.type, r.evidence["from_band"], r.evidence["to_band"]) for r in worse] == [
-        ("risk_band_worsened", "B", "D")
+    scored = scored_now(account.state)
+    assert [r.type for r in rescored(account.state, scored, "B", "1.0.0", RULES)] == [
+        "behaviour_rescored"
     ]
-    assert worse[0].event_id == ""
+    worse = rescored(account.state, scored, "D", "1.0.0", RULES)
+    assert [(r.type, r.risk_band) for r in worse] == [
+        ("behaviour_rescored", "D"),
+        ("risk_band_worsened", "D"),
+    ]
+    assert (worse[1].evidence["from_band"], worse[1].evidence["to_band"]) == ("B", "D")
+    assert worse[1].event_id == ""
     account.state.score = {"risk_band": "D"}
-    assert rescored(account.state, "A", "1.0.0", RULES) == []
+    assert [r.type for r in rescored(account.state, scored, "A", "1.0.0", RULES)] == [
+        "behaviour_rescored"
+    ]
     assert "risk_band_worsened" not in account.state.episodes
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from creditline.limits.v1 import limits_service_pb2 as lpb
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
-from tests.limits.test_service import features, open_account, rid
+from services.monitoring.delivery import signal_message
+from tests.limits.test_service import open_account, rid
 from tests.monitoring.events import Customer, publish
 from tests.monitoring.test_streams import wait_until
 from tests.servers import wait_serving
@@ -64,16 +65,16 @@ def test_a_customer_misses_payments_is_cut_and_frozen_then_reopened_in_stages(su
     publish_and_settle(monitoring, after(5).repaid(1_000, "LATE", dpd_after=0))
     for _ in range(12):
         publish_and_settle(monitoring, after(30).repaid(100))
-    profile = monitoring.GetAccountRisk(
-        pb.GetAccountRiskRequest(account_id=account.account_id)
-    ).risk.profile
+    # Limits scores the behaviour monitoring reported: the request carries none.
+    state = limits.GetAccount(lpb.GetAccountRequest(account_id=account.account_id)).account.risk
+    assert state.fresh and state.days_past_due == 0
+    assert state.profile_time.ToDatetime() == customer.at.replace(tzinfo=None)
     reopen = limits.RequestReopen(
-        lpb.RequestReopenRequest(
-            request_id=rid(), account_id=account.account_id, features=features(dict(profile))
-        )
+        lpb.RequestReopenRequest(request_id=rid(), account_id=account.account_id)
     )
     assert reopen.reopened, [r.code for r in reopen.event.reasons]
     stage_one = reopen.account.credit_line.minor_units
+    assert stage_one == 20_000  # the stage's own line
     for _ in range(3):
         publish_and_settle(monitoring, after(30).repaid(100))
     advanced = limits.GetAccount(lpb.GetAccountRequest(account_id=account.account_id)).account
@@ -125,7 +126,8 @@ def test_signals_wait_while_limits_is_down_and_arrive_exactly_once(
         for a in monitoring.ListAlerts(pb.ListAlertsRequest(page_size=500)).alerts
         if a.delivery_state != pb.DELIVERY_STATE_NOT_REPORTED
     ]
-    assert len(reported) == 3 * 5  # three on-time repayments, 1 and 30 days past due
+    warnings_and_repayments = [a for a in reported if a.type != "behaviour_rescored"]
+    assert len(warnings_and_repayments) == 3 * 5  # three on-time repayments, 1 and 30 dpd
     # While limits is down, the signals wait and delivery keeps trying.
     wait_until(lambda: _attempted(monitoring))
     assert not settled(monitoring)
@@ -148,12 +150,13 @@ def test_signals_wait_while_limits_is_down_and_arrive_exactly_once(
             "LIMIT_EVENT_TYPE_WATCHLISTED",
         ]
     # Sent again (as after a crash between delivery and its record): applied once still.
+    store = monitoring.server.bindings[0].servicer.store
+    with store.read() as uow:
+        records = uow.alerts_by_signal_id([a.signal_id for a in reported])
     again = restarted.ReportSignals(
-        lpb.ReportSignalsRequest(
-            signals=[lpb.Signal(signal_id=a.signal_id, account_id=a.account_id, type=a.type,
-                                severity=int(a.severity)) for a in reported]
-        )
-    )  # fmt: skip
+        lpb.ReportSignalsRequest(signals=[signal_message(record) for record in records])
+    )
+    assert len(again.outcomes) == len(reported)
     assert all(outcome.duplicate for outcome in again.outcomes)
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.monitoring.test_streams import wait_until_rescored
 from tests.reflection_client import ReflectionClient
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -20,7 +21,7 @@ def readme_commands() -> list[list[str]]:
     ]
 
 
-def run_readme(client: ReflectionClient) -> dict[str, object]:
+def run_readme(client: ReflectionClient, after_publish=lambda: None) -> dict[str, object]:
     answers: dict[str, object] = {}
     for argv in readme_commands():
         assert argv[:2] == ["grpcurl", "-plaintext"], argv
@@ -34,6 +35,8 @@ def run_readme(client: ReflectionClient) -> dict[str, object]:
             answers["WatchAlerts"] = client.stream(method, argv[argv.index("-d") + 1], count=1)
         else:
             answers[method.rsplit("/", 1)[1]] = client.call(method, argv[argv.index("-d") + 1])
+            if method.endswith("/PublishEvents"):
+                after_publish()
     return answers
 
 
@@ -54,14 +57,16 @@ def reflection(monitoring) -> ReflectionClient:
     return ReflectionClient(monitoring.channel)
 
 
-def test_readme_commands_work_as_printed(reflection):
-    answers = run_readme(reflection)
+def test_readme_commands_work_as_printed(reflection, monitoring):
+    # The batch is rescored in the background: wait for it, so the listing is settled.
+    answers = run_readme(reflection, after_publish=lambda: wait_until_rescored(monitoring))
     assert SERVICE in answers["list"]
     assert {"Ingest", "PublishEvents", "WatchAlerts"} <= set(answers["describe"])
     ack = answers["PublishEvents"]["ack"]
     assert (ack["applied"], ack["signalsRaised"]) == (4, 2)
     alerts = answers["ListAlerts"]["alerts"]
     assert [(a["type"], a["severity"]) for a in alerts] == [
+        ("behaviour_rescored", "ALERT_SEVERITY_INFO"),
         ("days_past_due_30", "ALERT_SEVERITY_MEDIUM"),
         ("days_past_due_1", "ALERT_SEVERITY_LOW"),
     ]

@@ -16,6 +16,7 @@ from services.monitoring.rules import (
     parse_rules,
 )
 from tests.monitoring.events import Customer, publish
+from tests.monitoring.test_streams import wait_until_rescored
 
 
 def default_document() -> dict:
@@ -24,7 +25,7 @@ def default_document() -> dict:
 
 def test_the_default_rules_load_and_declare_every_signal():
     rules = load_rules()
-    assert rules.version == "2026.11.1"
+    assert rules.version == "2026.11.2"
     assert set(rules.signals) == set(rules.signal_types())
     assert [t.days for t in rules.days_past_due.thresholds] == [1, 30, 60, 90]
 
@@ -42,6 +43,11 @@ def test_the_default_rules_load_and_declare_every_signal():
         (lambda d: d["signals"].pop("multiple_lending"), "no entry for multiple_lending"),
         (lambda d: d["signals"].update(made_up={"cool_off_days": 1, "report": True}), "made_up"),
         (lambda d: d["signals"]["income_decline"].update(cool_off_days=-1), "cool_off_days"),
+        (
+            lambda d: d["signals"]["on_time_streak"].update(report=True),
+            "signals.on_time_streak.report: limits has no signal type for on_time_streak",
+        ),
+        (lambda d: d["signals"].pop("behaviour_rescored"), "no entry for behaviour_rescored"),
     ],
 )
 def test_invalid_rules_are_refused_with_the_problem_named(change, problem):
@@ -59,7 +65,7 @@ def test_a_bad_file_never_replaces_the_rules_in_force(tmp_path):
     path.write_text("version: [broken")
     _touch_later(path)
     assert holder.reload_if_changed() is False
-    assert holder.rules.version == "2026.11.1"
+    assert holder.rules.version == "2026.11.2"
 
 
 def test_a_running_server_picks_up_new_rules(start_monitoring, tmp_path):
@@ -77,8 +83,12 @@ def test_a_running_server_picks_up_new_rules(start_monitoring, tmp_path):
         time.sleep(0.05)
     customer = Customer("acct-rules")
     assert publish(monitoring, customer.opened(), customer.inquiry()).signals_raised == 1
-    alert = monitoring.ListAlerts(pb.ListAlertsRequest(), timeout=10).alerts[0]
-    assert (alert.type, alert.rules_version) == ("multiple_lending", "2026.12.1")
+    wait_until_rescored(monitoring)
+    alerts = monitoring.ListAlerts(pb.ListAlertsRequest(), timeout=10).alerts
+    assert [(a.type, a.rules_version) for a in alerts] == [
+        ("behaviour_rescored", "2026.12.1"),
+        ("multiple_lending", "2026.12.1"),
+    ]
 
 
 def _touch_later(path) -> None:

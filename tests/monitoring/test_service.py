@@ -5,6 +5,7 @@ import pytest
 
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from tests.monitoring.events import Customer, batch, publish
+from tests.monitoring.test_streams import wait_until_rescored
 
 APPLIED, DUPLICATE, OUT_OF_SEQUENCE = (
     pb.EVENT_OUTCOME_APPLIED,
@@ -18,8 +19,9 @@ def test_events_are_applied_and_alerts_listed(monitoring):
     ack = publish(monitoring, alice.opened(), alice.drawn(1000), alice.advance(days=30).missed())
     assert [r.outcome for r in ack.results] == [APPLIED] * 3
     assert ack.signals_raised == 1
+    wait_until_rescored(monitoring)
     alerts = monitoring.ListAlerts(pb.ListAlertsRequest(), timeout=10).alerts
-    assert [a.type for a in alerts] == ["days_past_due_1"]
+    assert [a.type for a in alerts] == ["behaviour_rescored", "days_past_due_1"]
     risk = monitoring.GetAccountRisk(pb.GetAccountRiskRequest(account_id="acct-alice")).risk
     assert risk.profile["days_past_due"] == 1
     assert risk.profile["utilisation"] == pytest.approx(0.2)
@@ -39,7 +41,13 @@ def test_a_batch_sent_again_is_all_duplicates_and_changes_nothing(monitoring):
     assert [r.outcome for r in again.results] == [DUPLICATE] * 3
     assert (again.applied, again.duplicates, again.signals_raised) == (0, 3, 0)
     assert first.signals_raised == 2  # utilisation at 94%, then 1 day past due
-    assert sorted(alert_types(monitoring)) == ["days_past_due_1", "utilisation_spike"]
+    # And one rescoring: the batch sent again moved nothing.
+    wait_until_rescored(monitoring)
+    assert sorted(alert_types(monitoring)) == [
+        "behaviour_rescored",
+        "days_past_due_1",
+        "utilisation_spike",
+    ]
 
 
 def test_a_repeated_event_id_within_a_batch_is_applied_once(monitoring):
@@ -57,9 +65,10 @@ def test_events_out_of_order_within_a_batch_are_applied_in_sequence(monitoring):
     ack = publish(monitoring, *reversed(events))
     assert [r.event_id for r in ack.results] == [e.event_id for e in reversed(events)]
     assert [r.outcome for r in ack.results] == [APPLIED] * 4
-    assert alert_types(monitoring) == ["multiple_lending"]
-    alert = monitoring.ListAlerts(pb.ListAlertsRequest(), timeout=10).alerts[0]
-    assert alert.event_id == events[3].event_id  # the third inquiry raised it
+    wait_until_rescored(monitoring)
+    alerts = monitoring.ListAlerts(pb.ListAlertsRequest(), timeout=10).alerts
+    assert [a.type for a in alerts] == ["behaviour_rescored", "multiple_lending"]
+    assert alerts[1].event_id == events[3].event_id  # the third inquiry raised it
 
 
 def test_a_gap_in_the_sequence_is_refused_with_the_sequence_expected_then_filled(monitoring):
@@ -182,6 +191,7 @@ def test_alerts_are_listed_newest_first_in_pages_and_filtered(monitoring):
     customers = [Customer(f"acct-page-{i}") for i in range(3)]
     for customer in customers:
         publish(monitoring, customer.opened(), customer.advance(days=35).past_due(31))
+    wait_until_rescored(monitoring)
     listed, token = [], ""
     while True:
         page = monitoring.ListAlerts(pb.ListAlertsRequest(page_size=4, page_token=token))
@@ -189,9 +199,10 @@ def test_alerts_are_listed_newest_first_in_pages_and_filtered(monitoring):
         token = page.next_page_token
         if not token:
             break
-    assert len(listed) == 6
+    assert len(listed) == 9  # two thresholds and one rescoring each
     assert [int(a.cursor) for a in listed] == sorted((int(a.cursor) for a in listed), reverse=True)
     assert alert_types(monitoring, account_id="acct-page-1") == [
+        "behaviour_rescored",
         "days_past_due_30",
         "days_past_due_1",
     ]

@@ -21,6 +21,17 @@ def wait_until(condition, timeout: float = 30.0, interval: float = 0.05):
     raise AssertionError(f"not true within {timeout} s")
 
 
+def wait_until_rescored(monitoring) -> None:
+    """Waits until no account waits for rescoring (read from the store: no RPC tells), so each
+    account scored has raised its `behaviour_rescored` alert and a test's listing is settled."""
+
+    def rescored() -> bool:
+        with monitoring.server.bindings[0].servicer.store.read() as uow:
+            return not uow.accounts_due_for_rescoring(1)
+
+    wait_until(rescored)
+
+
 def test_ingest_acknowledges_each_batch_in_order(monitoring):
     customers = [Customer(f"acct-stream-{i}") for i in range(5)]
     batches = [
@@ -86,20 +97,28 @@ def test_a_watch_resumes_from_its_cursor_with_no_gap_and_no_repeat(monitoring):
     customers = [Customer(f"acct-watch-{i}") for i in range(12)]
     call, received = watch(monitoring)
     time.sleep(0.3)  # the watch starts from now
+    # Each customer raises two alerts: 1 day past due, then its first rescoring (awaited, so
+    # that they arrive in this order).
     for c in customers[:6]:
         publish(monitoring, c.opened(), c.advance(days=31).missed())
-    wait_until(lambda: len(received) >= 6)
+        wait_until_rescored(monitoring)
+    wait_until(lambda: len(received) >= 12)
     call.cancel()  # the client disconnects
-    cursor = received[5].alert.cursor
+    cursor = received[11].alert.cursor
     # Alerts raised while nobody watches are not lost.
     for c in customers[6:]:
         publish(monitoring, c.opened(), c.advance(days=31).missed())
+        wait_until_rescored(monitoring)
     resumed_call, resumed = watch(monitoring, after_cursor=cursor)
-    wait_until(lambda: len(resumed) >= 6)
+    wait_until(lambda: len(resumed) >= 12)
     time.sleep(0.5)
     resumed_call.cancel()
-    accounts = [item.alert.account_id for item in received[:6] + resumed]
-    assert accounts == [c.account_id for c in customers]
+    alerts = [(item.alert.account_id, item.alert.type) for item in received[:12] + resumed]
+    assert alerts == [
+        (c.account_id, kind)
+        for c in customers
+        for kind in ("days_past_due_1", "behaviour_rescored")
+    ]
 
 
 def test_a_watch_filters_and_heartbeats_carry_the_cursor_past_what_was_filtered(
@@ -155,10 +174,17 @@ def test_a_profile_that_moves_is_rescored_and_a_worse_band_raises_a_signal(monit
         )
     )
     assert worse
+    wait_until_rescored(monitoring)
     risk = monitoring.GetAccountRisk(request).risk
     assert risk.risk_band > first.risk_band
     assert risk.reasons and all(r.text and r.feature for r in risk.reasons)
     assert "risk_band_worsened" in [s.type for s in risk.open_signals]
+    # Every scoring was reported with its band: the first, then the worse one.
+    rescorings = monitoring.ListAlerts(
+        pb.ListAlertsRequest(filter=pb.AlertFilter(types=["behaviour_rescored"]))
+    ).alerts
+    assert [a.risk_band for a in rescorings] == [risk.risk_band, first.risk_band]
+    assert rescorings[0].evidence["model_version"] == "1.0.0"
 
 
 def test_a_stopping_server_ends_watches_at_once_and_refuses_further_batches(start_monitoring):
