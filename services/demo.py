@@ -1,10 +1,16 @@
 """`creditline demo`: one customer's life driven through the running suite, step by step.
 
-The customer applies and gets a first line, draws, repays on time, then misses payments:
+The customer applies and gets a first line, draws, repays on time, then misses a payment:
 monitoring sees each event, raises signals and tells limits, which puts the line on the
-watchlist, cuts it and freezes it, each decision with its reasons. The customer catches up and
-repays on time, and asks to reopen the line. Every call is a real gRPC call to the services
-`creditline run` started; nothing here decides anything.
+watchlist and cuts it, each decision with its reasons. The customer catches up and stays clean
+for the policy's period: the watchlist is lifted. Later they fall behind again, are cut and
+frozen, catch up, repay on time, and ask to reopen the line: it reopens at stage 1 with the
+stage's own line. Every call is a real gRPC call to the services `creditline run` started;
+nothing here decides anything.
+
+The story spans more than a year, so its events are replayed dated in the past (day 0 is
+STORY_DAYS ago), as a backfill from loan servicing would be; limits judges the time that passed
+by the events' own dates, and the reopening request is today's.
 """
 
 import time
@@ -35,6 +41,7 @@ APPLICANT = {
 }  # fmt: skip
 MONTHLY_INCOME_FEN = 800_000
 WAIT_SECONDS = 20.0
+STORY_DAYS = 390  # the reopening request, today, is this many days after the application
 
 
 def cny(fen: int) -> Money:
@@ -54,6 +61,11 @@ class Demo:
     sequence: int = 0
     seen_events: set[str] = field(default_factory=set)
     day: int = 0
+    loan: str = "demo-loan"
+    # Day 0 of the story: STORY_DAYS ago, so that its last day is today.
+    started: datetime = field(
+        default_factory=lambda: datetime.now(UTC) - timedelta(days=STORY_DAYS, minutes=1)
+    )
 
     # -- the script ---------------------------------------------------------------------------
 
@@ -94,46 +106,62 @@ class Demo:
         self.step(31, "repays the first instalment on time")
         self.repay(instalment, mpb.REPAYMENT_TIMING_ON_TIME)
         self.step(62, "misses the second instalment")
-        self.events(
-            payment_missed=mpb.PaymentMissed(
-                loan_id="demo-loan",
-                instalment_number=2,
-                amount_due=cny(instalment),
-                days_past_due=1,
-            )
-        )
-        for days in (30, 60):
-            self.step(61 + days, f"is {days} days past due")
-            self.events(days_past_due_updated=mpb.DaysPastDueUpdated(days_past_due=days))
-        self.step(125, "catches up: pays everything that is overdue")
+        self.missed(instalment, 2)
+        self.step(91, "is 30 days past due")
+        self.events(days_past_due_updated=mpb.DaysPastDueUpdated(days_past_due=30))
+        self.step(100, "catches up: pays everything that is overdue")
         self.repay(2 * instalment, mpb.REPAYMENT_TIMING_LATE)
-        for month in range(1, 4):
-            self.step(125 + 30 * month, "repays on time")
+        for day in (130, 160, 190):
+            self.step(day, "repays on time (the watchlist's clean period runs from the cure)")
             self.repay(0, mpb.REPAYMENT_TIMING_ON_TIME)
-        self.step(215, "asks to reopen the frozen line")
-        risk = self.monitoring.GetAccountRisk(
-            mpb.GetAccountRiskRequest(account_id=self.account_id, locale="en")
-        ).risk
-        reopen = self.limits.RequestReopen(
-            lpb.RequestReopenRequest(
+        self.step(200, "draws again, half of what is available")
+        available = self.limits.GetAccount(
+            lpb.GetAccountRequest(account_id=self.account_id)
+        ).account.available_credit.minor_units
+        second = available // 2
+        self.limits.Draw(
+            lpb.DrawRequest(
                 request_id=uuid.uuid4().hex,
                 account_id=self.account_id,
-                features={name: _value(v) for name, v in risk.profile.items()},
+                amount=cny(second),
+                purpose="consumption",
+                loan_id="demo-loan-2",
             )
         )
+        self.events(
+            line_drawn=mpb.LineDrawn(loan_id="demo-loan-2", amount=cny(second), term_months=3)
+        )
+        self.step(230, "misses an instalment again", loan="demo-loan-2")
+        self.missed(second // 3, 1)
+        for days in (30, 60):
+            self.step(229 + days, f"is {days} days past due", loan="demo-loan-2")
+            self.events(days_past_due_updated=mpb.DaysPastDueUpdated(days_past_due=days))
+        self.step(295, "catches up: pays everything that is overdue", loan="demo-loan-2")
+        self.repay(second, mpb.REPAYMENT_TIMING_LATE)
+        for day in (325, 355, 385):
+            self.step(day, "repays on time")
+            self.repay(0, mpb.REPAYMENT_TIMING_ON_TIME)
+        self.step(STORY_DAYS, "asks to reopen the frozen line (today)")
+        reopen = self.limits.RequestReopen(
+            lpb.RequestReopenRequest(request_id=uuid.uuid4().hex, account_id=self.account_id)
+        )
         self.show_limits()
-        if not reopen.reopened:
-            when = reopen.next_eligible_time.ToDatetime(UTC).date()
+        if reopen.reopened:
+            account = reopen.account
             self.console.print(
-                f"  not yet: the policy reopens a line in stages once every rule holds; "
-                f"eligible from [bold]{when}[/bold] (the demo runs in real time)"
+                f"  reopened at stage {account.reopening_stage} with the stage's own line of "
+                f"{yuan(account.credit_line)}; on-time repayments open the next stage"
             )
+        else:
+            when = reopen.next_eligible_time.ToDatetime(UTC).date()
+            self.console.print(f"  not yet: eligible from [bold]{when}[/bold]")
+        self.show_conditions()
         self.show_risk()
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def step(self, day: int, what: str) -> None:
-        self.day = day
+    def step(self, day: int, what: str, loan: str = "demo-loan") -> None:
+        self.day, self.loan = day, loan
         self.console.rule(f"[bold]day {day}[/bold]: the customer {what}", align="left")
 
     def repay(self, fen: int, timing: int) -> None:
@@ -143,14 +171,23 @@ class Demo:
                     request_id=uuid.uuid4().hex, account_id=self.account_id, amount=cny(fen)
                 )
             )
-        self.events(repayment=mpb.Repayment(loan_id="demo-loan", amount=cny(fen), timing=timing))
+        self.events(repayment=mpb.Repayment(loan_id=self.loan, amount=cny(fen), timing=timing))
+
+    def missed(self, fen: int, instalment_number: int) -> None:
+        self.events(
+            payment_missed=mpb.PaymentMissed(
+                loan_id=self.loan,
+                instalment_number=instalment_number,
+                amount_due=cny(fen),
+                days_past_due=1,
+            )
+        )
 
     def events(self, **kind) -> None:
         """Publishes one event to monitoring and shows what it raised and what limits did."""
         self.sequence += 1
-        # Event time is now: limits decides on its own clock, so the story's days are labels.
         stamp = Timestamp()
-        stamp.FromDatetime(datetime.now(UTC) + timedelta(milliseconds=self.sequence))
+        stamp.FromDatetime(self.started + timedelta(days=self.day, milliseconds=self.sequence))
         event = mpb.RepaymentEvent(
             event_id=f"{self.account_id}-{self.sequence}",
             account_id=self.account_id,
@@ -189,6 +226,12 @@ class Demo:
                 self.console.print(
                     f"      {reason.code}: {reason.texts['en']} / {reason.texts['zh-CN']}"
                 )
+
+    def show_conditions(self) -> None:
+        account = self.limits.GetAccount(lpb.GetAccountRequest(account_id=self.account_id)).account
+        for condition in account.risk.conditions:
+            kind = lpb.ConditionType.Name(condition.type).removeprefix("CONDITION_TYPE_").lower()
+            self.console.print(f"  condition [bold]{kind}[/bold]: {condition.exit['en']}")
 
     def show_risk(self) -> None:
         risk = self.monitoring.GetAccountRisk(
