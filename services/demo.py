@@ -92,16 +92,7 @@ class Demo:
         )
         drawn = line.minor_units // 2
         self.step(1, f"draws {drawn / 100:,.2f} yuan in three instalments")
-        self.limits.Draw(
-            lpb.DrawRequest(
-                request_id=uuid.uuid4().hex,
-                account_id=self.account_id,
-                amount=cny(drawn),
-                purpose="consumption",
-                loan_id="demo-loan",
-            )
-        )
-        self.events(line_drawn=mpb.LineDrawn(loan_id="demo-loan", amount=cny(drawn), term_months=3))
+        self.draw(drawn)
         instalment = drawn // 3
         self.step(31, "repays the first instalment on time")
         self.repay(instalment, mpb.REPAYMENT_TIMING_ON_TIME)
@@ -114,23 +105,12 @@ class Demo:
         for day in (130, 160, 190):
             self.step(day, "repays on time (the watchlist's clean period runs from the cure)")
             self.repay(0, mpb.REPAYMENT_TIMING_ON_TIME)
-        self.step(200, "draws again, half of what is available")
+        self.step(200, "draws again, half of what is available", loan="demo-loan-2")
         available = self.limits.GetAccount(
             lpb.GetAccountRequest(account_id=self.account_id)
         ).account.available_credit.minor_units
         second = available // 2
-        self.limits.Draw(
-            lpb.DrawRequest(
-                request_id=uuid.uuid4().hex,
-                account_id=self.account_id,
-                amount=cny(second),
-                purpose="consumption",
-                loan_id="demo-loan-2",
-            )
-        )
-        self.events(
-            line_drawn=mpb.LineDrawn(loan_id="demo-loan-2", amount=cny(second), term_months=3)
-        )
+        self.draw(second)
         self.step(230, "misses an instalment again", loan="demo-loan-2")
         self.missed(second // 3, 1)
         for days in (30, 60):
@@ -163,6 +143,19 @@ class Demo:
     def step(self, day: int, what: str, loan: str = "demo-loan") -> None:
         self.day, self.loan = day, loan
         self.console.rule(f"[bold]day {day}[/bold]: the customer {what}", align="left")
+
+    def draw(self, fen: int) -> None:
+        """A loan of `fen` in three instalments: limits lends, loan servicing tells monitoring."""
+        self.limits.Draw(
+            lpb.DrawRequest(
+                request_id=uuid.uuid4().hex,
+                account_id=self.account_id,
+                amount=cny(fen),
+                purpose="consumption",
+                loan_id=self.loan,
+            )
+        )
+        self.events(line_drawn=mpb.LineDrawn(loan_id=self.loan, amount=cny(fen), term_months=3))
 
     def repay(self, fen: int, timing: int) -> None:
         if fen:

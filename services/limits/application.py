@@ -23,7 +23,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.limits import decisions
+from services.limits import decisions, ledger
 from services.limits.decisions import (
     SIMULATED_OUTCOMES,
     Affordability,
@@ -404,15 +404,20 @@ class LimitsApplication:
             return replace(run, done=True)
         counts = dict(run.counts)
         ctx = self._context(policy, run.run_id, ActorKind.review)
-        locked = uow.get_accounts(list(scores), lock=True)
-        due = [a for a in locked if a.next_review_at is not None and a.next_review_at <= run.as_of]
+        due = [  # still due and open: a signal may have closed one since the page was read
+            decisions.current(account, policy, ctx.now)
+            for account in uow.get_accounts(list(scores), lock=True)
+            if account.status in ledger.DRAWS_ALLOWED
+            and account.next_review_at is not None
+            and account.next_review_at <= run.as_of
+        ]
         accounts, events = [], []
-        for account, decision in _reviewed(ctx, due, scores):
+        for recorded, decision in _reviewed(ctx, due, scores):
             outcome = decision.event.type.value
             counts[outcome] = counts.get(outcome, 0) + 1
             counts["reviewed"] = counts.get("reviewed", 0) + 1
             accounts.append(decision.account)
-            events.extend(account)
+            events.extend(recorded)
         if not run.dry_run:
             uow.save_accounts(accounts)
             uow.append_events(events)
@@ -645,8 +650,12 @@ class LimitsApplication:
         return account
 
 
-def _reviewed(ctx: Context, accounts: list[Account], scores) -> Iterator[tuple]:
-    """Each account's review, after the exits it is due: (events, the review's decision)."""
+def _reviewed(
+    ctx: Context, accounts: list[Account], scores: dict[str, Score | None]
+) -> Iterator[tuple[list[LimitEvent], Decision]]:
+    """Each account's review after the exits it is due: the events to record (the exits', then
+    the review's), and the review's decision. A review run and a simulation both go through
+    here."""
     for account in accounts:
         events = []
         for exit_decision in decisions.settle(ctx, account):

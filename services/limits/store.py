@@ -600,6 +600,10 @@ def _answered_concurrently(kind: str, key: str) -> Aborted:
     )
 
 
+# What an account keeps from its opening. They stay out of the UPDATE's SET: SQLite rewrites
+# the index entries of every column written (customer_id, opened_at) even when the value stays,
+# and checks every table that refers to a parent key written (customer_lines, by a full scan).
+_FIXED_AT_OPENING = frozenset({"account_id", "customer_id", "currency_code", "opened_at"})
 # Built once: a statement made per call costs more than the database's own work for a draw.
 _UPDATE_ACCOUNT = (
     update(accounts)
@@ -607,13 +611,23 @@ _UPDATE_ACCOUNT = (
         accounts.c.account_id == bindparam("old_account_id"),
         accounts.c.version == bindparam("old_version"),
     )
-    .values({column.name: bindparam(f"new_{column.name}") for column in accounts.columns})
+    .values(
+        {
+            column.name: bindparam(f"new_{column.name}")
+            for column in accounts.columns
+            if column.name not in _FIXED_AT_OPENING
+        }
+    )
 )
 
 
 def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
     return {
-        **{f"new_{name}": value for name, value in _account_values(new).items()},
+        **{
+            f"new_{name}": value
+            for name, value in _account_values(new).items()
+            if name not in _FIXED_AT_OPENING
+        },
         "old_account_id": old.account_id,
         "old_version": old.version,
     }

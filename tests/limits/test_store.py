@@ -2,6 +2,7 @@
 compare-and-set, concurrent updates, migrations and durability settings."""
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -310,6 +311,37 @@ def test_a_customer_holds_one_line_in_any_state(store):
         assert uow.line_of_customer("c") == "line-1"
         assert uow.get_account("line-2") is None  # nothing half-applied
         assert uow.last_decline_of_customer("nobody") is None
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    applications=st.lists(
+        st.tuples(st.sampled_from("abc"), st.sampled_from(list(AccountStatus))), max_size=10
+    )
+)
+def test_no_sequence_of_applications_gives_a_customer_two_lines(store, applications):
+    run = uuid.uuid4().hex  # the database outlives each example: customers of their own
+    for number, (customer, status) in enumerate(applications):
+        account = make_account(
+            f"{run}-{number}", customer_id=f"{run}-{customer}", line=Line(1, status=status)
+        )
+        try:
+            with store.unit_of_work() as uow:
+                uow.insert_account(account)
+        except AlreadyExists:
+            pass  # the customer holds a line: nothing of this application was written
+    with store.read() as uow:
+        for customer in "abc":
+            ids = [f"{run}-{n}" for n, (c, _) in enumerate(applications) if c == customer]
+            lines = [
+                a.account_id
+                for a in uow.get_accounts(ids)
+                if a.status is not AccountStatus.declined
+            ]
+            assert len(lines) <= 1
+            assert uow.line_of_customer(f"{run}-{customer}") == (lines[0] if lines else None)
 
 
 def test_history_queries_by_purpose_read_the_whole_history(store):
