@@ -105,6 +105,44 @@ def test_a_customer_misses_payments_is_cut_and_frozen_then_reopened_in_stages(su
     assert len(overdue_cut) == 1 and overdue_cut[0].reasons[0].texts["zh-CN"]
 
 
+def test_a_cured_customer_leaves_the_watchlist_after_the_clean_period(suite, clock):
+    """One missed payment watchlists the line; cured and clean for the policy's 90 days, the
+    next on-time repayment monitoring reports takes it off, with its event and reasons."""
+    limits, monitoring = suite
+    account = open_account(limits).account
+    customer = Customer(account.account_id, at=clock.now)
+
+    def after(days: int) -> Customer:
+        clock.advance(days=days)
+        customer.at = clock.now
+        return customer
+
+    def status() -> lpb.Account:
+        return limits.GetAccount(lpb.GetAccountRequest(account_id=account.account_id)).account
+
+    line = account.credit_line.minor_units
+    publish_and_settle(monitoring, customer.opened(line / 100), after(1).drawn(1_000))
+    publish_and_settle(monitoring, after(30).missed(days=1))
+    watched = status()
+    assert (
+        watched.status == lpb.ACCOUNT_STATUS_WATCHLIST and watched.available_credit.minor_units == 0
+    )
+    publish_and_settle(monitoring, after(3).repaid(500, "LATE", dpd_after=0))
+    cured = status()
+    assert cured.status == lpb.ACCOUNT_STATUS_WATCHLIST  # cured, but not yet clean for long
+    assert cured.risk.days_past_due == 0 and cured.available_credit.minor_units > 0
+    for _ in range(2):
+        publish_and_settle(monitoring, after(30).repaid(100))
+    assert status().status == lpb.ACCOUNT_STATUS_WATCHLIST  # 60 days clean
+    publish_and_settle(monitoring, after(31).repaid(100))  # 91 days since the cure
+    assert status().status == lpb.ACCOUNT_STATUS_ACTIVE
+    history = limits.ListLimitEvents(
+        lpb.ListLimitEventsRequest(account_id=account.account_id, page_size=50)
+    ).events
+    (lifted,) = [e for e in history if e.type == lpb.LIMIT_EVENT_TYPE_WATCHLIST_LIFTED]
+    assert lifted.reasons[0].code == "POLICY_CLEAN_PERIOD" and lifted.reasons[0].texts["zh-CN"]
+
+
 def test_signals_wait_while_limits_is_down_and_arrive_exactly_once(
     start_monitoring, start_limits, scoring, clock
 ):
