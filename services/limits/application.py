@@ -386,7 +386,6 @@ class LimitsApplication:
             policy = self.policies.policy
             with self.store.read() as uow:
                 page = uow.accounts_due_for_review(run.as_of, run.last_account_id, REVIEW_PAGE)
-            page = [decisions.current(a, policy, self.clock()) for a in page]
             scores = dict(
                 zip((a.account_id for a in page), self._score_accounts(policy, page), strict=True)
             )
@@ -405,7 +404,7 @@ class LimitsApplication:
         counts = dict(run.counts)
         ctx = self._context(policy, run.run_id, ActorKind.review)
         due = [  # still due and open: a signal may have closed one since the page was read
-            decisions.current(account, policy, ctx.now)
+            account
             for account in uow.get_accounts(list(scores), lock=True)
             if account.status in ledger.DRAWS_ALLOWED
             and account.next_review_at is not None
@@ -435,7 +434,6 @@ class LimitsApplication:
             if not page:
                 return tiers
             after = page[-1].account_id
-            page = [decisions.current(a, candidate, ctx.now) for a in page]
             scores = dict(
                 zip(
                     (a.account_id for a in page),
@@ -636,7 +634,6 @@ class LimitsApplication:
                 reason="STALE_ETAG",
                 metadata={"etag": account.etag},
             )
-        account = decisions.current(account, ctx.policy, ctx.now)
         for exit_decision in decisions.settle(ctx, account, at):
             uow.append_event(exit_decision.event)
             account = exit_decision.account
@@ -661,6 +658,7 @@ def _reviewed(
         for exit_decision in decisions.settle(ctx, account):
             events.append(exit_decision.event)
             account = exit_decision.account
+        account = decisions.current(account, ctx.policy, ctx.now)
         decision = decisions.review(ctx, account, scores.get(account.account_id))
         yield [*events, decision.event], decision
 

@@ -11,6 +11,7 @@ where it is not fresh there is no score (None) and no decision raises the line.
 Nothing here talks to a database or a network.
 """
 
+import calendar
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -727,12 +728,8 @@ def add_months(moment: datetime, months: int) -> datetime:
     month_index = moment.month - 1 + months
     year, month = moment.year + month_index // 12, month_index % 12 + 1
     # The 31st of a shorter month is its last day.
-    for day in range(moment.day, 27, -1):
-        try:
-            return moment.replace(year=year, month=month, day=day)
-        except ValueError:
-            continue
-    return moment.replace(year=year, month=month, day=28)
+    last_day = calendar.monthrange(year, month)[1]
+    return moment.replace(year=year, month=month, day=min(moment.day, last_day))
 
 
 def in_hardship(account: Account, now: datetime) -> bool:

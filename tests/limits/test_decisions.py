@@ -88,6 +88,21 @@ def test_an_application_that_cannot_afford_the_first_line_is_declined():
     assert decision.next_eligible_at == NOW + timedelta(days=30)
 
 
+@pytest.mark.parametrize(
+    ("start", "months", "expected"),
+    [
+        ((2027, 9, 18), 3, (2027, 12, 18)),  # the same day of the month
+        ((2027, 1, 5), 1, (2027, 2, 5)),
+        ((2027, 1, 31), 1, (2027, 2, 28)),  # the 31st of a shorter month is its last day
+        ((2028, 1, 30), 1, (2028, 2, 29)),
+        ((2027, 11, 30), 3, (2028, 2, 29)),
+        ((2027, 3, 31), -1, (2027, 2, 28)),
+    ],
+)
+def test_add_months_keeps_the_day_of_the_month(start, months, expected):
+    assert add_months(datetime(*start, 9, tzinfo=UTC), months) == datetime(*expected, 9, tzinfo=UTC)
+
+
 # -- requested increase --------------------------------------------------------------------
 
 

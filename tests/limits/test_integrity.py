@@ -380,3 +380,21 @@ def test_a_late_delivered_backlog_lifts_no_watchlist_before_its_clean_period(lim
     report(limits, signal(account_id, "on_time_repayment", risk=risk(clean),
                           detect_time=timestamp(clean)))  # fmt: skip
     assert account_of(limits, account_id).status == pb.ACCOUNT_STATUS_ACTIVE
+
+
+def test_a_hardship_arrangement_ends_with_its_event_and_draws_resume(limits, clock):
+    account_id = open_account(limits).account.account_id
+    draw(limits, account_id, 1_200)
+    clock.advance(days=300)
+    enrolled = limits.EnrollHardship(
+        pb.EnrollHardshipRequest(request_id=rid(), account_id=account_id, term_months=3),
+        timeout=5,
+    ).account
+    assert "CONDITION_TYPE_HARDSHIP" in conditions(enrolled)
+    assert enrolled.available_credit.minor_units == 0
+    clock.advance(days=95)
+    assert draw(limits, account_id, 100).account.drawn.minor_units == 130_000
+    (ended,) = [
+        e for e in history(limits, account_id) if e.type == pb.LIMIT_EVENT_TYPE_HARDSHIP_ENDED
+    ]
+    assert ended.reasons[0].code == "POLICY_HARDSHIP_ENDED"
