@@ -17,15 +17,23 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /app
+# The runtime's locked set (`make lock`), every file checked against its hash and none built
+# here: what the services import, without training, code generation or test packages.
+COPY requirements/runtime.lock requirements/
+RUN /opt/venv/bin/python -m pip install --require-hashes --only-binary=:all: --no-deps \
+        -r requirements/runtime.lock
+
 COPY pyproject.toml README.md ./
 COPY creditline/ creditline/
 COPY services/ services/
 COPY models/ models/
 
-# A regular install: the wheel carries the data files the services read (the default policy and
-# rules, the Alembic scripts; see package-data in pyproject.toml) and pip compiles the sources,
-# since the final root filesystem is read-only. Then the venv's own pip goes.
-RUN /opt/venv/bin/python -m pip install . \
+# The project as a wheel, installed without its dependencies (the lock's are there): the wheel
+# carries the data files the services read (the default policy and rules, the Alembic scripts;
+# see package-data in pyproject.toml) and pip compiles the sources, since the final root
+# filesystem is read-only. Then the venv's own pip goes.
+RUN /opt/venv/bin/python -m pip wheel --no-deps --wheel-dir /tmp/dist . \
+    && /opt/venv/bin/python -m pip install --no-deps /tmp/dist/creditline-*.whl \
     && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools wheel
 
 # ---- final: the venv (with the code) and the models; no compiler, no pip, no build files ------
@@ -49,7 +57,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib \
     OMP_NUM_THREADS=1 \
     CREDITLINE_SCORING_HOST=0.0.0.0 \
     CREDITLINE_LIMITS_HOST=0.0.0.0 \

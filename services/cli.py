@@ -19,6 +19,10 @@ app.add_typer(dev_app, name="dev")
 
 # The services `creditline run` starts, in dependency order (callees first).
 SUITE = ("scoring", "limits", "monitoring")
+# What `creditline model train` imports beyond the services: the `train` extra.
+TRAINING_MODULES = frozenset(
+    {"sklearn", "skl2onnx", "onnx", "matplotlib", "scipy", "threadpoolctl"}
+)
 
 Port = Annotated[int | None, typer.Option(help="gRPC port (default from the environment).")]
 Host = Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1).")]
@@ -109,8 +113,19 @@ def train(
     version: Annotated[str, typer.Option(help="Version of the trained models.")] = "1.0.0",
 ) -> None:
     """Train, check parity and publish the credit models with their cards and plots."""
-    from services.scoring.modelling.cli import train_with_progress
-    from services.scoring.modelling.training import MODEL_NAMES
+    try:
+        from services.scoring.modelling.cli import train_with_progress
+        from services.scoring.modelling.training import MODEL_NAMES
+    except ModuleNotFoundError as missing:
+        module = (missing.name or "").partition(".")[0]
+        if module not in TRAINING_MODULES:
+            raise
+        typer.echo(
+            f"creditline model train needs the training libraries ({module} is not "
+            "installed): pip install 'creditline[train]'",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
     if name is not None and name not in MODEL_NAMES:
         raise typer.BadParameter(f"one of {', '.join(MODEL_NAMES)}", param_hint="--name")

@@ -11,6 +11,15 @@ from services.scoring.modelling.artifact import load_artifact, validate_artifact
 from tests.servers import wait_serving
 
 CREDITLINE = Path(sys.executable).parent / "creditline"
+# What the `train` and `dev` extras bring: serving (`pip install creditline`, the image) has none.
+TRAINING_LIBRARIES = ("sklearn", "skl2onnx", "onnx", "matplotlib", "scipy", "threadpoolctl")
+NOT_SERVED = (*TRAINING_LIBRARIES, "grpc_tools", "optbinning")
+HIDE = f"import sys; sys.modules.update(dict.fromkeys({NOT_SERVED!r}))"
+
+
+def creditline_without_training(*args: str) -> list[str]:
+    """The `creditline` command in a Python where no training library can be imported."""
+    return [sys.executable, "-c", f"{HIDE}; from services.cli import app; app()", *args]
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -123,3 +132,46 @@ def test_unknown_model_name_is_refused(tmp_path):
     )
     assert result.returncode != 0
     assert "application, behaviour" in result.stderr + result.stdout
+
+
+def test_the_services_import_no_training_library():
+    modules = (
+        "services.scoring.__main__",
+        "services.limits.__main__",
+        "services.monitoring.__main__",
+        "services.cli",
+        "services.demo",
+        "services.devtools",
+    )
+    check = (
+        f"import importlib; from pathlib import Path; {HIDE}\n"
+        f"for module in {modules!r}: importlib.import_module(module)\n"
+        "from services.scoring.modelling.artifact import load_artifact, validate_artifact\n"
+        "for card in sorted(Path('models').glob('*/*/card.json')):\n"
+        "    validate_artifact(load_artifact(card.parent))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", check], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_serve_scoring_without_the_training_libraries():
+    port = free_port()
+    process = subprocess.Popen(
+        creditline_without_training("serve", "scoring", "--port", str(port)),
+        stdout=subprocess.DEVNULL,
+    )
+    wait_serving(port, "creditline.scoring.v1.ScoringService", process)
+    assert stop(process) == 0
+
+
+def test_model_train_without_the_train_extra_says_how_to_install_it(tmp_path):
+    result = subprocess.run(
+        creditline_without_training("model", "train", "--output", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "pip install 'creditline[train]'" in result.stderr
+    assert not any(tmp_path.iterdir())

@@ -105,6 +105,27 @@ def test_the_final_stage_copies_the_venv_code_and_models_and_builds_nothing():
     assert "PYTHONDONTWRITEBYTECODE=1" in env, "the root filesystem is read-only"
 
 
+def test_the_builder_installs_the_runtime_lock_with_hashes_and_the_project_without_deps():
+    """The image holds exactly the runtime's locked set: the lock installed hash-checked, then
+    the project's wheel with no dependency resolution of its own."""
+    _, stages = parse_dockerfile()
+    *builders, _ = stages
+    installs = [
+        part.split()
+        for stage in builders
+        for command in stage.all("RUN")
+        for part in re.split(r"&&|;", command)
+        if "install" in part.split() and "uninstall" not in part.split()
+    ]
+    assert len(installs) == 2, installs
+    lock, project = installs
+    assert {"--require-hashes", "--no-deps", "-r"} <= set(lock), lock
+    assert lock[lock.index("-r") + 1] == "requirements/runtime.lock"
+    assert "--no-deps" in project and project[-1].endswith(".whl"), project
+    copies = [copy.split() for stage in builders for copy in stage.all("COPY")]
+    assert ["requirements/runtime.lock", "requirements/"] in copies
+
+
 def pattern_regex(pattern: str) -> str:
     """A .dockerignore pattern as a regex: `*` and `?` stay within a directory, `**` crosses."""
     regex, i = "", 0
@@ -141,6 +162,7 @@ def test_the_build_context_holds_the_sources_and_no_secrets_or_venvs():
     ]
     for needed in (
         "pyproject.toml",
+        "requirements/runtime.lock",
         "README.md",
         "services/limits/default_policy.yaml",
         "services/cli.py",
@@ -154,6 +176,7 @@ def test_the_build_context_holds_the_sources_and_no_secrets_or_venvs():
         "data/limits.db",
         "certs/ca.key",
         "tests/conftest.py",
+        "requirements/dev.lock",
         "k8s/base/kustomization.yaml",
         "services/limits/__pycache__/policy.cpython-311.pyc",
     ):

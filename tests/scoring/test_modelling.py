@@ -14,7 +14,6 @@ from services.scoring.modelling import german_credit, simulator
 from services.scoring.modelling.artifact import ArtifactError, load_artifact, validate_artifact
 from services.scoring.modelling.parity import (
     TOLERANCE,
-    ParityError,
     hgb_native_categorical_export,
     inference_session,
     run_scorecard,
@@ -118,14 +117,16 @@ def test_onnx_matches_sklearn_on_bin_edges_and_range_limits(fitted, name):
     np.testing.assert_allclose(points, reason_points(model.pipeline, X), rtol=0, atol=TOLERANCE)
 
 
-# skl2onnx's tree converter passes booleans as ints; protobuf 6.33 warns, 7.34+ will raise.
-@pytest.mark.filterwarnings("ignore:Field onnx.AttributeProto.ints:DeprecationWarning")
-def test_hgb_with_native_categorical_features_is_refused_by_the_parity_check():
-    # Measured with the pinned versions: skl2onnx 1.20 exports it without error but wrongly,
-    # so the parity check is what refuses it. With protobuf 7.34+ the export itself raises.
-    with pytest.raises(ParityError, match="probability_of_default differs") as refused:
-        hgb_native_categorical_export(german_credit.load_german_credit(), seed=SEED)
-    assert refused.value.max_abs_diff > 0.1
+# skl2onnx's tree converter passes booleans as ints; protobuf 6.33 warned, 7.34+ raises.
+def test_hgb_with_native_categorical_features_is_refused():
+    # Measured with the pinned versions (skl2onnx 1.20, protobuf 7.36): the export itself
+    # raises. With protobuf 6.33 it exported without error but wrongly (probabilities off by up
+    # to ~1.0) and the parity check was what refused it; either way nothing is published.
+    data = german_credit.load_german_credit()
+    with pytest.raises(ValueError, match="create node 'TreeEnsembleClassifier'") as refused:
+        hgb_native_categorical_export(data, seed=SEED)
+    assert isinstance(refused.value.__cause__, TypeError)
+    assert "Expected an int, got a boolean" in str(refused.value.__cause__)
 
 
 # -- quality and reasons ----------------------------------------------------------------------

@@ -5,7 +5,7 @@ import warnings
 
 from creditline.monitoring.v1 import monitoring_service_pb2 as creditline_dot_monitoring_dot_v1_dot_monitoring__service__pb2
 
-GRPC_GENERATED_VERSION = '1.81.1'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

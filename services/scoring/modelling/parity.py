@@ -114,8 +114,8 @@ def hgb_native_categorical_export(data: TrainingData, seed: int) -> ParityReport
     Measured with skl2onnx 1.20.0, protobuf 6.33.6 and onnxruntime 1.32.0: the export succeeds
     (with a protobuf DeprecationWarning, "Expected an int, got a boolean") but is silently
     wrong, probabilities off by up to ~1.0, so the check raises ParityError. With protobuf
-    7.34+ that warning becomes an error and the export raises; either way the model is refused.
-    Kept as the proof, for the tests.
+    7.34+ (7.36.2 is pinned) that warning is an error and the export raises ValueError; either
+    way the model is refused. Kept as the proof, for the tests.
     """
     # Imported here: the server imports this module and needs none of this.
     from skl2onnx import convert_sklearn
