@@ -2,7 +2,7 @@
 
 Proto directories match their packages and everything is generated with `-I protos`, so the
 generated imports (`from creditline.type.v1 import risk_pb2`) are right as they come out.
-The output is committed; tests/test_protos.py regenerates it and fails on any difference.
+The output is committed; tests/test_project.py regenerates it and fails on any difference.
 """
 
 import argparse

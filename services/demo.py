@@ -31,7 +31,7 @@ from creditline.type.v1.money_pb2 import Money
 from services.common.channels import ClientSecurity, create_channel
 
 # A thin-file applicant with a steady job: the application model puts them in band C.
-APPLICANT = {
+APPLICANT: dict[str, float | str] = {
     "duration_months": 24, "credit_amount": 3500, "checking_account": "below_200",
     "credit_history": "existing_paid_duly", "purpose": "car_used", "savings": "below_100",
     "employment_since": "1_to_4_years", "installment_rate": 3, "other_debtors": "none",
@@ -157,7 +157,7 @@ class Demo:
         )
         self.events(line_drawn=mpb.LineDrawn(loan_id=self.loan, amount=cny(fen), term_months=3))
 
-    def repay(self, fen: int, timing: int) -> None:
+    def repay(self, fen: int, timing: mpb.RepaymentTiming.ValueType) -> None:
         if fen:
             self.limits.Repay(
                 lpb.RepayRequest(

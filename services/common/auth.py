@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.context import Principal, current_call
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.handlers import wrap_handler
 from services.common.settings import ServiceSettings
 
 Role = Literal["loan_servicing", "app_backend", "monitoring", "limits", "operator"]
@@ -355,13 +356,7 @@ class _Guard:
         self.roles = roles
 
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._unary(handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._stream(handler.unary_stream))
-        return handler._replace(stream_stream=self._stream(handler.stream_stream))
+        return wrap_handler(handler, self._unary, self._stream)
 
     def _unary(self, behavior: Callable) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:

@@ -7,6 +7,7 @@ Clients get a clear message that names no implementation detail.
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -156,9 +157,15 @@ def internal_status(domain: str, request_id: str) -> grpc.Status:
     )
 
 
+def _call_of(error: grpc.RpcError) -> grpc.Call:
+    """The call a failed RPC raised: grpc raises an RpcError that is also its grpc.Call (and
+    from_call reads only the code, details and trailing metadata RpcError has too)."""
+    return cast(grpc.Call, error)
+
+
 def violations_of(error: grpc.RpcError) -> list[FieldViolation]:
     """The BadRequest field violations a failed call carries, if any."""
-    status = rpc_status.from_call(error)
+    status = rpc_status.from_call(_call_of(error))
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
@@ -169,7 +176,7 @@ def violations_of(error: grpc.RpcError) -> list[FieldViolation]:
 
 def error_info_of(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo (reason, domain, metadata) a failed call carries, if any."""
-    status = rpc_status.from_call(error)
+    status = rpc_status.from_call(_call_of(error))
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

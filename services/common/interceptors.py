@@ -23,6 +23,7 @@ from services.common.context import (
     trace_id_from_traceparent,
 )
 from services.common.errors import ServiceError, internal_status, to_grpc_status
+from services.common.handlers import wrap_handler
 from services.common.metrics import RPC_HANDLING_SECONDS, RPCS_IN_FLIGHT
 
 log = structlog.get_logger("creditline.rpc")
@@ -68,13 +69,7 @@ class _Method:
         self._handling: dict[grpc.StatusCode, Any] = {}  # histogram children by final code
 
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self.wrap_unary(handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self.wrap_unary(handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self.wrap_stream(handler.unary_stream))
-        return handler._replace(stream_stream=self.wrap_stream(handler.stream_stream))
+        return wrap_handler(handler, self.wrap_unary, self.wrap_stream)
 
     def wrap_unary(self, behavior: Callable) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
@@ -101,8 +96,11 @@ class _Method:
         return handle
 
     def _begin(self, context: grpc.ServicerContext):
-        request_id = traceparent = None
+        request_id: str | None = None
+        traceparent: str | None = None
         for key, value in context.invocation_metadata() or ():
+            if isinstance(value, bytes):  # only `-bin` headers carry bytes
+                continue
             if key == REQUEST_ID_HEADER:
                 request_id = value
             elif key == "traceparent":
@@ -115,7 +113,9 @@ class _Method:
         self._in_flight.inc()
         return call, token, time.perf_counter()
 
-    def _abort(self, call: CallContext, error: Exception, context) -> NoReturn:
+    def _abort(
+        self, call: CallContext, error: Exception, context: grpc.ServicerContext
+    ) -> NoReturn:
         if isinstance(error, ServiceError):
             status = to_grpc_status(error, self.domain)
             context.abort_with_status(status)  # raises, ending the RPC with this status
@@ -150,7 +150,8 @@ class _Method:
 
 
 def _code_of(context: grpc.ServicerContext) -> grpc.StatusCode | None:
-    code = context.code()
+    # ServicerContext.code() is grpc's (experimental) API; the grpc stubs lack it.
+    code = context.code()  # type: ignore[attr-defined]
     if code is None:
         return None
     if isinstance(code, grpc.StatusCode):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 import structlog
@@ -42,12 +43,15 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
+ServicerT = TypeVar("ServicerT")
+
+
 @dataclass(frozen=True)
-class ServiceBinding:
+class ServiceBinding(Generic[ServicerT]):
     """One servicer and the generated function that adds it to a server."""
 
-    add_to_server: Callable[[object, grpc.Server], None]
-    servicer: object
+    add_to_server: Callable[[ServicerT, grpc.Server], None]
+    servicer: ServicerT
     full_name: str  # e.g. "creditline.scoring.v1.ScoringService"
 
 
@@ -94,7 +98,7 @@ class GrpcServer:
     def __init__(
         self,
         settings: ServiceSettings,
-        bindings: Sequence[ServiceBinding],
+        bindings: Sequence[ServiceBinding[Any]],
         *,
         domain: str,
         on_stopping: Callable[[], None] | None = None,

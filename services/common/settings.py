@@ -1,7 +1,7 @@
 """Settings every service shares, read from environment variables with one prefix a service."""
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,8 +76,10 @@ class ServiceSettings(BaseSettings):
         return f"{self.model_config.get('env_prefix', '')}{field}".upper()
 
 
-def load_settings(cls: type[SettingsT], **overrides: object) -> SettingsT:
-    """Reads settings from the environment, or exits at once with every bad value named."""
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Reads settings from the environment, or exits at once with every bad value named.
+
+    Overrides are unchecked (Any): the model validates them, and a bad one is reported here."""
     try:
         return cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:

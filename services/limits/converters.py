@@ -60,11 +60,11 @@ def amount_of(
     return proto.minor_units
 
 
-def band_message(band: str | None) -> int:
+def band_message(band: str | None) -> risk_pb2.RiskBand.ValueType:
     return risk_pb2.RiskBand.Value(f"RISK_BAND_{band}") if band else risk_pb2.RISK_BAND_UNSPECIFIED
 
 
-def band_of(value: int) -> str | None:
+def band_of(value: risk_pb2.RiskBand.ValueType) -> str | None:
     if value == risk_pb2.RISK_BAND_UNSPECIFIED:
         return None
     return risk_pb2.RiskBand.Name(value).removeprefix("RISK_BAND_")

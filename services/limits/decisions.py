@@ -148,7 +148,7 @@ def open_account(
         reasons = [policy_reason("POLICY_DECLINED_RISK_BAND"), *score.reasons]
     elif affordable_line(policy, affordability) < tier.initial_line:
         reasons = [policy_reason("POLICY_ABILITY_TO_PAY")]
-    if reasons:
+    if reasons or tier is None:
         event = _event(ctx, blank, blank, EventType.declined, reasons, score)
         return Decision(
             blank,
@@ -252,7 +252,7 @@ def request_increase(
         "declared_monthly_income": str(affordability.monthly_income),
         "declared_monthly_debt_payments": str(affordability.monthly_debt_payments),
     }
-    if reasons:
+    if reasons or score is None:
         event = _event(ctx, account, account, EventType.increase_declined, reasons, score, declared)
         return Decision(
             account,
@@ -417,7 +417,12 @@ def apply_signal(ctx: Context, account: Account, signal: Signal) -> Decision:
     elif rule.action is SignalAction.freeze and status in ledger.DRAWS_ALLOWED:
         after = _suspend(account, AccountStatus.frozen, at)
         kind = EventType.frozen
-    elif rule.action is SignalAction.reduce and status in ledger.DRAWS_ALLOWED and line > 0:
+    elif (
+        rule.action is SignalAction.reduce
+        and rule.line_fraction is not None  # always, for a reduce (the policy checks)
+        and status in ledger.DRAWS_ALLOWED
+        and line > 0
+    ):
         # The new line holds even below what is drawn: the account is then over its line.
         after = _with_line(account, math.floor(line * rule.line_fraction))
         kind = EventType.reduced
@@ -463,7 +468,8 @@ def _on_time_repayment(ctx: Context, account: Account, signal: Signal) -> Decisi
     if 0 < stage < len(reopening.stages):
         needed = reopening.stages[stage - 1].advance_after_on_time_repayments
         if (
-            account.on_time_streak >= needed
+            needed is not None  # always, before the last stage (the policy checks)
+            and account.on_time_streak >= needed
             and account.status in ledger.DRAWS_ALLOWED
             and not account.risk.past_due
         ):
@@ -480,7 +486,8 @@ def _on_time_repayment(ctx: Context, account: Account, signal: Signal) -> Decisi
     band = fresh_behaviour_band(policy, account, ctx.now)
     tier = policy.tier_for(band) if band else None
     if (
-        tier is not None
+        band is not None
+        and tier is not None
         and not _band_worse(band, account.risk_band)
         and account.on_time_streak >= policy.reward.consecutive_on_time_repayments
         and months_on_book(account, ctx.now) >= policy.reward.min_months_on_book
@@ -544,7 +551,7 @@ def request_reopen(ctx: Context, account: Account, score: Score | None) -> Decis
     elif _band_worse(score.risk_band, rules.worst_risk_band):
         reasons.append(policy_reason("POLICY_RISK_NOT_IMPROVED"))
         reasons.extend(score.reasons)
-    if reasons:
+    if reasons or score is None:
         event = _event(ctx, account, account, EventType.reopen_declined, reasons, score)
         return Decision(account, event, approved=False, next_eligible_at=next_eligible_at)
     tier = ctx.policy.tier_for(score.risk_band)

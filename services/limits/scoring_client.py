@@ -6,10 +6,10 @@ decision that needs a score is ever taken without one.
 """
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from creditline.scoring.v1 import scoring_service_pb2 as pb
 from creditline.scoring.v1 import scoring_service_pb2_grpc
@@ -64,7 +64,7 @@ class ScoringClient:
             model_version=response.model_version,
         )
 
-    def batch_score(self, model: str, rows: list[Mapping[str, float]]) -> list[Score | None]:
+    def batch_score(self, model: str, rows: Sequence[Mapping[str, float]]) -> list[Score | None]:
         """Scores many rows in one call; a row that lacks any of the model's features is None."""
         names = self._feature_names(model)
         complete = [i for i, row in enumerate(rows) if all(name in row for name in names)]
@@ -110,10 +110,10 @@ class ScoringClient:
                 card = self.stub.GetModel(pb.GetModelRequest(name=model)).model.card
             except grpc.RpcError as error:
                 raise _translated(error) from None
+            features = json_format.MessageToDict(card)["features"]
             with self._lock:
                 self._reason_texts[key] = {
-                    feature["reason_code"]: dict(feature["reason_text"])
-                    for feature in card["features"]
+                    feature["reason_code"]: dict(feature["reason_text"]) for feature in features
                 }
         return self._reason_texts[key]
 
@@ -122,7 +122,8 @@ def _translated(error: grpc.RpcError) -> Exception:
     """Scoring's refusal of the features is the caller's bad input; anything else means
     scoring cannot answer now."""
     if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-        violations = violations_of(error) or [FieldViolation("features", error.details())]
+        details = error.details() or "refused by the scoring service"
+        violations = violations_of(error) or [FieldViolation("features", details)]
         return InvalidArgument(violations)
     return Unavailable(
         "the scoring service is unavailable; retry later", reason="SCORING_UNAVAILABLE"

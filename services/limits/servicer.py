@@ -38,54 +38,64 @@ def utc_now() -> datetime:
 
 
 def _account(outcome: app.Outcome) -> pb.Account:
-    return converters.account_message(outcome.account, outcome.policy, outcome.decided_at)
+    """The account an outcome answers with, as of its decision."""
+    account, policy, decided_at = outcome.account, outcome.policy, outcome.decided_at
+    if account is None or policy is None or decided_at is None:
+        raise ValueError("an outcome without its account, policy or time")
+    return converters.account_message(account, policy, decided_at)
+
+
+def _event(outcome: app.Outcome) -> pb.LimitEvent:
+    """The decision an outcome recorded."""
+    if outcome.account is None or outcome.event is None:
+        raise ValueError("an outcome without its account or event")
+    return converters.event_message(outcome.event, outcome.account.currency_code)
+
+
+def _appeal(outcome: app.Outcome) -> pb.Appeal:
+    if outcome.appeal is None:
+        raise ValueError("an outcome without its appeal")
+    return converters.appeal_message(outcome.appeal)
 
 
 def _account_only(response_type) -> Respond:
     return Respond(lambda o: response_type(account=_account(o)), response_type.FromString)
 
 
-OPENED = Respond(
-    lambda o: pb.OpenAccountResponse(
-        account=_account(o),
-        event=converters.event_message(o.event, o.account.currency_code),
-    ),
+OPENED: Respond[app.Outcome, pb.OpenAccountResponse] = Respond(
+    lambda o: pb.OpenAccountResponse(account=_account(o), event=_event(o)),
     pb.OpenAccountResponse.FromString,
 )
-INCREASE = Respond(
+INCREASE: Respond[app.Outcome, pb.RequestIncreaseResponse] = Respond(
     lambda o: pb.RequestIncreaseResponse(
         approved=o.approved,
         account=_account(o),
-        event=converters.event_message(o.event, o.account.currency_code),
+        event=_event(o),
         improvements=[converters.reason_message(r) for r in o.improvements],
         next_eligible_time=converters.timestamp(o.next_eligible_at),
     ),
     pb.RequestIncreaseResponse.FromString,
 )
-REVIEWED = Respond(
-    lambda o: pb.ReviewAccountResponse(
-        account=_account(o),
-        event=converters.event_message(o.event, o.account.currency_code),
-    ),
+REVIEWED: Respond[app.Outcome, pb.ReviewAccountResponse] = Respond(
+    lambda o: pb.ReviewAccountResponse(account=_account(o), event=_event(o)),
     pb.ReviewAccountResponse.FromString,
 )
-REOPEN = Respond(
+REOPEN: Respond[app.Outcome, pb.RequestReopenResponse] = Respond(
     lambda o: pb.RequestReopenResponse(
         reopened=o.approved,
         account=_account(o),
-        event=converters.event_message(o.event, o.account.currency_code),
+        event=_event(o),
         next_eligible_time=converters.timestamp(o.next_eligible_at),
     ),
     pb.RequestReopenResponse.FromString,
 )
-APPEAL_FILED = Respond(
-    lambda o: pb.FileAppealResponse(appeal=converters.appeal_message(o.appeal)),
+APPEAL_FILED: Respond[app.Outcome, pb.FileAppealResponse] = Respond(
+    lambda o: pb.FileAppealResponse(appeal=_appeal(o)),
     pb.FileAppealResponse.FromString,
 )
-APPEAL_RESOLVED = Respond(
+APPEAL_RESOLVED: Respond[app.Outcome, pb.ResolveAppealResponse] = Respond(
     lambda o: pb.ResolveAppealResponse(
-        appeal=converters.appeal_message(o.appeal),
-        event=converters.event_message(o.event, o.account.currency_code) if o.event else None,
+        appeal=_appeal(o), event=_event(o) if o.event is not None else None
     ),
     pb.ResolveAppealResponse.FromString,
 )
@@ -169,6 +179,7 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         currency = self.app.policies.policy.currency_code
         amount = converters.amount_of(request.amount, currency, "amount", violations)
         violations.raise_if_any()
+        assert amount is not None  # required: raise_if_any reported it missing
         command = app.MoveCredit(
             key, request.account_id, amount, request.amount.currency_code, request.etag, purpose
         )

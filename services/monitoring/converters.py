@@ -192,7 +192,7 @@ def alert_message(alert: AlertRecord) -> pb.Alert:
         signal_id=alert.signal_id,
         account_id=alert.account_id,
         type=alert.type,
-        severity=int(alert.severity),  # AlertSeverity shares the numbers
+        severity=pb.AlertSeverity.ValueType(alert.severity),  # AlertSeverity shares the numbers
         evidence=alert.evidence,
         event_id=alert.event_id,
         detect_time=timestamp(alert.detected_at),
@@ -204,8 +204,10 @@ def alert_message(alert: AlertRecord) -> pb.Alert:
     )
 
 
-def band_value(band: str) -> int:
-    return risk_pb2.RiskBand.Value(f"RISK_BAND_{band}") if band else 0
+def band_value(band: str) -> risk_pb2.RiskBand.ValueType:
+    if not band:
+        return risk_pb2.RISK_BAND_UNSPECIFIED
+    return risk_pb2.RiskBand.Value(f"RISK_BAND_{band}")
 
 
 def timestamp(value: datetime | float) -> Timestamp:

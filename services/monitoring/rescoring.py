@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
+from google.protobuf import json_format
 
 from creditline.scoring.v1 import scoring_service_pb2 as pb
 from creditline.scoring.v1 import scoring_service_pb2_grpc
@@ -68,12 +69,12 @@ class BehaviourScorer:
     def schema(self, refresh: bool = False) -> ModelSchema:
         if self._schema is None or refresh:
             model = self.stub.GetModel(pb.GetModelRequest(name=MODEL)).model
+            card = json_format.MessageToDict(model.card)
             self._schema = ModelSchema(
                 version=model.version,
                 ranges={f.name: (f.min_value, f.max_value) for f in model.features},
                 reasons={
-                    f["reason_code"]: (f["name"], dict(f["reason_text"]))
-                    for f in model.card["features"]
+                    f["reason_code"]: (f["name"], dict(f["reason_text"])) for f in card["features"]
                 },
             )
         return self._schema

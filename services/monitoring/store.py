@@ -34,11 +34,13 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     Connection,
     Engine,
     Index,
     Integer,
     MetaData,
+    Row,
     String,
     Table,
     Text,
@@ -360,8 +362,14 @@ class UnitOfWork:
         self._insert(accounts, new)
         if not old:
             return
-        columns = ("account_id", "last_sequence", "profile_version", "rescore_due", "state")
-        columns += ("updated_at",)
+        columns: tuple[str, ...] = (
+            "account_id",
+            "last_sequence",
+            "profile_version",
+            "rescore_due",
+            "state",
+            "updated_at",
+        )
         if self._postgres:
             assignments = ", ".join(f"{c} = v.{c}" for c in columns[1:])
             self._connection.exec_driver_sql(
@@ -393,7 +401,7 @@ class UnitOfWork:
 
     def _select_in(
         self, table: Table, columns: str, key: str, keys: Iterable[str], lock: bool
-    ) -> list[tuple]:
+    ) -> Sequence[Row]:
         """`columns` of the rows of `table` whose `key` is one of `keys`."""
         keys = sorted(set(keys))
         if not keys:
@@ -519,7 +527,7 @@ class UnitOfWork:
         return [_alert(row) for row in self._connection.execute(statement)]
 
     def alerts_by_signal_id(self, signal_ids: Iterable[str]) -> list[AlertRecord]:
-        found = []
+        found: list[AlertRecord] = []
         for chunk in _chunks(sorted(set(signal_ids))):
             statement = select(alerts).where(alerts.c.signal_id.in_(chunk))
             found.extend(_alert(row) for row in self._connection.execute(statement))
@@ -595,8 +603,8 @@ class UnitOfWork:
         return True
 
 
-def _filters(query: AlertQuery) -> list:
-    conditions = []
+def _filters(query: AlertQuery) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
     if query.severities:
         conditions.append(alerts.c.severity.in_(sorted(int(s) for s in query.severities)))
     if query.types:

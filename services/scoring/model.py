@@ -77,8 +77,14 @@ class Feature:
             return f"must be between {self.minimum:g} and {self.maximum:g}"
         return None
 
-    def encode(self, value: float | str) -> float:
-        return float(self.category_index[value]) if self.categorical else float(value)
+    def encode(self, value: object) -> float:
+        """The model input of a value that passed problem_with: a category's index, or the
+        number."""
+        if isinstance(value, str):
+            return float(self.category_index[value])
+        if isinstance(value, int | float):
+            return float(value)
+        raise TypeError(f"not a feature value: {value!r}")
 
 
 @dataclass(frozen=True)
@@ -219,9 +225,9 @@ class ServedModel:
 
         matrix = np.empty((n_rows, len(self.features)), dtype=np.float32)
         for i, feature in enumerate(self.features):
-            position = positions.get(feature.name)
-            if position is None:
+            if feature.name not in positions:
                 continue  # already reported missing
+            position = positions[feature.name]
             _, numbers, categories = columns[position]
             field = f"columns[{position}]"
             if feature.categorical:

@@ -10,7 +10,7 @@ started with. A bad artifact is refused with a log line, and the old model keeps
 import contextlib
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from packaging.version import InvalidVersion, Version
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.periodic import Periodic
-from services.scoring.model import ServedModel
+from services.scoring.model import ScoreDistribution, ServedModel
 from services.scoring.modelling.artifact import ArtifactError, load_artifact, validate_artifact
 
 log = structlog.get_logger("creditline.scoring.registry")
@@ -31,6 +31,11 @@ MODEL_RELOADS = Counter(
 MODEL_PSI = Gauge(
     "creditline_model_population_stability_index",
     "PSI of live scores against the training scores.",
+    ["model", "version"],
+)
+MODEL_PSI_SCORES = Gauge(
+    "creditline_model_psi_scores",
+    "Live scores the PSI is computed from (since the version was loaded).",
     ["model", "version"],
 )
 MODEL_INFO = Gauge(
@@ -155,10 +160,14 @@ class ModelRegistry:
                 if model is not None:
                     MODEL_INFO.remove(name, model.version, role)
                     _remove_if_present(MODEL_PSI, name, model.version)
+                    _remove_if_present(MODEL_PSI_SCORES, name, model.version)
         for role, model in (("champion", new.champion), ("challenger", new.challenger)):
             if model is not None:
                 MODEL_INFO.labels(name, model.version, role).set(1)
                 MODEL_PSI.labels(name, model.version).set_function(model.distribution.index)
+                MODEL_PSI_SCORES.labels(name, model.version).set_function(
+                    _live_count(model.distribution)
+                )
         log.info(
             "model.serving",
             model=name,
@@ -213,7 +222,10 @@ class ShadowScorer:
 
     @staticmethod
     def _evaluate(pair: ModelPair, rows: np.ndarray, champion, evaluation_id: str) -> None:
-        challenger = pair.challenger.score(rows)
+        challenger_model = pair.challenger
+        if challenger_model is None:  # submit queues only pairs with a challenger
+            return
+        challenger = challenger_model.score(rows)
         name = pair.champion.name
         delta = np.subtract(challenger.score, champion.score)
         for champion_band, challenger_band, points in zip(
@@ -221,7 +233,7 @@ class ShadowScorer:
         ):
             agreement = "same" if champion_band == challenger_band else "different"
             SHADOW_RESULTS.labels(
-                name, pair.champion.version, pair.challenger.version, agreement
+                name, pair.champion.version, challenger_model.version, agreement
             ).inc()
             SHADOW_SCORE_DELTA.labels(name).observe(float(points))
         log.info(
@@ -229,7 +241,7 @@ class ShadowScorer:
             model=name,
             evaluation_id=evaluation_id,
             champion_version=pair.champion.version,
-            challenger_version=pair.challenger.version,
+            challenger_version=challenger_model.version,
             rows=len(rows),
             band_changes=sum(a != b for a, b in zip(champion.band, challenger.band, strict=True)),
             mean_score_delta=round(float(np.mean(delta)), 2),
@@ -241,6 +253,11 @@ def _modified(path: Path) -> float:
         return max(p.stat().st_mtime for p in [path, *path.iterdir()])
     except OSError:
         return -1.0
+
+
+def _live_count(distribution: ScoreDistribution) -> Callable[[], float]:
+    """A gauge function of this distribution's live count (bound now, not by the loop)."""
+    return lambda: distribution.live_count
 
 
 def _remove_if_present(gauge: Gauge, *labels: str) -> None:

@@ -58,4 +58,5 @@ class ScoringServicer(scoring_service_pb2_grpc.ScoringServiceServicer):
         if resolved_locale is None:
             violations.add("locale", "unsupported locale; use en or zh-CN")
         violations.raise_if_any()
+        assert pair is not None and resolved_locale is not None  # else a violation was raised
         return pair, resolved_locale

@@ -45,7 +45,8 @@ class _AccountStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Account
     ACCOUNT_STATUS_DECLINED: _AccountStatus.ValueType  # 5
     """The application was declined; no line."""
 
-class AccountStatus(_AccountStatus, metaclass=_AccountStatusEnumTypeWrapper): ...
+class AccountStatus(_AccountStatus, metaclass=_AccountStatusEnumTypeWrapper):
+    """The state of a line, and what it allows."""
 
 ACCOUNT_STATUS_UNSPECIFIED: AccountStatus.ValueType  # 0
 ACCOUNT_STATUS_ACTIVE: AccountStatus.ValueType  # 1
@@ -84,7 +85,8 @@ class _ConditionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Conditi
     CONDITION_TYPE_REOPENING_STAGE: _ConditionType.ValueType  # 8
     """A staged reopening before its last stage: no rewards or reviews raise the line."""
 
-class ConditionType(_ConditionType, metaclass=_ConditionTypeEnumTypeWrapper): ...
+class ConditionType(_ConditionType, metaclass=_ConditionTypeEnumTypeWrapper):
+    """A condition an account can be in, each with its restrictions and its exit."""
 
 CONDITION_TYPE_UNSPECIFIED: ConditionType.ValueType  # 0
 CONDITION_TYPE_WATCHLIST: ConditionType.ValueType  # 1
@@ -135,7 +137,8 @@ class _LimitEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LimitE
     LIMIT_EVENT_TYPE_BACK_WITHIN_LINE: _LimitEventType.ValueType  # 20
     """Repayments brought the drawn amount back under a reduced line."""
 
-class LimitEventType(_LimitEventType, metaclass=_LimitEventTypeEnumTypeWrapper): ...
+class LimitEventType(_LimitEventType, metaclass=_LimitEventTypeEnumTypeWrapper):
+    """The kind of decision a LimitEvent records."""
 
 LIMIT_EVENT_TYPE_UNSPECIFIED: LimitEventType.ValueType  # 0
 LIMIT_EVENT_TYPE_OPENED: LimitEventType.ValueType  # 1
@@ -177,7 +180,8 @@ class _ActorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActorKind.V
     ACTOR_KIND_REVIEW: _ActorKind.ValueType  # 4
     ACTOR_KIND_OPERATOR: _ActorKind.ValueType  # 5
 
-class ActorKind(_ActorKind, metaclass=_ActorKindEnumTypeWrapper): ...
+class ActorKind(_ActorKind, metaclass=_ActorKindEnumTypeWrapper):
+    """The kind of actor behind a decision."""
 
 ACTOR_KIND_UNSPECIFIED: ActorKind.ValueType  # 0
 ACTOR_KIND_CUSTOMER: ActorKind.ValueType  # 1
@@ -200,7 +204,8 @@ class _SignalSeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Signal
     SIGNAL_SEVERITY_HIGH: _SignalSeverity.ValueType  # 4
     SIGNAL_SEVERITY_CRITICAL: _SignalSeverity.ValueType  # 5
 
-class SignalSeverity(_SignalSeverity, metaclass=_SignalSeverityEnumTypeWrapper): ...
+class SignalSeverity(_SignalSeverity, metaclass=_SignalSeverityEnumTypeWrapper):
+    """How serious a signal is, from information to critical."""
 
 SIGNAL_SEVERITY_UNSPECIFIED: SignalSeverity.ValueType  # 0
 SIGNAL_SEVERITY_INFO: SignalSeverity.ValueType  # 1
@@ -221,7 +226,8 @@ class _AppealStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AppealSt
     APPEAL_STATUS_UPHELD: _AppealStatus.ValueType  # 2
     APPEAL_STATUS_REVERSED: _AppealStatus.ValueType  # 3
 
-class AppealStatus(_AppealStatus, metaclass=_AppealStatusEnumTypeWrapper): ...
+class AppealStatus(_AppealStatus, metaclass=_AppealStatusEnumTypeWrapper):
+    """Where an appeal stands."""
 
 APPEAL_STATUS_UNSPECIFIED: AppealStatus.ValueType  # 0
 APPEAL_STATUS_OPEN: AppealStatus.ValueType  # 1
@@ -457,6 +463,8 @@ Global___AccountCondition: _TypeAlias = AccountCondition  # noqa: Y015
 
 @_typing.final
 class HardshipArrangement(_message.Message):
+    """A hardship arrangement: what is drawn repaid over a new term, with no draws until it ends."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     START_TIME_FIELD_NUMBER: _builtins.int
@@ -640,6 +648,8 @@ Global___LimitEvent: _TypeAlias = LimitEvent  # noqa: Y015
 
 @_typing.final
 class OpenAccountRequest(_message.Message):
+    """An application for a line (OpenAccount)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -735,6 +745,8 @@ Global___OpenAccountResponse: _TypeAlias = OpenAccountResponse  # noqa: Y015
 
 @_typing.final
 class GetAccountRequest(_message.Message):
+    """The account to read (GetAccount)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
@@ -754,6 +766,8 @@ Global___GetAccountRequest: _TypeAlias = GetAccountRequest  # noqa: Y015
 
 @_typing.final
 class GetAccountResponse(_message.Message):
+    """The account as it is now."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -774,6 +788,8 @@ Global___GetAccountResponse: _TypeAlias = GetAccountResponse  # noqa: Y015
 
 @_typing.final
 class ListLimitEventsRequest(_message.Message):
+    """One page of an account's decision history (ListLimitEvents)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
@@ -801,6 +817,8 @@ Global___ListLimitEventsRequest: _TypeAlias = ListLimitEventsRequest  # noqa: Y0
 
 @_typing.final
 class ListLimitEventsResponse(_message.Message):
+    """Decisions, newest first; next_page_token is empty on the last page."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
@@ -824,6 +842,8 @@ Global___ListLimitEventsResponse: _TypeAlias = ListLimitEventsResponse  # noqa: 
 
 @_typing.final
 class DrawRequest(_message.Message):
+    """A draw on the line for one loan (Draw)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -861,6 +881,8 @@ Global___DrawRequest: _TypeAlias = DrawRequest  # noqa: Y015
 
 @_typing.final
 class DrawResponse(_message.Message):
+    """The account after the draw."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -881,6 +903,8 @@ Global___DrawResponse: _TypeAlias = DrawResponse  # noqa: Y015
 
 @_typing.final
 class RepayRequest(_message.Message):
+    """A repayment of principal on one loan (Repay)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -915,6 +939,8 @@ Global___RepayRequest: _TypeAlias = RepayRequest  # noqa: Y015
 
 @_typing.final
 class RepayResponse(_message.Message):
+    """The account after the repayment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -935,6 +961,8 @@ Global___RepayResponse: _TypeAlias = RepayResponse  # noqa: Y015
 
 @_typing.final
 class RequestIncreaseRequest(_message.Message):
+    """The customer's request for a higher line (RequestIncrease)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -976,6 +1004,8 @@ Global___RequestIncreaseRequest: _TypeAlias = RequestIncreaseRequest  # noqa: Y0
 
 @_typing.final
 class RequestIncreaseResponse(_message.Message):
+    """The decision on an increase: the new line, or a decline with what would change it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     APPROVED_FIELD_NUMBER: _builtins.int
@@ -1039,6 +1069,8 @@ Global___ReviewAccountRequest: _TypeAlias = ReviewAccountRequest  # noqa: Y015
 
 @_typing.final
 class ReviewAccountResponse(_message.Message):
+    """The account after the review, and the decision recorded."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1063,6 +1095,8 @@ Global___ReviewAccountResponse: _TypeAlias = ReviewAccountResponse  # noqa: Y015
 
 @_typing.final
 class RunReviewRequest(_message.Message):
+    """A review of every account that is due (RunReview)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1093,6 +1127,8 @@ Global___RunReviewRequest: _TypeAlias = RunReviewRequest  # noqa: Y015
 
 @_typing.final
 class RunReviewResponse(_message.Message):
+    """The progress of a review run: counts so far, with `done` set on the last message."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNTS_DUE_FIELD_NUMBER: _builtins.int
@@ -1264,6 +1300,8 @@ Global___RiskReport: _TypeAlias = RiskReport  # noqa: Y015
 
 @_typing.final
 class ReportSignalsRequest(_message.Message):
+    """Signals from monitoring (ReportSignals)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIGNALS_FIELD_NUMBER: _builtins.int
@@ -1315,6 +1353,8 @@ Global___SignalOutcome: _TypeAlias = SignalOutcome  # noqa: Y015
 
 @_typing.final
 class ReportSignalsResponse(_message.Message):
+    """One outcome per reported signal."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTCOMES_FIELD_NUMBER: _builtins.int
@@ -1335,6 +1375,8 @@ Global___ReportSignalsResponse: _TypeAlias = ReportSignalsResponse  # noqa: Y015
 
 @_typing.final
 class FreezeAccountRequest(_message.Message):
+    """An operator's freeze of a line, with its reason (FreezeAccount)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1363,6 +1405,8 @@ Global___FreezeAccountRequest: _TypeAlias = FreezeAccountRequest  # noqa: Y015
 
 @_typing.final
 class FreezeAccountResponse(_message.Message):
+    """The account after the freeze."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1383,6 +1427,8 @@ Global___FreezeAccountResponse: _TypeAlias = FreezeAccountResponse  # noqa: Y015
 
 @_typing.final
 class UnfreezeAccountRequest(_message.Message):
+    """An operator's lifting of a freeze, with its reason (UnfreezeAccount)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1411,6 +1457,8 @@ Global___UnfreezeAccountRequest: _TypeAlias = UnfreezeAccountRequest  # noqa: Y0
 
 @_typing.final
 class UnfreezeAccountResponse(_message.Message):
+    """The account after the freeze was lifted."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1431,6 +1479,8 @@ Global___UnfreezeAccountResponse: _TypeAlias = UnfreezeAccountResponse  # noqa: 
 
 @_typing.final
 class CloseAccountRequest(_message.Message):
+    """An operator's closure of a line, with its reason (CloseAccount)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1459,6 +1509,8 @@ Global___CloseAccountRequest: _TypeAlias = CloseAccountRequest  # noqa: Y015
 
 @_typing.final
 class CloseAccountResponse(_message.Message):
+    """The account after the closure."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1479,6 +1531,8 @@ Global___CloseAccountResponse: _TypeAlias = CloseAccountResponse  # noqa: Y015
 
 @_typing.final
 class ResolveAnomalyRequest(_message.Message):
+    """An operator's resolution of an account's open anomaly (ResolveAnomaly)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1508,6 +1562,8 @@ Global___ResolveAnomalyRequest: _TypeAlias = ResolveAnomalyRequest  # noqa: Y015
 
 @_typing.final
 class ResolveAnomalyResponse(_message.Message):
+    """The account after the anomaly was resolved."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1555,6 +1611,10 @@ Global___RequestReopenRequest: _TypeAlias = RequestReopenRequest  # noqa: Y015
 
 @_typing.final
 class RequestReopenResponse(_message.Message):
+    """The decision on a reopening: reopened at the stage's line, or declined with the earliest time to
+    ask again.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REOPENED_FIELD_NUMBER: _builtins.int
@@ -1586,6 +1646,8 @@ Global___RequestReopenResponse: _TypeAlias = RequestReopenResponse  # noqa: Y015
 
 @_typing.final
 class EnrollHardshipRequest(_message.Message):
+    """A hardship arrangement for an account (EnrollHardship)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1615,6 +1677,8 @@ Global___EnrollHardshipRequest: _TypeAlias = EnrollHardshipRequest  # noqa: Y015
 
 @_typing.final
 class EnrollHardshipResponse(_message.Message):
+    """The account with its arrangement."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1635,6 +1699,8 @@ Global___EnrollHardshipResponse: _TypeAlias = EnrollHardshipResponse  # noqa: Y0
 
 @_typing.final
 class SetPreferencesRequest(_message.Message):
+    """The customer's preferences for the line (SetPreferences)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1669,6 +1735,8 @@ Global___SetPreferencesRequest: _TypeAlias = SetPreferencesRequest  # noqa: Y015
 
 @_typing.final
 class SetPreferencesResponse(_message.Message):
+    """The account with its new preferences."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1689,6 +1757,8 @@ Global___SetPreferencesResponse: _TypeAlias = SetPreferencesResponse  # noqa: Y0
 
 @_typing.final
 class Appeal(_message.Message):
+    """A customer's appeal of one decision, and its resolution."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     APPEAL_ID_FIELD_NUMBER: _builtins.int
@@ -1733,6 +1803,8 @@ Global___Appeal: _TypeAlias = Appeal  # noqa: Y015
 
 @_typing.final
 class FileAppealRequest(_message.Message):
+    """An appeal of one decision of the account's history (FileAppeal)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1761,6 +1833,8 @@ Global___FileAppealRequest: _TypeAlias = FileAppealRequest  # noqa: Y015
 
 @_typing.final
 class FileAppealResponse(_message.Message):
+    """The appeal, open."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     APPEAL_FIELD_NUMBER: _builtins.int
@@ -1781,6 +1855,8 @@ Global___FileAppealResponse: _TypeAlias = FileAppealResponse  # noqa: Y015
 
 @_typing.final
 class ListAppealsRequest(_message.Message):
+    """One page of appeals, of one account or all, in one status or any (ListAppeals)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
@@ -1810,6 +1886,8 @@ Global___ListAppealsRequest: _TypeAlias = ListAppealsRequest  # noqa: Y015
 
 @_typing.final
 class ListAppealsResponse(_message.Message):
+    """Appeals, newest first; next_page_token is empty on the last page."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     APPEALS_FIELD_NUMBER: _builtins.int
@@ -1833,6 +1911,8 @@ Global___ListAppealsResponse: _TypeAlias = ListAppealsResponse  # noqa: Y015
 
 @_typing.final
 class ResolveAppealRequest(_message.Message):
+    """An operator's resolution of an open appeal (ResolveAppeal)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -1865,6 +1945,8 @@ Global___ResolveAppealRequest: _TypeAlias = ResolveAppealRequest  # noqa: Y015
 
 @_typing.final
 class ResolveAppealResponse(_message.Message):
+    """The appeal, resolved."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     APPEAL_FIELD_NUMBER: _builtins.int
@@ -1891,6 +1973,8 @@ Global___ResolveAppealResponse: _TypeAlias = ResolveAppealResponse  # noqa: Y015
 
 @_typing.final
 class SimulatePolicyRequest(_message.Message):
+    """A candidate policy to try on the book (SimulatePolicy)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
@@ -1950,6 +2034,8 @@ Global___TierImpact: _TypeAlias = TierImpact  # noqa: Y015
 
 @_typing.final
 class SimulatePolicyResponse(_message.Message):
+    """The candidate's effect on the open accounts: by tier and in total."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_VERSION_FIELD_NUMBER: _builtins.int

@@ -36,7 +36,8 @@ class _RepaymentTimingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Repay
     REPAYMENT_TIMING_PARTIAL: _RepaymentTiming.ValueType  # 3
     """Less than what was due."""
 
-class RepaymentTiming(_RepaymentTiming, metaclass=_RepaymentTimingEnumTypeWrapper): ...
+class RepaymentTiming(_RepaymentTiming, metaclass=_RepaymentTimingEnumTypeWrapper):
+    """How a repayment compares with what was due, and when."""
 
 REPAYMENT_TIMING_UNSPECIFIED: RepaymentTiming.ValueType  # 0
 REPAYMENT_TIMING_ON_TIME: RepaymentTiming.ValueType  # 1
@@ -58,7 +59,8 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     TRANSACTION_KIND_CASH_WITHDRAWAL: _TransactionKind.ValueType  # 2
     TRANSACTION_KIND_TRANSFER: _TransactionKind.ValueType  # 3
 
-class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper): ...
+class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper):
+    """The kind of a transaction on the line."""
 
 TRANSACTION_KIND_UNSPECIFIED: TransactionKind.ValueType  # 0
 TRANSACTION_KIND_PURCHASE: TransactionKind.ValueType  # 1
@@ -82,7 +84,8 @@ class _EventOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventOut
     from `expected_sequence` on.
     """
 
-class EventOutcome(_EventOutcome, metaclass=_EventOutcomeEnumTypeWrapper): ...
+class EventOutcome(_EventOutcome, metaclass=_EventOutcomeEnumTypeWrapper):
+    """What became of one event of a batch."""
 
 EVENT_OUTCOME_UNSPECIFIED: EventOutcome.ValueType  # 0
 EVENT_OUTCOME_APPLIED: EventOutcome.ValueType  # 1
@@ -109,7 +112,8 @@ class _AlertSeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertSe
     ALERT_SEVERITY_HIGH: _AlertSeverity.ValueType  # 4
     ALERT_SEVERITY_CRITICAL: _AlertSeverity.ValueType  # 5
 
-class AlertSeverity(_AlertSeverity, metaclass=_AlertSeverityEnumTypeWrapper): ...
+class AlertSeverity(_AlertSeverity, metaclass=_AlertSeverityEnumTypeWrapper):
+    """How serious an alert is, from information to critical."""
 
 ALERT_SEVERITY_UNSPECIFIED: AlertSeverity.ValueType  # 0
 ALERT_SEVERITY_INFO: AlertSeverity.ValueType  # 1
@@ -136,7 +140,8 @@ class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deliver
     DELIVERY_STATE_NOT_REPORTED: _DeliveryState.ValueType  # 4
     """Only an alert: the rules do not report this type to limits."""
 
-class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper): ...
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """Where the report of a signal to limits stands."""
 
 DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
 DELIVERY_STATE_PENDING: DeliveryState.ValueType  # 1
@@ -234,6 +239,8 @@ Global___RepaymentEvent: _TypeAlias = RepaymentEvent  # noqa: Y015
 
 @_typing.final
 class AccountOpened(_message.Message):
+    """The line was opened: the account's first event."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CREDIT_LINE_FIELD_NUMBER: _builtins.int
@@ -260,6 +267,8 @@ Global___AccountOpened: _TypeAlias = AccountOpened  # noqa: Y015
 
 @_typing.final
 class Instalment(_message.Message):
+    """One scheduled instalment of a loan."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DUE_TIME_FIELD_NUMBER: _builtins.int
@@ -316,6 +325,8 @@ Global___LineDrawn: _TypeAlias = LineDrawn  # noqa: Y015
 
 @_typing.final
 class InstalmentDue(_message.Message):
+    """An instalment of a loan fell due."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOAN_ID_FIELD_NUMBER: _builtins.int
@@ -342,6 +353,8 @@ Global___InstalmentDue: _TypeAlias = InstalmentDue  # noqa: Y015
 
 @_typing.final
 class Repayment(_message.Message):
+    """A repayment of an instalment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOAN_ID_FIELD_NUMBER: _builtins.int
@@ -396,6 +409,8 @@ Global___DaysPastDueUpdated: _TypeAlias = DaysPastDueUpdated  # noqa: Y015
 
 @_typing.final
 class PaymentMissed(_message.Message):
+    """An instalment was not paid by its due date."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOAN_ID_FIELD_NUMBER: _builtins.int
@@ -448,6 +463,8 @@ Global___CreditInquiry: _TypeAlias = CreditInquiry  # noqa: Y015
 
 @_typing.final
 class IncomeUpdated(_message.Message):
+    """The customer's monthly income changed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MONTHLY_INCOME_FIELD_NUMBER: _builtins.int
@@ -519,6 +536,8 @@ Global___CreditLineChanged: _TypeAlias = CreditLineChanged  # noqa: Y015
 
 @_typing.final
 class AccountClosed(_message.Message):
+    """The line was closed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -534,6 +553,8 @@ Global___AccountClosed: _TypeAlias = AccountClosed  # noqa: Y015
 
 @_typing.final
 class EventBatch(_message.Message):
+    """Events sent together and acknowledged together."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
@@ -560,6 +581,8 @@ Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
 
 @_typing.final
 class EventResult(_message.Message):
+    """The outcome of one event of a batch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
@@ -586,6 +609,8 @@ Global___EventResult: _TypeAlias = EventResult  # noqa: Y015
 
 @_typing.final
 class BatchAck(_message.Message):
+    """The acknowledgement of a batch, sent once its effects are durable."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
@@ -624,6 +649,8 @@ Global___BatchAck: _TypeAlias = BatchAck  # noqa: Y015
 
 @_typing.final
 class IngestRequest(_message.Message):
+    """One batch of the Ingest stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_FIELD_NUMBER: _builtins.int
@@ -644,6 +671,8 @@ Global___IngestRequest: _TypeAlias = IngestRequest  # noqa: Y015
 
 @_typing.final
 class IngestResponse(_message.Message):
+    """The acknowledgement of one batch of the Ingest stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACK_FIELD_NUMBER: _builtins.int
@@ -664,6 +693,8 @@ Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
 
 @_typing.final
 class PublishEventsRequest(_message.Message):
+    """One batch of events (PublishEvents)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCH_FIELD_NUMBER: _builtins.int
@@ -684,6 +715,8 @@ Global___PublishEventsRequest: _TypeAlias = PublishEventsRequest  # noqa: Y015
 
 @_typing.final
 class PublishEventsResponse(_message.Message):
+    """The acknowledgement of the batch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACK_FIELD_NUMBER: _builtins.int
@@ -792,6 +825,8 @@ Global___Alert: _TypeAlias = Alert  # noqa: Y015
 
 @_typing.final
 class AlertFilter(_message.Message):
+    """Which alerts: every condition that is set must hold."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEVERITIES_FIELD_NUMBER: _builtins.int
@@ -824,6 +859,8 @@ Global___AlertFilter: _TypeAlias = AlertFilter  # noqa: Y015
 
 @_typing.final
 class WatchAlertsRequest(_message.Message):
+    """The alerts to follow, and where to resume (WatchAlerts)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FILTER_FIELD_NUMBER: _builtins.int
@@ -848,6 +885,8 @@ Global___WatchAlertsRequest: _TypeAlias = WatchAlertsRequest  # noqa: Y015
 
 @_typing.final
 class WatchAlertsResponse(_message.Message):
+    """One item of the WatchAlerts stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALERT_FIELD_NUMBER: _builtins.int
@@ -874,6 +913,8 @@ Global___WatchAlertsResponse: _TypeAlias = WatchAlertsResponse  # noqa: Y015
 
 @_typing.final
 class ListAlertsRequest(_message.Message):
+    """One page of alerts (ListAlerts)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FILTER_FIELD_NUMBER: _builtins.int
@@ -901,6 +942,8 @@ Global___ListAlertsRequest: _TypeAlias = ListAlertsRequest  # noqa: Y015
 
 @_typing.final
 class ListAlertsResponse(_message.Message):
+    """Alerts, newest first; next_page_token is empty on the last page."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALERTS_FIELD_NUMBER: _builtins.int
@@ -924,6 +967,8 @@ Global___ListAlertsResponse: _TypeAlias = ListAlertsResponse  # noqa: Y015
 
 @_typing.final
 class GetAccountRiskRequest(_message.Message):
+    """The account whose risk to read (GetAccountRisk)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
@@ -947,6 +992,10 @@ Global___GetAccountRiskRequest: _TypeAlias = GetAccountRiskRequest  # noqa: Y015
 
 @_typing.final
 class AccountRisk(_message.Message):
+    """What monitoring knows of an account: its behaviour profile, its open signals and its latest
+    behaviour score.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -1033,6 +1082,8 @@ Global___AccountRisk: _TypeAlias = AccountRisk  # noqa: Y015
 
 @_typing.final
 class GetAccountRiskResponse(_message.Message):
+    """The account's risk."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RISK_FIELD_NUMBER: _builtins.int

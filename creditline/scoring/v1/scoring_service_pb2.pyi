@@ -32,7 +32,8 @@ class _FeatureTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeatureTy
     FEATURE_TYPE_NUMERIC: _FeatureType.ValueType  # 1
     FEATURE_TYPE_CATEGORICAL: _FeatureType.ValueType  # 2
 
-class FeatureType(_FeatureType, metaclass=_FeatureTypeEnumTypeWrapper): ...
+class FeatureType(_FeatureType, metaclass=_FeatureTypeEnumTypeWrapper):
+    """How a feature's values are given: a number or a category."""
 
 FEATURE_TYPE_UNSPECIFIED: FeatureType.ValueType  # 0
 FEATURE_TYPE_NUMERIC: FeatureType.ValueType  # 1
@@ -55,7 +56,8 @@ class _StabilityStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stabi
     STABILITY_STATUS_ACT: _StabilityStatus.ValueType  # 4
     """Index above 0.25: the population has moved; review the model."""
 
-class StabilityStatus(_StabilityStatus, metaclass=_StabilityStatusEnumTypeWrapper): ...
+class StabilityStatus(_StabilityStatus, metaclass=_StabilityStatusEnumTypeWrapper):
+    """What the population stability index says about the model."""
 
 STABILITY_STATUS_UNSPECIFIED: StabilityStatus.ValueType  # 0
 STABILITY_STATUS_INSUFFICIENT_DATA: StabilityStatus.ValueType  # 1
@@ -70,6 +72,8 @@ Global___StabilityStatus: _TypeAlias = StabilityStatus  # noqa: Y015
 
 @_typing.final
 class ScoreRequest(_message.Message):
+    """One applicant or account to score (Score)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -123,6 +127,8 @@ Global___ScoreRequest: _TypeAlias = ScoreRequest  # noqa: Y015
 
 @_typing.final
 class ScoreResponse(_message.Message):
+    """The score of one applicant or account, with its principal reasons."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROBABILITY_OF_DEFAULT_FIELD_NUMBER: _builtins.int
@@ -167,6 +173,8 @@ Global___ScoreResponse: _TypeAlias = ScoreResponse  # noqa: Y015
 
 @_typing.final
 class BatchScoreRequest(_message.Message):
+    """Rows to score as one batch (BatchScore)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
@@ -231,6 +239,8 @@ Global___FeatureColumn: _TypeAlias = FeatureColumn  # noqa: Y015
 
 @_typing.final
 class BatchScoreResponse(_message.Message):
+    """The scores of a batch, one per row."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -323,6 +333,8 @@ Global___ScoreResult: _TypeAlias = ScoreResult  # noqa: Y015
 
 @_typing.final
 class GetModelRequest(_message.Message):
+    """The model to describe (GetModel)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -343,6 +355,8 @@ Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
 
 @_typing.final
 class GetModelResponse(_message.Message):
+    """The model with its card and its live population stability."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
@@ -363,6 +377,8 @@ Global___GetModelResponse: _TypeAlias = GetModelResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
+    """Lists every served model; takes no parameters (ListModels)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -378,6 +394,8 @@ Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
 
 @_typing.final
 class ListModelsResponse(_message.Message):
+    """Every served model."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODELS_FIELD_NUMBER: _builtins.int

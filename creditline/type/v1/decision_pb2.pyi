@@ -33,7 +33,8 @@ class _ReasonSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonSo
     REASON_SOURCE_OPERATOR: _ReasonSource.ValueType  # 3
     """An operator's decision."""
 
-class ReasonSource(_ReasonSource, metaclass=_ReasonSourceEnumTypeWrapper): ...
+class ReasonSource(_ReasonSource, metaclass=_ReasonSourceEnumTypeWrapper):
+    """Where a decision reason comes from."""
 
 REASON_SOURCE_UNSPECIFIED: ReasonSource.ValueType  # 0
 REASON_SOURCE_MODEL: ReasonSource.ValueType  # 1

@@ -27,10 +27,9 @@ def train_with_progress(
     created_at is pinned by default so retraining reproduces the committed bytes; pass None
     for SOURCE_DATE_EPOCH or the current time.
     """
-    names = MODEL_NAMES if name is None else (name,)
-    unknown = [n for n in names if n not in MODEL_NAMES]
-    if unknown:
-        raise ValueError(f"unknown model {unknown[0]!r}; one of {', '.join(MODEL_NAMES)}")
+    names = tuple(n for n in MODEL_NAMES if name is None or n == name)
+    if not names:
+        raise ValueError(f"unknown model {name!r}; one of {', '.join(MODEL_NAMES)}")
     console = Console()
     published = []
     columns = (TextColumn("{task.description:<42}"), BarColumn(), TimeElapsedColumn())

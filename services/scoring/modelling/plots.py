@@ -53,7 +53,7 @@ def score_distribution_png(
     ):
         axes.hist(
             scores[mask],
-            bins=edges,
+            bins=edges.tolist(),
             alpha=0.6,
             density=True,
             color=colour,

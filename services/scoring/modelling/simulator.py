@@ -42,7 +42,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.scoring.modelling.features import FeatureSpec, TrainingData, numeric_feature
+from services.scoring.modelling.features import (
+    FeatureSpec,
+    RiskDirection,
+    TrainingData,
+    numeric_feature,
+)
 
 DAYS_PER_MONTH = 30
 OUTCOME_MONTHS = 12
@@ -239,7 +244,8 @@ def simulate_accounts(n: int, seed: int, months: int = 48) -> list[AccountHistor
     ]
 
 
-UP, DOWN = "increasing_risk", "decreasing_risk"
+UP: RiskDirection = "increasing_risk"
+DOWN: RiskDirection = "decreasing_risk"
 DPD_BUCKETS = (1, 30, 60)  # 0, 1-29, 30-59, 60+ days past due
 BEHAVIOUR_FEATURES: tuple[FeatureSpec, ...] = (
     numeric_feature(
@@ -488,7 +494,7 @@ def defaults_within(
 ) -> np.ndarray:
     """1 where an account is 90+ days past due at a month end in (month, month + horizon]."""
     dpd = _stack(histories, "days_past_due")[:, month + 1 : month + 1 + horizon]
-    return (dpd >= DEFAULT_DAYS_PAST_DUE).any(axis=1).astype(np.int8)
+    return np.asarray((dpd >= DEFAULT_DAYS_PAST_DUE).any(axis=1), dtype=np.int8)
 
 
 def simulated_training_data(n_accounts: int, seed: int, months: int = 48) -> TrainingData:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -140,7 +140,7 @@ def _feature_card(spec: FeatureSpec, points: np.ndarray, binner) -> dict:
     `bin_points` are the reason points of each bin (numeric: bins in order, a bin starting at
     each of `cut_points`) or category, so a reader can see what would change a score.
     """
-    card = {"name": spec.name, "type": spec.kind, "description": spec.description}
+    card: dict[str, Any] = {"name": spec.name, "type": spec.kind, "description": spec.description}
     if spec.kind == "numeric":
         card.update(
             {
