@@ -58,12 +58,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def service_process(name: str, settings: dict[str, str], log: Path) -> Iterator[tuple]:
-    """`python -m services.<name>` on a free port with the given settings (names without the
-    CREDITLINE_<NAME>_ prefix), output to `log`, serving; yields the process and its address.
-    Stopped with SIGTERM at the end (killed if it outlives 30 s), unless a test killed it."""
+def service_process(
+    name: str, settings: dict[str, str], log: Path, port: int | None = None
+) -> Iterator[tuple]:
+    """`python -m services.<name>` on `port` (a free one by default) with the given settings
+    (names without the CREDITLINE_<NAME>_ prefix), output to `log`, serving; yields the process
+    and its address. Stopped with SIGTERM at the end (killed if it outlives 30 s), unless a test
+    killed it."""
     prefix = f"CREDITLINE_{name.upper()}_"
-    port = free_port()
+    port = port or free_port()
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

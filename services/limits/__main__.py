@@ -9,6 +9,7 @@ from services.common.periodic import Periodic
 from services.common.server import GrpcServer, ServiceBinding, catch_shutdown_signals
 from services.common.settings import load_settings
 from services.common.tracing import configure_tracing
+from services.limits import metrics
 from services.limits.policy import PolicyError, PolicyHolder
 from services.limits.scoring_client import ScoringClient
 from services.limits.servicer import LimitsServicer
@@ -33,9 +34,17 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
     watcher = Periodic(
         settings.policy_reload_interval_seconds, policies.reload_if_changed, "policy-watcher"
     )
+    # The book's totals by tier for /metrics: one aggregate query on a timer, not per call.
+    book = Periodic(
+        settings.book_metrics_interval_seconds,
+        lambda: metrics.refresh_book(servicer.app.book_by_tier),
+        "book-metrics",
+        immediately=True,
+    )
 
     def on_stop() -> None:
         watcher.stop()
+        book.stop()
         servicer.close()
 
     server = GrpcServer(
@@ -52,6 +61,8 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
     servicer.attach_store(LimitsStore.open(settings.database_url))
     if settings.policy_reload_interval_seconds > 0:
         watcher.start()
+    if settings.book_metrics_interval_seconds > 0:
+        book.start()
     server.mark_ready()
     return server
 

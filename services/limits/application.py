@@ -8,10 +8,11 @@ that time or its state opened are recorded as events first), so no path forgets 
 """
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from services.common.context import current_principal
 from services.common.errors import (
@@ -23,7 +24,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.limits import decisions, ledger
+from services.limits import decisions, ledger, metrics
 from services.limits.decisions import (
     SIMULATED_OUTCOMES,
     Affordability,
@@ -93,7 +94,7 @@ class Respond(Generic[R, M]):
 class OpenAccount:
     key: Idempotency
     customer_id: str
-    application_features: dict  # the application model's inputs, as the caller gave them
+    application_features: Mapping[str, object]  # the application model's inputs, as given
     affordability: Affordability
 
 
@@ -246,6 +247,11 @@ class LimitsApplication:
         with self.store.read() as uow:
             return uow.list_appeals(account_id, status, limit, before)
 
+    def book_by_tier(self) -> list[tuple[str | None, int, int, int]]:
+        """The open lines by tier, for the metrics: (tier, lines, total line, total drawn)."""
+        with self.store.read() as uow:
+            return uow.book_by_tier()
+
     # -- opening ----------------------------------------------------------------------------
 
     def open_account(self, command: OpenAccount, respond: Respond[Outcome, M]) -> M:
@@ -264,7 +270,7 @@ class LimitsApplication:
                 ctx, _new_id(), command.customer_id, score, command.affordability
             )
             uow.insert_account(decision.account)
-            uow.append_event(decision.event)
+            uow.append_event(_recorded(decision))
             return _outcome(decision)
 
         return self._once(command.key, respond, policy, ActorKind.customer, decide)
@@ -283,6 +289,14 @@ class LimitsApplication:
     # -- the ledger -------------------------------------------------------------------------
 
     def move_credit(self, command: MoveCredit, respond: Respond[Outcome, M]) -> M:
+        try:
+            return self._move_credit(command, respond)
+        except FailedPrecondition as refusal:
+            if command.purpose is not None:  # a draw, refused: counted, and answered as it was
+                metrics.DRAWS_REFUSED.labels(refusal.reason).inc()
+            raise
+
+    def _move_credit(self, command: MoveCredit, respond: Respond[Outcome, M]) -> M:
         def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
             account = self._open(uow, ctx, command.account_id, command.etag)
             if command.currency_code != account.currency_code:
@@ -333,7 +347,9 @@ class LimitsApplication:
     def request_reopen(self, command: ScoredRequest, respond: Respond[Outcome, M]) -> M:
         return self._scored(command, respond, ActorKind.customer, decisions.request_reopen)
 
-    def _scored(self, command: ScoredRequest, respond, actor: ActorKind, rule) -> Message:
+    def _scored(
+        self, command: ScoredRequest, respond: Respond[Outcome, M], actor: ActorKind, rule
+    ) -> M:
         if (replayed := self._replayed(command.key, respond)) is not None:
             return replayed
         policy = self.policies.policy
@@ -382,6 +398,12 @@ class LimitsApplication:
                 run.as_of, run.last_account_id
             )
         yield run, due
+        with metrics.REVIEWS.tracking() as progressed:
+            yield from self._review_pages(run, due, progressed)
+
+    def _review_pages(
+        self, run: ReviewRun, due: int, progressed: Callable[[], None]
+    ) -> Iterator[tuple]:
         while not run.done:
             policy = self.policies.policy
             with self.store.read() as uow:
@@ -389,13 +411,16 @@ class LimitsApplication:
             scores = dict(
                 zip((a.account_id for a in page), self._score_accounts(policy, page), strict=True)
             )
-            with self.store.unit_of_work() as uow:
+            with self._writing() as uow:
                 stored = uow.get_review_run(run.run_id, lock=True)
+                if stored is None:  # saved before the first page, and never deleted
+                    raise RuntimeError(f"review run {run.run_id} is gone")
                 if stored == run:
                     run = self._review_page(uow, policy, run, page, scores)
                     uow.save_review_run(run)
                 else:  # another call resumed this run meanwhile: carry on from where it is
                     run = stored
+            progressed()
             yield run, due
 
     def _review_page(self, uow, policy, run: ReviewRun, page, scores) -> ReviewRun:
@@ -412,7 +437,7 @@ class LimitsApplication:
         ]
         accounts, events = [], []
         for recorded, decision in _reviewed(ctx, due, scores):
-            outcome = decision.event.type.value
+            outcome = _recorded(decision).type.value
             counts[outcome] = counts.get(outcome, 0) + 1
             counts["reviewed"] = counts.get("reviewed", 0) + 1
             accounts.append(decision.account)
@@ -445,7 +470,7 @@ class LimitsApplication:
                 tier = candidate.tier_for(before.risk_band or "E")
                 name = tier.name if tier else "declined"
                 impact = tiers.get(name, TierImpact())
-                outcome = SIMULATED_OUTCOMES[decision.event.type]
+                outcome = SIMULATED_OUTCOMES[_recorded(decision).type]
                 change = decision.account.line.credit_line - before.line.credit_line
                 tiers[name] = TierImpact(
                     accounts=impact.accounts + 1,
@@ -463,7 +488,7 @@ class LimitsApplication:
                 self._read(uow, policy, account_id)  # NOT_FOUND before anything is applied
         outcomes = []
         for signal, account_id in zip(signals, account_ids, strict=True):
-            with self.store.unit_of_work() as uow:
+            with self._writing() as uow:
                 outcomes.append(self._apply_signal(uow, policy, signal, account_id))
         return outcomes
 
@@ -498,7 +523,7 @@ class LimitsApplication:
     def resolve_anomaly(self, command: OperatorAction, respond: Respond[Outcome, M]) -> M:
         return self._operator(command, respond, decisions.resolve_anomaly)
 
-    def _operator(self, command: OperatorAction, respond, rule) -> Message:
+    def _operator(self, command: OperatorAction, respond: Respond[Outcome, M], rule) -> M:
         def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
             account = self._open(uow, ctx, command.account_id, command.etag)
             decision = rule(ctx, account, command.note)
@@ -566,6 +591,8 @@ class LimitsApplication:
             if command.reverse:
                 account = self._open(uow, ctx, appeal.account_id, "")
                 appealed = uow.get_event(appeal.event_id)
+                if appealed is None:  # FileAppeal found it, and events are never deleted
+                    raise NotFound("no such decision on this account", reason="EVENT_NOT_FOUND")
                 decision = decisions.reverse(ctx, account, appealed, uow.events_after(appealed))
                 account, event = self._apply(uow, decision), decision.event
             appeal = replace(
@@ -581,7 +608,7 @@ class LimitsApplication:
 
     # -- shared steps -----------------------------------------------------------------------
 
-    def _replayed(self, key: Idempotency, respond: Respond) -> Message | None:
+    def _replayed(self, key: Idempotency, respond: Respond[Any, M]) -> M | None:
         """The stored answer to a request id, read before any scoring is done."""
         with self.store.read() as uow:
             return _replay(uow, key, respond)
@@ -597,7 +624,7 @@ class LimitsApplication:
         """One unit of work under one policy snapshot, answered once per request id: a replay
         returns the stored answer; a new answer is stored with the change it made."""
         ctx = self._context(policy or self.policies.policy, key.request_id, actor)
-        with self.store.unit_of_work() as uow:
+        with self._writing() as uow:
             if (replayed := _replay(uow, key, respond)) is not None:
                 return replayed
             outcome = replace(decide(uow, ctx), policy=ctx.policy, decided_at=ctx.now)
@@ -606,6 +633,15 @@ class LimitsApplication:
                 key.request_id, key.method, key.fingerprint, answer.SerializeToString()
             )
             return answer
+
+    @contextmanager
+    def _writing(self) -> Iterator[UnitOfWork]:
+        """A unit of work whose stored events are counted in the metrics once it commits:
+        every decision of every path (a call's own, the exits `_open` records first, a review
+        page's) is stored through it, and a rolled-back or dry-run one counts nothing."""
+        with self.store.unit_of_work() as uow:
+            yield uow
+        metrics.count_decisions(uow.appended)
 
     def _context(self, policy: Policy, request_id: str, actor: ActorKind) -> Context:
         # Operators and services are named on the events they cause: the authenticated
@@ -635,7 +671,7 @@ class LimitsApplication:
                 metadata={"etag": account.etag},
             )
         for exit_decision in decisions.settle(ctx, account, at):
-            uow.append_event(exit_decision.event)
+            uow.append_event(_recorded(exit_decision))
             account = exit_decision.account
         return decisions.current(account, ctx.policy, ctx.now)
 
@@ -656,14 +692,14 @@ def _reviewed(
     for account in accounts:
         events = []
         for exit_decision in decisions.settle(ctx, account):
-            events.append(exit_decision.event)
+            events.append(_recorded(exit_decision))
             account = exit_decision.account
         account = decisions.current(account, ctx.policy, ctx.now)
         decision = decisions.review(ctx, account, scores.get(account.account_id))
-        yield [*events, decision.event], decision
+        yield [*events, _recorded(decision)], decision
 
 
-def _replay(uow: UnitOfWork, key: Idempotency, respond: Respond) -> Message | None:
+def _replay(uow: UnitOfWork, key: Idempotency, respond: Respond[Any, M]) -> M | None:
     record = uow.find_idempotent(key.request_id)
     if record is None:
         return None
@@ -674,6 +710,13 @@ def _replay(uow: UnitOfWork, key: Idempotency, respond: Respond) -> Message | No
             metadata={"request_id": key.request_id},
         )
     return respond.parse(record.response)
+
+
+def _recorded(decision: Decision) -> LimitEvent:
+    """The event of a decision that always records one: an opening, a review, an exit."""
+    if decision.event is None:
+        raise ValueError(f"a decision without its event: {decision.account.account_id}")
+    return decision.event
 
 
 def _outcome(decision: Decision, account: Account | None = None) -> Outcome:

@@ -27,3 +27,8 @@ class LimitsSettings(ServiceSettings):
     scoring_timeout_seconds: float = Field(
         2.0, gt=0, description="Deadline of a call to scoring when the caller set none."
     )
+    book_metrics_interval_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How often the open lines' totals by tier are computed for /metrics; 0: never.",
+    )

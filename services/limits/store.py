@@ -59,6 +59,7 @@ from services.limits.records import (
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 REVIEWABLE_STATUSES = (AccountStatus.active.value, AccountStatus.watchlist.value)
+OPEN_STATUSES = (*REVIEWABLE_STATUSES, AccountStatus.frozen.value)
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,8 @@ class UnitOfWork:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        # The events this unit of work stored, for the metrics once it has committed.
+        self.appended: list[LimitEvent] = []
 
     # Idempotency (AIP-155).
 
@@ -401,6 +404,21 @@ class UnitOfWork:
             query.where(*_due_for_review(as_of, after_account_id))
         ).scalar_one()
 
+    def book_by_tier(self) -> list[tuple[str | None, int, int, int]]:
+        """The open lines (active, watchlisted, frozen) by tier: (tier, lines, total credit
+        line, total drawn), in one aggregate query."""
+        query = (
+            select(
+                accounts.c.tier,
+                func.count(),
+                func.coalesce(func.sum(accounts.c.credit_line), 0),
+                func.coalesce(func.sum(accounts.c.drawn), 0),
+            )
+            .where(accounts.c.status.in_(OPEN_STATUSES))
+            .group_by(accounts.c.tier)
+        )
+        return [(row[0], int(row[1]), int(row[2]), int(row[3])) for row in self._all(query)]
+
     # History.
 
     def append_event(self, event: LimitEvent) -> None:
@@ -408,11 +426,13 @@ class UnitOfWork:
             raise AlreadyExists(
                 f"event {event.event_id} already exists", metadata={"event_id": event.event_id}
             )
+        self.appended.append(event)
 
     def append_events(self, events: list[LimitEvent]) -> None:
         """Appends many new events in one statement; their ids are fresh, so none conflicts."""
         if events:
             self._connection.execute(insert(limit_events), [_event_values(e) for e in events])
+            self.appended.extend(events)
 
     def events_after(self, event: LimitEvent) -> list[LimitEvent]:
         """The account's events after `event`, oldest first."""

@@ -63,7 +63,7 @@ def signal_message(alert: AlertRecord) -> limits_pb.Signal:
         signal_id=alert.signal_id,
         account_id=alert.account_id,
         type=signal_type,
-        severity=int(alert.severity),  # the two enums share their numbers
+        severity=limits_pb.SignalSeverity.ValueType(alert.severity),  # the same numbers
         days_past_due=days_past_due,
         loan_id=alert.evidence.get("loan_id", ""),
         evidence=alert.evidence,
@@ -117,6 +117,9 @@ class SignalDelivery(BackgroundWorker):
     def deliver_once(self) -> int:
         """Sends one batch of pending signals; returns how many were settled (0: none)."""
         if not self._hold_lease():
+            # The replica holding the lease reports the outbox's age; a stale one from when
+            # this replica held it would keep the backlog alert firing.
+            metrics.OUTBOX_OLDEST_SECONDS.set(0.0)
             return 0
         with self.store.read() as uow:
             pending = uow.pending_signals(self.batch_size)

@@ -1,5 +1,5 @@
-"""Monitoring's own Prometheus metrics: what was ingested, what was raised, how far the outbox
-and rescoring are behind."""
+"""Monitoring's own Prometheus metrics: what was ingested and how late, what was raised, how far
+the outbox and rescoring are behind."""
 
 from collections import Counter as Tally
 from collections.abc import Iterable
@@ -10,6 +10,11 @@ EVENTS_INGESTED = Counter(
     "creditline_monitoring_events_total",
     "Events received, by outcome (applied, duplicate, out_of_sequence).",
     ["outcome"],
+)
+EVENT_LAG_SECONDS = Histogram(
+    "creditline_monitoring_event_lag_seconds",
+    "Time from an applied event's own time to the commit that applied it (ingestion lag).",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600),
 )
 BATCH_SECONDS = Histogram(
     "creditline_monitoring_batch_seconds",
@@ -38,6 +43,15 @@ OUTBOX_OLDEST_SECONDS = Gauge(
 ACCOUNTS_RESCORED = Counter(
     "creditline_monitoring_accounts_rescored_total", "Accounts scored again after moving."
 )
+
+
+def observe_event_lag(events: Iterable, results: Iterable, now: float) -> None:
+    """The lag of each event a batch applied (not its duplicates), at `now` (epoch seconds)."""
+    applied = {r.event_id for r in results if r.outcome == "applied"}
+    for event in events:
+        if event.event_id in applied:
+            applied.discard(event.event_id)  # the same id twice in a batch applies once
+            EVENT_LAG_SECONDS.observe(max(0.0, now - event.at))
 
 
 def count_signals(raised: Iterable) -> None:

@@ -130,6 +130,7 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         rules = self.rules.rules
         with metrics.BATCH_SECONDS.time(), self.store.unit_of_work() as uow:
             result = ingest(uow, events, rules, self.clock())
+        metrics.observe_event_lag(events, result.results, time.time())
         self._after_commit(result)
         return converters.ack_message(batch.batch_id, result)
 

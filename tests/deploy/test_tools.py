@@ -15,7 +15,7 @@ from tests.deploy.conftest import ROOT, TARGETS, tool
 # native gRPC probes (1.27), unhealthyPodEvictionPolicy (1.31 GA) and the rest are all there.
 KUBERNETES_VERSIONS = ("1.30", "1.31", "1.32", "1.33", "1.34", "1.35", "1.36", "1.37")
 # Kinds from CRDs, which kubernetes-validate has no schema for; tests check them structurally.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 # Every check skipped, where it is skipped, and why (the reason is also written beside each skip).
 SKIPPED_CHECKS = {
