@@ -1,7 +1,9 @@
 """A client that knows a service only through server reflection, as grpcurl does.
 
-It fetches the descriptors from the server, builds request messages from JSON bodies and
-prints responses as JSON: the same bodies the README's grpcurl commands send.
+It fetches the descriptors from the server, builds request messages from JSON bodies (the same
+bodies the README's grpcurl commands send) and returns responses as dicts keyed by the JSON
+field names (`riskBand`, where grpcurl prints the proto name `risk_band`), for tests that look
+inside them. The real grpcurl runs the README in tests/test_readme_grpcurl.py.
 """
 
 import itertools

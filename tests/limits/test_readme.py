@@ -1,7 +1,8 @@
 """The README's limits grpcurl commands, sent as printed through a reflection-only client.
 
-The README opens an account with `ACCOUNT=$(grpcurl ... | jq -r .account.accountId)` and
-then uses `$ACCOUNT` in the bodies that follow; the test does the same with the real id.
+The README opens an account with `ACCOUNT=$(grpcurl ... | jq -r .account.account_id)` and
+then uses `$ACCOUNT` in the bodies that follow; the test does the same with the real id. The real
+grpcurl runs the same commands in tests/test_readme_grpcurl.py.
 """
 
 import re
@@ -49,8 +50,9 @@ def readme_commands() -> list[Command]:
 
 
 def jq(document: dict, path: str):
+    # The path names proto fields, as grpcurl prints them; this client prints JSON names.
     for key in path.strip(".").split("."):
-        document = document[key]
+        document = document[re.sub(r"_(\w)", lambda m: m[1].upper(), key)]
     return document
 
 
@@ -83,9 +85,9 @@ def test_readme_has_the_documented_commands():
     verbs = [c.method.rsplit("/", 1)[-1] for c in commands]
     assert verbs[:2] == ["list", SERVICE]
     assert verbs[2:] == ["OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount"]
-    assert commands[2].sets == "ACCOUNT" and commands[2].jq_path == ".account.accountId"
+    assert commands[2].sets == "ACCOUNT" and commands[2].jq_path == ".account.account_id"
     for command in commands[3:]:
-        assert '"accountId": "$ACCOUNT"' in command.body({"ACCOUNT": "$ACCOUNT"})
+        assert '"account_id": "$ACCOUNT"' in command.body({"ACCOUNT": "$ACCOUNT"})
 
 
 @pytest.fixture

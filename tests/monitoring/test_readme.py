@@ -1,4 +1,7 @@
-"""The README's monitoring grpcurl commands, sent as printed through a reflection-only client."""
+"""The README's monitoring grpcurl commands, sent as printed through a reflection-only client.
+
+The real grpcurl runs the same commands in tests/test_readme_grpcurl.py.
+"""
 
 import shlex
 from pathlib import Path
@@ -14,8 +17,10 @@ SERVICE = "creditline.monitoring.v1.MonitoringService"
 
 
 def readme_commands() -> list[list[str]]:
+    # Without the shell around a command: the watch's `|| [ $? -eq 68 ]` (grpcurl's exit code
+    # when its -max-time ends the watch).
     return [
-        shlex.split(line)
+        shlex.split(line.partition(" || ")[0])
         for line in README.read_text().splitlines()
         if line.startswith("grpcurl ") and ADDRESS in line
     ]

@@ -1,4 +1,5 @@
-"""The README's grpcurl commands, sent as printed through a reflection-only client."""
+"""The README's grpcurl commands, sent as printed through a reflection-only client (the real
+grpcurl runs them in tests/test_readme_grpcurl.py)."""
 
 import re
 import shlex
