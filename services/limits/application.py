@@ -33,6 +33,7 @@ from services.limits.decisions import (
     IncreaseHistory,
     Score,
     Signal,
+    Unscored,
 )
 from services.limits.policy import Policy, PolicyHolder
 from services.limits.records import (
@@ -64,7 +65,7 @@ class Scorer(Protocol):
 
     def score(self, model: str, features) -> Score: ...
 
-    def batch_score(self, model: str, rows: list[dict[str, float]]) -> list[Score | None]: ...
+    def batch_score(self, model: str, rows: list[dict[str, float]]) -> list[Score | Unscored]: ...
 
     def close(self) -> None: ...
 
@@ -194,9 +195,19 @@ class SignalOutcome:
 
 
 @dataclass(frozen=True)
+class ReviewProgress:
+    """How far a review run got: the run, the accounts due when it started, and the accounts
+    the page just done left undecided, with why."""
+
+    run: ReviewRun
+    due: int
+    undecided: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class TierImpact:
     accounts: int = 0
-    counts: dict[str, int] = field(default_factory=dict)  # rise, fall, unchanged
+    counts: dict[str, int] = field(default_factory=dict)  # rise, fall, unchanged, undecided
     exposure_change: int = 0
 
 
@@ -363,15 +374,25 @@ class LimitsApplication:
         return self._once(command.key, respond, policy, actor, decide)
 
     def _score_risk_state(self, policy: Policy, account_id: str) -> Score | None:
-        """The account's reported behaviour scored, or None where it is not fresh."""
+        """The account's reported behaviour scored, or None where it is not fresh. A state the
+        model cannot score is no decision on a guess: FAILED_PRECONDITION, with why."""
         with self.store.read() as uow:
             account = self._read(uow, policy, account_id)
-        return self._score_accounts(policy, [account])[0]
+        score = self._score_accounts(policy, [account])[0]
+        if isinstance(score, Unscored):
+            raise FailedPrecondition(
+                f"the account's reported behaviour cannot be scored: {score.reason}",
+                reason="RISK_STATE_UNSCORABLE",
+            )
+        return score
 
-    def _score_accounts(self, policy: Policy, accounts: list[Account]) -> list[Score | None]:
+    def _score_accounts(
+        self, policy: Policy, accounts: list[Account]
+    ) -> list[Score | Unscored | None]:
+        """Each account's risk state scored (None where it is not fresh)."""
         now = self.clock()
         fresh = [i for i, a in enumerate(accounts) if decisions.is_fresh(policy, a.risk, now)]
-        scores: list[Score | None] = [None] * len(accounts)
+        scores: list[Score | Unscored | None] = [None] * len(accounts)
         if fresh:
             rows = [accounts[i].risk.profile for i in fresh]
             for i, score in zip(fresh, self.scoring.batch_score("behaviour", rows), strict=True):
@@ -380,9 +401,12 @@ class LimitsApplication:
 
     # -- the book ---------------------------------------------------------------------------
 
-    def run_review(self, run_id: str, as_of: datetime | None, dry_run: bool) -> Iterator[tuple]:
+    def run_review(
+        self, run_id: str, as_of: datetime | None, dry_run: bool
+    ) -> Iterator[ReviewProgress]:
         """Reviews every due account a page per transaction with the run's progress, so a run
-        resumed by its id after a crash applies nothing twice. Yields (run, accounts due)."""
+        resumed by its id after a crash applies nothing twice. An account whose risk state
+        cannot be scored is left as it is, recorded with why, and the run goes on."""
         with self.store.unit_of_work() as uow:
             run = uow.get_review_run(run_id)
             if run is None:
@@ -397,13 +421,13 @@ class LimitsApplication:
             due = run.counts.get("reviewed", 0) + uow.count_accounts_due_for_review(
                 run.as_of, run.last_account_id
             )
-        yield run, due
+        yield ReviewProgress(run, due)
         with metrics.REVIEWS.tracking() as progressed:
             yield from self._review_pages(run, due, progressed)
 
     def _review_pages(
         self, run: ReviewRun, due: int, progressed: Callable[[], None]
-    ) -> Iterator[tuple]:
+    ) -> Iterator[ReviewProgress]:
         while not run.done:
             policy = self.policies.policy
             with self.store.read() as uow:
@@ -411,21 +435,25 @@ class LimitsApplication:
             scores = dict(
                 zip((a.account_id for a in page), self._score_accounts(policy, page), strict=True)
             )
+            undecided: list[tuple[str, str]] = []
             with self._writing() as uow:
                 stored = uow.get_review_run(run.run_id, lock=True)
                 if stored is None:  # saved before the first page, and never deleted
                     raise RuntimeError(f"review run {run.run_id} is gone")
                 if stored == run:
-                    run = self._review_page(uow, policy, run, page, scores)
+                    run, undecided = self._review_page(uow, policy, run, page, scores)
                     uow.save_review_run(run)
                 else:  # another call resumed this run meanwhile: carry on from where it is
                     run = stored
             progressed()
-            yield run, due
+            yield ReviewProgress(run, due, undecided)
 
-    def _review_page(self, uow, policy, run: ReviewRun, page, scores) -> ReviewRun:
+    def _review_page(
+        self, uow, policy, run: ReviewRun, page, scores
+    ) -> tuple[ReviewRun, list[tuple[str, str]]]:
+        """Reviews one page; returns the run moved on, and the accounts it left undecided."""
         if not page:
-            return replace(run, done=True)
+            return replace(run, done=True), []
         counts = dict(run.counts)
         ctx = self._context(policy, run.run_id, ActorKind.review)
         due = [  # still due and open: a signal may have closed one since the page was read
@@ -435,17 +463,23 @@ class LimitsApplication:
             and account.next_review_at is not None
             and account.next_review_at <= run.as_of
         ]
-        accounts, events = [], []
-        for recorded, decision in _reviewed(ctx, due, scores):
+        accounts, events, undecided = [], [], []
+        for account, recorded, decision in _reviewed(ctx, due, scores):
+            if isinstance(decision, Unscored):
+                undecided.append((account.account_id, decision.reason))
+                continue
             outcome = _recorded(decision).type.value
             counts[outcome] = counts.get(outcome, 0) + 1
             counts["reviewed"] = counts.get("reviewed", 0) + 1
             accounts.append(decision.account)
             events.extend(recorded)
+        if undecided:
+            counts["undecided"] = counts.get("undecided", 0) + len(undecided)
+            uow.add_review_exceptions(run.run_id, undecided)
         if not run.dry_run:
             uow.save_accounts(accounts)
             uow.append_events(events)
-        return replace(run, last_account_id=page[-1].account_id, counts=counts)
+        return replace(run, last_account_id=page[-1].account_id, counts=counts), undecided
 
     def simulate(self, candidate: Policy) -> dict[str, TierImpact]:
         """What a review of every open account under `candidate` would do now, through the
@@ -466,12 +500,15 @@ class LimitsApplication:
                     strict=True,
                 )
             )
-            for (_, decision), before in zip(_reviewed(ctx, page, scores), page, strict=True):
+            for before, _, decision in _reviewed(ctx, page, scores):
                 tier = candidate.tier_for(before.risk_band or "E")
                 name = tier.name if tier else "declined"
                 impact = tiers.get(name, TierImpact())
-                outcome = SIMULATED_OUTCOMES[_recorded(decision).type]
-                change = decision.account.line.credit_line - before.line.credit_line
+                if isinstance(decision, Unscored):
+                    outcome, change = "undecided", 0
+                else:
+                    outcome = SIMULATED_OUTCOMES[_recorded(decision).type]
+                    change = decision.account.line.credit_line - before.line.credit_line
                 tiers[name] = TierImpact(
                     accounts=impact.accounts + 1,
                     counts={**impact.counts, outcome: impact.counts.get(outcome, 0) + 1},
@@ -684,19 +721,24 @@ class LimitsApplication:
 
 
 def _reviewed(
-    ctx: Context, accounts: list[Account], scores: dict[str, Score | None]
-) -> Iterator[tuple[list[LimitEvent], Decision]]:
-    """Each account's review after the exits it is due: the events to record (the exits', then
-    the review's), and the review's decision. A review run and a simulation both go through
-    here."""
+    ctx: Context, accounts: list[Account], scores: dict[str, Score | Unscored | None]
+) -> Iterator[tuple[Account, list[LimitEvent], Decision | Unscored]]:
+    """Each account's review after the exits it is due: the account as it was, the events to
+    record (the exits', then the review's) and the review's decision; or, for an account whose
+    risk state cannot be scored, nothing to record and why. A review run and a simulation both
+    go through here."""
     for account in accounts:
-        events = []
+        score = scores.get(account.account_id)
+        if isinstance(score, Unscored):
+            yield account, [], score
+            continue
+        before, events = account, []
         for exit_decision in decisions.settle(ctx, account):
             events.append(_recorded(exit_decision))
             account = exit_decision.account
         account = decisions.current(account, ctx.policy, ctx.now)
-        decision = decisions.review(ctx, account, scores.get(account.account_id))
-        yield [*events, _recorded(decision)], decision
+        decision = decisions.review(ctx, account, score)
+        yield before, [*events, _recorded(decision)], decision
 
 
 def _replay(uow: UnitOfWork, key: Idempotency, respond: Respond[Any, M]) -> M | None:

@@ -69,6 +69,16 @@ class Score:
     reasons: tuple[Reason, ...]  # the model's principal reasons, in every locale
     model_name: str
     model_version: str
+    # Features whose reported value was outside the model's range, scored at its end.
+    clamped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unscored:
+    """An account whose risk state the model could not score, and why (for the record: the
+    account is left undecided, never decided on a guess)."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -825,6 +835,8 @@ def _event(
 ) -> LimitEvent:
     adverse = kind in ADVERSE_EVENTS
     chosen = principal(reasons)
+    if score is not None and score.clamped:
+        details = {**(details or {}), "clamped_features": ",".join(score.clamped)}
     notice = _notice(kind, chosen, ctx.now) if adverse else None
     return LimitEvent(
         event_id=new_event_id(),

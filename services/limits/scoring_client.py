@@ -15,8 +15,14 @@ from creditline.scoring.v1 import scoring_service_pb2 as pb
 from creditline.scoring.v1 import scoring_service_pb2_grpc
 from creditline.type.v1 import risk_pb2
 from services.common.channels import ChannelOptions, ClientSecurity, create_channel
-from services.common.errors import FieldViolation, InvalidArgument, Unavailable, violations_of
-from services.limits.decisions import Score
+from services.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+    violations_of,
+)
+from services.limits.decisions import Score, Unscored
 from services.limits.records import Reason, ReasonSource
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
@@ -64,11 +70,20 @@ class ScoringClient:
             model_version=response.model_version,
         )
 
-    def batch_score(self, model: str, rows: Sequence[Mapping[str, float]]) -> list[Score | None]:
-        """Scores many rows in one call; a row that lacks any of the model's features is None."""
+    def batch_score(
+        self, model: str, rows: Sequence[Mapping[str, float]]
+    ) -> list[Score | Unscored]:
+        """Scores the risk states of many accounts in one call. A row the model cannot score
+        (features missing from it, or a value scoring refused) is Unscored with the reason;
+        values outside the model's ranges are scored at their end and named in `clamped`."""
         names = self._feature_names(model)
-        complete = [i for i, row in enumerate(rows) if all(name in row for name in names)]
-        results: list[Score | None] = [None] * len(rows)
+        results: list[Score | Unscored] = []
+        complete: list[int] = []
+        for i, row in enumerate(rows):
+            missing = [name for name in names if name not in row]
+            results.append(Unscored(f"the profile lacks {', '.join(missing)}"))
+            if not missing:
+                complete.append(i)
         if not complete:
             return results
         request = pb.BatchScoreRequest(
@@ -81,9 +96,16 @@ class ScoringClient:
         try:
             response = self.stub.BatchScore(request)
         except grpc.RpcError as error:
-            raise _translated(error) from None
+            raise _translated(error, callers_input=False) from None
         texts = self._texts(model, response.model_version)
         for i, result in zip(complete, response.results, strict=True):
+            if result.problems:  # the columns are in `names` order: name the feature
+                results[i] = Unscored(
+                    "; ".join(
+                        f"{names[_column(p.field)]}: {p.description}" for p in result.problems
+                    )
+                )
+                continue
             results[i] = Score(
                 risk_band=risk_pb2.RiskBand.Name(result.risk_band).removeprefix("RISK_BAND_"),
                 probability_of_default=result.probability_of_default,
@@ -93,6 +115,7 @@ class ScoringClient:
                 ),
                 model_name=response.model,
                 model_version=response.model_version,
+                clamped=tuple(result.clamped_features),
             )
         return results
 
@@ -118,9 +141,21 @@ class ScoringClient:
         return self._reason_texts[key]
 
 
-def _translated(error: grpc.RpcError) -> Exception:
-    """Scoring's refusal of the features is the caller's bad input; anything else means
-    scoring cannot answer now."""
+def _column(field: str) -> int:
+    """The column index of a field path such as "columns[3].numbers[17]"."""
+    return int(field.split("]", 1)[0].removeprefix("columns["))
+
+
+def _translated(error: grpc.RpcError, callers_input: bool = True) -> Exception:
+    """Scoring's refusal of features the caller gave is the caller's bad input; its refusal of
+    what limits built itself (the accounts' risk states) is not, and never reaches the caller
+    as INVALID_ARGUMENT; anything else means scoring cannot answer now."""
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT and not callers_input:
+        return FailedPrecondition(
+            "the scoring service refused the accounts' risk states: the model and the "
+            "reported profiles disagree; operators are to look into it",
+            reason="SCORING_REFUSED_RISK_STATE",
+        )
     if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
         details = error.details() or "refused by the scoring service"
         violations = violations_of(error) or [FieldViolation("features", details)]

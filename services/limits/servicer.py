@@ -231,15 +231,20 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
             if request.HasField("as_of_time")
             else None
         )
-        for run, due in self.app.run_review(request.request_id, as_of, request.dry_run):
-            counts = run.counts
+        for progress in self.app.run_review(request.request_id, as_of, request.dry_run):
+            counts = progress.run.counts
             yield pb.RunReviewResponse(
-                accounts_due=due,
+                accounts_due=progress.due,
                 accounts_reviewed=counts.get("reviewed", 0),
                 increased=counts.get(EventType.increased.value, 0),
                 reduced=counts.get(EventType.reduced.value, 0),
                 unchanged=counts.get(EventType.reviewed_unchanged.value, 0),
-                done=run.done,
+                done=progress.run.done,
+                undecided=counts.get("undecided", 0),
+                undecided_accounts=[
+                    pb.UndecidedAccount(account_id=account_id, reason=reason)
+                    for account_id, reason in progress.undecided
+                ],
             )
 
     def SimulatePolicy(
@@ -260,6 +265,7 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
                     rise=impact.counts.get("rise", 0),
                     fall=impact.counts.get("fall", 0),
                     unchanged=impact.counts.get("unchanged", 0),
+                    undecided=impact.counts.get("undecided", 0),
                     exposure_change=converters.money(impact.exposure_change, currency),
                 )
                 for name, impact in sorted(tiers.items())

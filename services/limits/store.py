@@ -227,6 +227,15 @@ review_runs = Table(
     Column("done", Boolean, nullable=False),
 )
 
+# The accounts a review run could not decide (their risk state could not be scored), and why.
+review_run_exceptions = Table(
+    "review_run_exceptions",
+    metadata,
+    Column("run_id", String, primary_key=True),
+    Column("account_id", String, primary_key=True),
+    Column("reason", Text, nullable=False),
+)
+
 idempotency_records = Table(
     "idempotency_records",
     metadata,
@@ -553,6 +562,25 @@ class UnitOfWork:
         self._connection.execute(
             insert.on_conflict_do_update(index_elements=[review_runs.c.run_id], set_=values)
         )
+
+    def add_review_exceptions(self, run_id: str, undecided: list[tuple[str, str]]) -> None:
+        """Records accounts the run could not decide, with why (once per run and account)."""
+        statement = _insert_statement(
+            self._connection, review_run_exceptions
+        ).on_conflict_do_nothing()
+        self._connection.execute(
+            statement,
+            [{"run_id": run_id, "account_id": a, "reason": reason} for a, reason in undecided],
+        )
+
+    def review_exceptions(self, run_id: str) -> list[tuple[str, str]]:
+        """The accounts the run could not decide, by id, with why."""
+        query = (
+            select(review_run_exceptions.c.account_id, review_run_exceptions.c.reason)
+            .where(review_run_exceptions.c.run_id == run_id)
+            .order_by(review_run_exceptions.c.account_id)
+        )
+        return [(row.account_id, row.reason) for row in self._all(query)]
 
     # Helpers.
 

@@ -99,7 +99,10 @@ class BehaviourScorer:
             Scored(
                 probability_of_default=r.probability_of_default,
                 score=r.score,
-                risk_band=risk_pb2.RiskBand.Name(r.risk_band).removeprefix("RISK_BAND_"),
+                # A row scoring refused alone has no band: no band signal is raised on it.
+                risk_band=""
+                if r.problems
+                else risk_pb2.RiskBand.Name(r.risk_band).removeprefix("RISK_BAND_"),
                 reason_codes=tuple(r.reason_codes),
                 model_version=response.model_version,
             )

@@ -4,7 +4,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from creditline.scoring.v1 import scoring_service_pb2 as pb
 from creditline.type.v1 import risk_pb2
-from services.scoring.model import ScoreDistribution, ScoredRows, ServedModel
+from services.scoring.model import EncodedBatch, ScoreDistribution, ScoredRows, ServedModel
 from services.scoring.registry import ModelPair
 
 RISK_BANDS = {letter: risk_pb2.RiskBand.Value(f"RISK_BAND_{letter}") for letter in "ABCDE"}
@@ -63,7 +63,11 @@ def score_response(
 
 
 def batch_response(
-    model: ServedModel, scored: ScoredRows, locale: str, evaluation_id: str
+    model: ServedModel,
+    batch: EncodedBatch,
+    scored: ScoredRows | None,
+    locale: str,
+    evaluation_id: str,
 ) -> pb.BatchScoreResponse:
     codes = [f.reason_code for f in model.features]
     response = pb.BatchScoreResponse(
@@ -71,24 +75,52 @@ def batch_response(
     )
     # Rows share few distinct reason lists: look each one's codes up once.
     codes_of: dict[tuple[int, ...], list[str]] = {}
-    add_result = response.results.add  # measured fastest way to build a thousand results
-    for pd, score, band, reasons in zip(
-        scored.probability_of_default,
-        scored.score,
-        scored.band,
-        scored.reason_features,
-        strict=True,
-    ):
+
+    def reason_codes(reasons: list[int]) -> list[str]:
         key = tuple(reasons)
-        reason_codes = codes_of.get(key)
-        if reason_codes is None:
-            reason_codes = codes_of[key] = [codes[f] for f in reasons]
-        add_result(
-            probability_of_default=pd,
-            score=score,
-            risk_band=RISK_BANDS[band],
-            reason_codes=reason_codes,
+        found = codes_of.get(key)
+        if found is None:
+            found = codes_of[key] = [codes[f] for f in reasons]
+        return found
+
+    add_result = response.results.add  # measured fastest way to build a thousand results
+    results = (
+        zip(
+            scored.probability_of_default,
+            scored.score,
+            scored.band,
+            scored.reason_features,
+            strict=True,
         )
+        if scored is not None
+        else iter(())
+    )
+    if not batch.refused and not batch.clamped:  # the usual batch: every row as it came
+        for pd, score, band, reasons in results:
+            add_result(
+                probability_of_default=pd,
+                score=score,
+                risk_band=RISK_BANDS[band],
+                reason_codes=reason_codes(reasons),
+            )
+    else:
+        for row in range(batch.size):
+            if row in batch.refused:
+                add_result(
+                    problems=[
+                        pb.ValueProblem(field=field, description=description)
+                        for field, description in batch.refused[row]
+                    ]
+                )
+                continue
+            pd, score, band, reasons = next(results)
+            add_result(
+                probability_of_default=pd,
+                score=score,
+                risk_band=RISK_BANDS[band],
+                reason_codes=reason_codes(reasons),
+                clamped_features=batch.clamped.get(row, ()),
+            )
     used = sorted({f for reasons in codes_of for f in reasons})
     response.reason_texts.update({codes[f]: model.reason_text(f, locale) for f in used})
     return response

@@ -27,8 +27,6 @@ from services.scoring.modelling.scale import (
 
 MAX_REASONS = 4
 LOCALES = ("en", "zh-CN")
-# Violations listed per column of a batch before the rest are summed up in one line.
-MAX_VIOLATIONS_PER_COLUMN = 10
 
 
 @dataclass(frozen=True)
@@ -44,11 +42,18 @@ class Feature:
     description: str
     reason_code: str
     reason_texts: Mapping[str, str]
+    # What a batch does with a number outside [minimum, maximum] (the card's `out_of_range`):
+    # "clamp" it to the range and flag it, or "refuse_row". Clamping is the default where the
+    # card names no rule: the outer bins are open, so a clamped value scores as the range's end.
+    clamps: bool = True
 
     @classmethod
     def from_card(cls, spec: Mapping) -> "Feature":
         categorical = spec["type"] == "categorical"
         categories = tuple(spec.get("categories", ()))
+        out_of_range = spec.get("out_of_range", "clamp")
+        if out_of_range not in ("clamp", "refuse_row"):
+            raise ValueError(f"feature {spec['name']}: out_of_range must be clamp or refuse_row")
         return cls(
             name=spec["name"],
             categorical=categorical,
@@ -59,6 +64,7 @@ class Feature:
             description=spec.get("description", ""),
             reason_code=spec["reason_code"],
             reason_texts=dict(spec["reason_text"]),
+            clamps=out_of_range == "clamp",
         )
 
     def problem_with(self, value: object) -> str | None:
@@ -85,6 +91,17 @@ class Feature:
         if isinstance(value, int | float):
             return float(value)
         raise TypeError(f"not a feature value: {value!r}")
+
+
+@dataclass
+class EncodedBatch:
+    """A batch's rows as the model takes them, and what became of its odd values: each refused
+    row's problems as (field, description), each clamped row's clamped feature names."""
+
+    rows: np.ndarray  # the rows that can be scored, in batch order
+    size: int  # rows in the batch, refused ones included
+    refused: dict[int, list[tuple[str, str]]]
+    clamped: dict[int, list[str]]
 
 
 @dataclass(frozen=True)
@@ -199,8 +216,10 @@ class ServedModel:
 
     def encode_columns(
         self, columns: Sequence[tuple[str, Sequence[float], Sequence[str]]], max_rows: int
-    ) -> np.ndarray:
-        """Rows from columns of (name, numbers, categories), validated column by column."""
+    ) -> EncodedBatch:
+        """Rows from columns of (name, numbers, categories). A malformed batch (a column
+        unknown, missing or of the wrong length or kind) is refused whole; an odd value only
+        touches its row: clamped to the feature's range, or the row refused alone."""
         violations = Violations()
         if not columns:
             violations.add("columns", "the batch is empty: send one column per feature")
@@ -223,7 +242,9 @@ class ServedModel:
             violations.add("columns", f"the batch {problem} (at most {max_rows})")
             violations.raise_if_any()
 
-        matrix = np.empty((n_rows, len(self.features)), dtype=np.float32)
+        batch = EncodedBatch(
+            np.empty((n_rows, len(self.features)), dtype=np.float32), n_rows, {}, {}
+        )
         for i, feature in enumerate(self.features):
             if feature.name not in positions:
                 continue  # already reported missing
@@ -232,36 +253,39 @@ class ServedModel:
             field = f"columns[{position}]"
             if feature.categorical:
                 self._encode_categories(
-                    feature, categories, numbers, field, n_rows, matrix[:, i], violations
+                    feature, categories, numbers, field, n_rows, batch, i, violations
                 )
             else:
                 self._encode_numbers(
-                    feature, numbers, categories, field, n_rows, matrix[:, i], violations
+                    feature, numbers, categories, field, n_rows, batch, i, violations
                 )
         violations.raise_if_any()
-        return matrix
+        if batch.refused:
+            batch.rows = np.delete(batch.rows, sorted(batch.refused), axis=0)
+        return batch
 
     @staticmethod
-    def _encode_numbers(feature, numbers, categories, field, n_rows, out, violations) -> None:
+    def _encode_numbers(feature, numbers, categories, field, n_rows, batch, i, violations) -> None:
         if len(categories):
             violations.add(f"{field}.categories", f"{feature.name} is numeric: use numbers")
         if len(numbers) != n_rows:
             violations.add(f"{field}.numbers", f"has {len(numbers)} values, expected {n_rows}")
             return
         values = np.array(numbers[:], dtype=np.float64)  # [:]: the fastest copy out of protobuf
-        bad = np.flatnonzero(
-            ~np.isfinite(values) | (values < feature.minimum) | (values > feature.maximum)
-        )
-        for row in bad[:MAX_VIOLATIONS_PER_COLUMN]:
-            violations.add(f"{field}.numbers[{row}]", feature.problem_with(float(values[row])))
-        if len(bad) > MAX_VIOLATIONS_PER_COLUMN:
-            violations.add(
-                f"{field}.numbers", f"{len(bad) - MAX_VIOLATIONS_PER_COLUMN} more invalid values"
-            )
-        out[:] = values
+        finite = np.isfinite(values)
+        outside = finite & ((values < feature.minimum) | (values > feature.maximum))
+        unusable = ~finite | outside if not feature.clamps else ~finite
+        for row in np.flatnonzero(unusable).tolist():
+            problem = feature.problem_with(float(values[row]))
+            batch.refused.setdefault(row, []).append((f"{field}.numbers[{row}]", problem))
+        if feature.clamps and outside.any():
+            for row in np.flatnonzero(outside).tolist():
+                batch.clamped.setdefault(row, []).append(feature.name)
+            values = np.clip(values, feature.minimum, feature.maximum)
+        batch.rows[:, i] = values
 
     @staticmethod
-    def _encode_categories(feature, categories, numbers, field, n_rows, out, violations) -> None:
+    def _encode_categories(feature, categories, numbers, field, n_rows, batch, i, violations):
         if len(numbers):
             violations.add(f"{field}.numbers", f"{feature.name} is categorical: use categories")
         if len(categories) != n_rows:
@@ -269,22 +293,21 @@ class ServedModel:
                 f"{field}.categories", f"has {len(categories)} values, expected {n_rows}"
             )
             return
+        index = feature.category_index
         try:
-            index = feature.category_index
-            out[:] = np.fromiter(map(index.__getitem__, categories[:]), np.float32, n_rows)
+            batch.rows[:, i] = np.fromiter(
+                map(index.__getitem__, categories[:]), np.float32, n_rows
+            )
             return
         except KeyError:
-            pass  # an unknown category: find every one, for the field violations
-        bad = [
-            row for row, category in enumerate(categories) if category not in feature.category_index
-        ]
-        for row in bad[:MAX_VIOLATIONS_PER_COLUMN]:
-            violations.add(f"{field}.categories[{row}]", feature.problem_with(categories[row]))
-        if len(bad) > MAX_VIOLATIONS_PER_COLUMN:
-            violations.add(
-                f"{field}.categories",
-                f"{len(bad) - MAX_VIOLATIONS_PER_COLUMN} more invalid values",
-            )
+            pass  # an unknown category: its row is refused, the others encoded
+        for row, category in enumerate(categories):
+            if category in index:
+                batch.rows[row, i] = index[category]
+            else:
+                problem = feature.problem_with(category)
+                batch.refused.setdefault(row, []).append((f"{field}.categories[{row}]", problem))
+                batch.rows[row, i] = 0.0
 
     # -- scoring ------------------------------------------------------------------------
 

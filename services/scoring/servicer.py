@@ -26,13 +26,15 @@ class ScoringServicer(scoring_service_pb2_grpc.ScoringServiceServicer):
     def BatchScore(self, request: pb.BatchScoreRequest, context) -> pb.BatchScoreResponse:
         pair, locale = self._resolve(request.model, request.locale, "model")
         model = pair.champion
-        rows = model.encode_columns(
+        batch = model.encode_columns(
             converters.feature_columns(request.columns), self.max_batch_rows
         )
-        scored = model.score(rows)
         evaluation_id = uuid4_hex()
-        self.registry.shadow.submit(pair, rows, scored, evaluation_id)
-        return converters.batch_response(model, scored, locale, evaluation_id)
+        scored = None
+        if len(batch.rows):  # none when every row was refused
+            scored = model.score(batch.rows)
+            self.registry.shadow.submit(pair, batch.rows, scored, evaluation_id)
+        return converters.batch_response(model, batch, scored, locale, evaluation_id)
 
     def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         pair, _ = self._resolve(request.name, "", "name")

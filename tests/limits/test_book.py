@@ -1,6 +1,7 @@
 """The whole book: portfolio reviews (streamed, resumable, dry run) and policy simulation."""
 
 import time
+from datetime import UTC
 
 import grpc
 import pytest
@@ -10,7 +11,15 @@ from creditline.limits.v1 import limits_service_pb2 as pb
 from services.common.errors import violations_of
 from services.limits import application
 from services.limits.policy import DEFAULT_POLICY
-from tests.limits.test_service import open_account, report, risk, signal
+from tests.limits.test_service import (
+    CLEAN_BEHAVIOUR,
+    failed,
+    open_account,
+    report,
+    rid,
+    risk,
+    signal,
+)
 
 
 def book(limits, clock, fresh: int = 3, stale: int = 1, plain: int = 1) -> list[str]:
@@ -144,3 +153,42 @@ def test_a_malformed_policy_file_is_refused_and_the_old_one_keeps_serving(
     while open_account(limits).event.policy_version != "2027.1.1":
         assert time.monotonic() < deadline, "the valid policy was never picked up"
         time.sleep(0.05)
+
+
+def test_a_review_finishes_past_accounts_it_cannot_decide_and_says_why(limits, clock):
+    """Out-of-range behaviour is scored at the model's range (and noted on the decision); a
+    profile the model cannot score leaves its account undecided and still due, with the reason;
+    the run never stops on either."""
+    ids = book(limits, clock, fresh=2, stale=0, plain=0)
+    odd = {**CLEAN_BEHAVIOUR, "partial_payments_6m": 40, "utilisation": 7.5}
+    report(limits, signal(ids[0], "behaviour_rescored", risk=risk(clock.now, odd)))
+    lacking = {k: v for k, v in CLEAN_BEHAVIOUR.items() if k != "inquiries_7d"}
+    report(limits, signal(ids[1], "behaviour_rescored", risk=risk(clock.now, lacking)))
+    simulated = limits.SimulatePolicy(
+        pb.SimulatePolicyRequest(policy=DEFAULT_POLICY.read_text()), timeout=30
+    )
+    assert [(t.accounts, t.undecided) for t in simulated.tiers] == [(2, 1)]
+
+    progress = list(limits.RunReview(pb.RunReviewRequest(request_id="odd"), timeout=30))
+    last = progress[-1]
+    assert last.done and (last.accounts_reviewed, last.undecided) == (1, 1)
+    undecided = [a for p in progress for a in p.undecided_accounts]
+    assert [a.account_id for a in undecided] == [ids[1]]
+    assert "inquiries_7d" in undecided[0].reason
+    history = limits.ListLimitEvents(pb.ListLimitEventsRequest(account_id=ids[0]), timeout=5)
+    reviewed = next(e for e in history.events if e.actor.kind == pb.ACTOR_KIND_REVIEW)
+    untouched = limits.GetAccount(pb.GetAccountRequest(account_id=ids[1]), timeout=5).account
+    assert untouched.next_review_time.ToDatetime(UTC) <= clock.now  # still due: tried again
+    with limits.server.bindings[0].servicer.store.read() as uow:
+        assert uow.review_exceptions("odd") == [(ids[1], undecided[0].reason)]
+        event = uow.get_event(reviewed.event_id)
+    assert set(event.details["clamped_features"].split(",")) == {
+        "partial_payments_6m",
+        "utilisation",
+    }
+    # A decision on the one account: refused with the reason, never the caller's bad input.
+    refused = failed(
+        limits.ReviewAccount, pb.ReviewAccountRequest(request_id=rid(), account_id=ids[1])
+    )
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "inquiries_7d" in refused.details()

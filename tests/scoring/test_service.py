@@ -216,22 +216,49 @@ def test_batch_over_the_limit(scoring_stub):
     assert "limit" in violations["columns"]
 
 
-def test_batch_problems_are_named_by_column_and_row(scoring_stub):
+def test_a_malformed_batch_is_refused_whole(scoring_stub):
     model_card = card("application")
-    rows = [valid_features(model_card, pick) for pick in range(5)]
+    request = batch_request("application", [valid_features(model_card, p) for p in range(5)])
+    names = [c.name for c in request.columns]
+    request.columns.add(name="shoe_size").numbers.extend([1] * 5)
+    assert set(invalid(scoring_stub.BatchScore, request)) == {f"columns[{len(names)}].name"}
+
+
+def test_one_odd_row_never_fails_the_batch(scoring_stub):
+    """A value out of range is clamped to it and flagged; a value that cannot be scored refuses
+    its row alone; every other row scores as it would on its own."""
+    model_card = card("application")
+    rows = [valid_features(model_card, pick) for pick in range(6)]
     request = batch_request("application", rows)
     names = [c.name for c in request.columns]
-    numeric = next(f["name"] for f in model_card["features"] if f["type"] == "numeric")
+    numeric = next(f for f in model_card["features"] if f["type"] == "numeric")
     categorical = next(f["name"] for f in model_card["features"] if f["type"] == "categorical")
-    request.columns[names.index(numeric)].numbers[3] = math.nan
+    request.columns[names.index(numeric["name"])].numbers[3] = math.nan
     request.columns[names.index(categorical)].categories[1] = "nope"
-    request.columns.add(name="shoe_size").numbers.extend([1] * 5)
-    violations = invalid(scoring_stub.BatchScore, request)
-    assert set(violations) == {
-        f"columns[{names.index(numeric)}].numbers[3]",
-        f"columns[{names.index(categorical)}].categories[1]",
-        f"columns[{len(names)}].name",
-    }
+    request.columns[names.index(numeric["name"])].numbers[4] = numeric["max"] * 10
+    results = scoring_stub.BatchScore(request, timeout=10).results
+    assert len(results) == 6
+    assert [p.field for p in results[3].problems] == [
+        f"columns[{names.index(numeric['name'])}].numbers[3]"
+    ]
+    assert [p.field for p in results[1].problems] == [
+        f"columns[{names.index(categorical)}].categories[1]"
+    ]
+    for refused in (results[1], results[3]):
+        assert (
+            refused.risk_band == risk_pb2.RISK_BAND_UNSPECIFIED and refused.problems[0].description
+        )
+    assert list(results[4].clamped_features) == [numeric["name"]] and not results[4].problems
+    at_maximum = dict(rows[4], **{numeric["name"]: numeric["max"]})
+    (clamped_alone,) = scoring_stub.BatchScore(
+        batch_request("application", [at_maximum, rows[0]]), timeout=10
+    ).results[:1]
+    assert results[4].score == clamped_alone.score
+    alone = scoring_stub.BatchScore(
+        batch_request("application", [rows[0], rows[2], rows[5]]), timeout=10
+    ).results
+    assert [r.score for r in (results[0], results[2], results[5])] == [r.score for r in alone]
+    assert not any(r.clamped_features or r.problems for r in alone)
 
 
 def test_batch_columns_of_different_lengths(scoring_stub):

@@ -1137,12 +1137,22 @@ class RunReviewResponse(_message.Message):
     REDUCED_FIELD_NUMBER: _builtins.int
     UNCHANGED_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    UNDECIDED_FIELD_NUMBER: _builtins.int
+    UNDECIDED_ACCOUNTS_FIELD_NUMBER: _builtins.int
     accounts_due: _builtins.int
     accounts_reviewed: _builtins.int
     increased: _builtins.int
     reduced: _builtins.int
     unchanged: _builtins.int
     done: _builtins.bool
+    undecided: _builtins.int
+    """Accounts the run could not decide (their risk state could not be scored): left as they
+    were and still due, so the next run tries them again.
+    """
+    @_builtins.property
+    def undecided_accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___UndecidedAccount]:
+        """The undecided accounts of the page this message reports, with why."""
+
     def __init__(
         self,
         *,
@@ -1152,14 +1162,40 @@ class RunReviewResponse(_message.Message):
         reduced: _builtins.int = ...,
         unchanged: _builtins.int = ...,
         done: _builtins.bool = ...,
+        undecided: _builtins.int = ...,
+        undecided_accounts: _abc.Iterable[Global___UndecidedAccount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_due", b"accounts_due", "accounts_reviewed", b"accounts_reviewed", "done", b"done", "increased", b"increased", "reduced", b"reduced", "unchanged", b"unchanged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_due", b"accounts_due", "accounts_reviewed", b"accounts_reviewed", "done", b"done", "increased", b"increased", "reduced", b"reduced", "unchanged", b"unchanged", "undecided", b"undecided", "undecided_accounts", b"undecided_accounts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunReviewResponse: _TypeAlias = RunReviewResponse  # noqa: Y015
+
+@_typing.final
+class UndecidedAccount(_message.Message):
+    """An account a review run could not decide, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndecidedAccount: _TypeAlias = UndecidedAccount  # noqa: Y015
 
 @_typing.final
 class Signal(_message.Message):
@@ -2004,12 +2040,15 @@ class TierImpact(_message.Message):
     RISE_FIELD_NUMBER: _builtins.int
     FALL_FIELD_NUMBER: _builtins.int
     UNCHANGED_FIELD_NUMBER: _builtins.int
+    UNDECIDED_FIELD_NUMBER: _builtins.int
     EXPOSURE_CHANGE_FIELD_NUMBER: _builtins.int
     tier: _builtins.str
     accounts: _builtins.int
     rise: _builtins.int
     fall: _builtins.int
     unchanged: _builtins.int
+    undecided: _builtins.int
+    """Accounts whose risk state the model could not score: no outcome simulated."""
     @_builtins.property
     def exposure_change(self) -> _money_pb2.Money:
         """Change in total granted lines."""
@@ -2022,11 +2061,12 @@ class TierImpact(_message.Message):
         rise: _builtins.int = ...,
         fall: _builtins.int = ...,
         unchanged: _builtins.int = ...,
+        undecided: _builtins.int = ...,
         exposure_change: _money_pb2.Money | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["exposure_change", b"exposure_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "exposure_change", b"exposure_change", "fall", b"fall", "rise", b"rise", "tier", b"tier", "unchanged", b"unchanged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "exposure_change", b"exposure_change", "fall", b"fall", "rise", b"rise", "tier", b"tier", "unchanged", b"unchanged", "undecided", b"undecided"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

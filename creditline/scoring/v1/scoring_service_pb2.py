@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+creditline/scoring/v1/scoring_service.proto\x12\x15\x63reditline.scoring.v1\x1a\x1d\x63reditline/type/v1/risk.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x43\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x31.creditline.scoring.v1.ScoreRequest.FeaturesEntry\x12\x0e\n\x06locale\x18\x03 \x01(\t\x1aG\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xd9\x01\n\rScoreResponse\x12\x1e\n\x16probability_of_default\x18\x01 \x01(\x01\x12\r\n\x05score\x18\x02 \x01(\x05\x12/\n\trisk_band\x18\x03 \x01(\x0e\x32\x1c.creditline.type.v1.RiskBand\x12+\n\x07reasons\x18\x04 \x03(\x0b\x32\x1a.creditline.type.v1.Reason\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x15\n\revaluation_id\x18\x07 \x01(\t\"i\n\x11\x42\x61tchScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07\x63olumns\x18\x02 \x03(\x0b\x32$.creditline.scoring.v1.FeatureColumn\x12\x0e\n\x06locale\x18\x03 \x01(\t\"B\n\rFeatureColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\x12\n\ncategories\x18\x03 \x03(\t\"\x8c\x02\n\x12\x42\x61tchScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x33\n\x07results\x18\x03 \x03(\x0b\x32\".creditline.scoring.v1.ScoreResult\x12P\n\x0creason_texts\x18\x04 \x03(\x0b\x32:.creditline.scoring.v1.BatchScoreResponse.ReasonTextsEntry\x12\x15\n\revaluation_id\x18\x05 \x01(\t\x1a\x32\n\x10ReasonTextsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\x0bScoreResult\x12\x1e\n\x16probability_of_default\x18\x01 \x01(\x01\x12\r\n\x05score\x18\x02 \x01(\x05\x12/\n\trisk_band\x18\x03 \x01(\x0e\x32\x1c.creditline.type.v1.RiskBand\x12\x14\n\x0creason_codes\x18\x04 \x03(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x10GetModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.creditline.scoring.v1.Model\"\x13\n\x11ListModelsRequest\"B\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.creditline.scoring.v1.Model\"\x9a\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\".creditline.scoring.v1.FeatureSpec\x12H\n\x14population_stability\x18\x06 \x01(\x0b\x32*.creditline.scoring.v1.PopulationStability\x12%\n\x04\x63\x61rd\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9c\x01\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x04type\x18\x02 \x01(\x0e\x32\".creditline.scoring.v1.FeatureType\x12\x11\n\tmin_value\x18\x03 \x01(\x01\x12\x11\n\tmax_value\x18\x04 \x01(\x01\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"p\n\x13PopulationStability\x12\r\n\x05index\x18\x01 \x01(\x01\x12\x12\n\nlive_count\x18\x02 \x01(\x03\x12\x36\n\x06status\x18\x03 \x01(\x0e\x32&.creditline.scoring.v1.StabilityStatus*c\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_TYPE_NUMERIC\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_CATEGORICAL\x10\x02*\xae\x01\n\x0fStabilityStatus\x12 \n\x1cSTABILITY_STATUS_UNSPECIFIED\x10\x00\x12&\n\"STABILITY_STATUS_INSUFFICIENT_DATA\x10\x01\x12\x1b\n\x17STABILITY_STATUS_STABLE\x10\x02\x12\x1a\n\x16STABILITY_STATUS_WATCH\x10\x03\x12\x18\n\x14STABILITY_STATUS_ACT\x10\x04\x32\x87\x03\n\x0eScoringService\x12R\n\x05Score\x12#.creditline.scoring.v1.ScoreRequest\x1a$.creditline.scoring.v1.ScoreResponse\x12\x61\n\nBatchScore\x12(.creditline.scoring.v1.BatchScoreRequest\x1a).creditline.scoring.v1.BatchScoreResponse\x12[\n\x08GetModel\x12&.creditline.scoring.v1.GetModelRequest\x1a\'.creditline.scoring.v1.GetModelResponse\x12\x61\n\nListModels\x12(.creditline.scoring.v1.ListModelsRequest\x1a).creditline.scoring.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+creditline/scoring/v1/scoring_service.proto\x12\x15\x63reditline.scoring.v1\x1a\x1d\x63reditline/type/v1/risk.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x43\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x31.creditline.scoring.v1.ScoreRequest.FeaturesEntry\x12\x0e\n\x06locale\x18\x03 \x01(\t\x1aG\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xd9\x01\n\rScoreResponse\x12\x1e\n\x16probability_of_default\x18\x01 \x01(\x01\x12\r\n\x05score\x18\x02 \x01(\x05\x12/\n\trisk_band\x18\x03 \x01(\x0e\x32\x1c.creditline.type.v1.RiskBand\x12+\n\x07reasons\x18\x04 \x03(\x0b\x32\x1a.creditline.type.v1.Reason\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x15\n\revaluation_id\x18\x07 \x01(\t\"i\n\x11\x42\x61tchScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07\x63olumns\x18\x02 \x03(\x0b\x32$.creditline.scoring.v1.FeatureColumn\x12\x0e\n\x06locale\x18\x03 \x01(\t\"B\n\rFeatureColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\x12\n\ncategories\x18\x03 \x03(\t\"\x8c\x02\n\x12\x42\x61tchScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x33\n\x07results\x18\x03 \x03(\x0b\x32\".creditline.scoring.v1.ScoreResult\x12P\n\x0creason_texts\x18\x04 \x03(\x0b\x32:.creditline.scoring.v1.BatchScoreResponse.ReasonTextsEntry\x12\x15\n\revaluation_id\x18\x05 \x01(\t\x1a\x32\n\x10ReasonTextsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd4\x01\n\x0bScoreResult\x12\x1e\n\x16probability_of_default\x18\x01 \x01(\x01\x12\r\n\x05score\x18\x02 \x01(\x05\x12/\n\trisk_band\x18\x03 \x01(\x0e\x32\x1c.creditline.type.v1.RiskBand\x12\x14\n\x0creason_codes\x18\x04 \x03(\t\x12\x18\n\x10\x63lamped_features\x18\x05 \x03(\t\x12\x35\n\x08problems\x18\x06 \x03(\x0b\x32#.creditline.scoring.v1.ValueProblem\"2\n\x0cValueProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x10GetModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.creditline.scoring.v1.Model\"\x13\n\x11ListModelsRequest\"B\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.creditline.scoring.v1.Model\"\x9a\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1a\n\x12\x63hallenger_version\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\".creditline.scoring.v1.FeatureSpec\x12H\n\x14population_stability\x18\x06 \x01(\x0b\x32*.creditline.scoring.v1.PopulationStability\x12%\n\x04\x63\x61rd\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9c\x01\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x04type\x18\x02 \x01(\x0e\x32\".creditline.scoring.v1.FeatureType\x12\x11\n\tmin_value\x18\x03 \x01(\x01\x12\x11\n\tmax_value\x18\x04 \x01(\x01\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"p\n\x13PopulationStability\x12\r\n\x05index\x18\x01 \x01(\x01\x12\x12\n\nlive_count\x18\x02 \x01(\x03\x12\x36\n\x06status\x18\x03 \x01(\x0e\x32&.creditline.scoring.v1.StabilityStatus*c\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_TYPE_NUMERIC\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_CATEGORICAL\x10\x02*\xae\x01\n\x0fStabilityStatus\x12 \n\x1cSTABILITY_STATUS_UNSPECIFIED\x10\x00\x12&\n\"STABILITY_STATUS_INSUFFICIENT_DATA\x10\x01\x12\x1b\n\x17STABILITY_STATUS_STABLE\x10\x02\x12\x1a\n\x16STABILITY_STATUS_WATCH\x10\x03\x12\x18\n\x14STABILITY_STATUS_ACT\x10\x04\x32\x87\x03\n\x0eScoringService\x12R\n\x05Score\x12#.creditline.scoring.v1.ScoreRequest\x1a$.creditline.scoring.v1.ScoreResponse\x12\x61\n\nBatchScore\x12(.creditline.scoring.v1.BatchScoreRequest\x1a).creditline.scoring.v1.BatchScoreResponse\x12[\n\x08GetModel\x12&.creditline.scoring.v1.GetModelRequest\x1a\'.creditline.scoring.v1.GetModelResponse\x12\x61\n\nListModels\x12(.creditline.scoring.v1.ListModelsRequest\x1a).creditline.scoring.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREREQUEST_FEATURESENTRY']._serialized_options = b'8\001'
   _globals['_BATCHSCORERESPONSE_REASONTEXTSENTRY']._loaded_options = None
   _globals['_BATCHSCORERESPONSE_REASONTEXTSENTRY']._serialized_options = b'8\001'
-  _globals['_FEATURETYPE']._serialized_start=1899
-  _globals['_FEATURETYPE']._serialized_end=1998
-  _globals['_STABILITYSTATUS']._serialized_start=2001
-  _globals['_STABILITYSTATUS']._serialized_end=2175
+  _globals['_FEATURETYPE']._serialized_start=2032
+  _globals['_FEATURETYPE']._serialized_end=2131
+  _globals['_STABILITYSTATUS']._serialized_start=2134
+  _globals['_STABILITYSTATUS']._serialized_end=2308
   _globals['_SCOREREQUEST']._serialized_start=165
   _globals['_SCOREREQUEST']._serialized_end=352
   _globals['_SCOREREQUEST_FEATURESENTRY']._serialized_start=281
@@ -57,21 +57,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHSCORERESPONSE_REASONTEXTSENTRY']._serialized_start=968
   _globals['_BATCHSCORERESPONSE_REASONTEXTSENTRY']._serialized_end=1018
   _globals['_SCORERESULT']._serialized_start=1021
-  _globals['_SCORERESULT']._serialized_end=1152
-  _globals['_GETMODELREQUEST']._serialized_start=1154
-  _globals['_GETMODELREQUEST']._serialized_end=1185
-  _globals['_GETMODELRESPONSE']._serialized_start=1187
-  _globals['_GETMODELRESPONSE']._serialized_end=1250
-  _globals['_LISTMODELSREQUEST']._serialized_start=1252
-  _globals['_LISTMODELSREQUEST']._serialized_end=1271
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1273
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1339
-  _globals['_MODEL']._serialized_start=1342
-  _globals['_MODEL']._serialized_end=1624
-  _globals['_FEATURESPEC']._serialized_start=1627
-  _globals['_FEATURESPEC']._serialized_end=1783
-  _globals['_POPULATIONSTABILITY']._serialized_start=1785
-  _globals['_POPULATIONSTABILITY']._serialized_end=1897
-  _globals['_SCORINGSERVICE']._serialized_start=2178
-  _globals['_SCORINGSERVICE']._serialized_end=2569
+  _globals['_SCORERESULT']._serialized_end=1233
+  _globals['_VALUEPROBLEM']._serialized_start=1235
+  _globals['_VALUEPROBLEM']._serialized_end=1285
+  _globals['_GETMODELREQUEST']._serialized_start=1287
+  _globals['_GETMODELREQUEST']._serialized_end=1318
+  _globals['_GETMODELRESPONSE']._serialized_start=1320
+  _globals['_GETMODELRESPONSE']._serialized_end=1383
+  _globals['_LISTMODELSREQUEST']._serialized_start=1385
+  _globals['_LISTMODELSREQUEST']._serialized_end=1404
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1406
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1472
+  _globals['_MODEL']._serialized_start=1475
+  _globals['_MODEL']._serialized_end=1757
+  _globals['_FEATURESPEC']._serialized_start=1760
+  _globals['_FEATURESPEC']._serialized_end=1916
+  _globals['_POPULATIONSTABILITY']._serialized_start=1918
+  _globals['_POPULATIONSTABILITY']._serialized_end=2030
+  _globals['_SCORINGSERVICE']._serialized_start=2311
+  _globals['_SCORINGSERVICE']._serialized_end=2702
 # @@protoc_insertion_point(module_scope)

@@ -300,7 +300,7 @@ Global___BatchScoreResponse: _TypeAlias = BatchScoreResponse  # noqa: Y015
 
 @_typing.final
 class ScoreResult(_message.Message):
-    """The score of one row of a batch."""
+    """The score of one row of a batch, or why that row alone was refused."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -308,12 +308,24 @@ class ScoreResult(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     RISK_BAND_FIELD_NUMBER: _builtins.int
     REASON_CODES_FIELD_NUMBER: _builtins.int
+    CLAMPED_FEATURES_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
     probability_of_default: _builtins.float
     score: _builtins.int
     risk_band: _risk_pb2.RiskBand.ValueType
     @_builtins.property
     def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to four principal reason codes, largest first; texts are in reason_texts."""
+
+    @_builtins.property
+    def clamped_features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Features whose value was outside the card's range and was clamped to it, by name."""
+
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValueProblem]:
+        """Set when this row was refused alone: what was wrong with it (then it has no score, and
+        risk_band is unspecified).
+        """
 
     def __init__(
         self,
@@ -322,14 +334,41 @@ class ScoreResult(_message.Message):
         score: _builtins.int = ...,
         risk_band: _risk_pb2.RiskBand.ValueType = ...,
         reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        clamped_features: _abc.Iterable[_builtins.str] | None = ...,
+        problems: _abc.Iterable[Global___ValueProblem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["probability_of_default", b"probability_of_default", "reason_codes", b"reason_codes", "risk_band", b"risk_band", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clamped_features", b"clamped_features", "probability_of_default", b"probability_of_default", "problems", b"problems", "reason_codes", b"reason_codes", "risk_band", b"risk_band", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScoreResult: _TypeAlias = ScoreResult  # noqa: Y015
+
+@_typing.final
+class ValueProblem(_message.Message):
+    """A value of a batch that could not be scored: where it is and what is wrong with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """For example "columns[3].numbers[17]"."""
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueProblem: _TypeAlias = ValueProblem  # noqa: Y015
 
 @_typing.final
 class GetModelRequest(_message.Message):

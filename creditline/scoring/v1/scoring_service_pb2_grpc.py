@@ -69,7 +69,11 @@ class ScoringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BatchScore(self, request, context):
-        """Scores many rows as one onnxruntime batch (portfolio reviews).
+        """Scores many rows as one onnxruntime batch (portfolio reviews). One odd row never fails the
+        batch: a value outside a feature's range is clamped to it as the card says, and flagged in
+        that row's result; a row with a value that cannot be scored (not a number, an unknown
+        category) is refused alone, with its problems. A malformed batch (a column missing or
+        unknown, columns of different lengths) is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,12 @@ class ScoringServiceStub:
     Score: _grpc.UnaryUnaryMultiCallable[_scoring_service_pb2.ScoreRequest, _scoring_service_pb2.ScoreResponse]
     """Scores one applicant or account."""
     BatchScore: _grpc.UnaryUnaryMultiCallable[_scoring_service_pb2.BatchScoreRequest, _scoring_service_pb2.BatchScoreResponse]
-    """Scores many rows as one onnxruntime batch (portfolio reviews)."""
+    """Scores many rows as one onnxruntime batch (portfolio reviews). One odd row never fails the
+    batch: a value outside a feature's range is clamped to it as the card says, and flagged in
+    that row's result; a row with a value that cannot be scored (not a number, an unknown
+    category) is refused alone, with its problems. A malformed batch (a column missing or
+    unknown, columns of different lengths) is INVALID_ARGUMENT.
+    """
     GetModel: _grpc.UnaryUnaryMultiCallable[_scoring_service_pb2.GetModelRequest, _scoring_service_pb2.GetModelResponse]
     """Returns a model with its card and its live population stability."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_scoring_service_pb2.ListModelsRequest, _scoring_service_pb2.ListModelsResponse]
@@ -50,7 +55,12 @@ class ScoringServiceAsyncStub(ScoringServiceStub):
     Score: _aio.UnaryUnaryMultiCallable[_scoring_service_pb2.ScoreRequest, _scoring_service_pb2.ScoreResponse]  # type: ignore[assignment]
     """Scores one applicant or account."""
     BatchScore: _aio.UnaryUnaryMultiCallable[_scoring_service_pb2.BatchScoreRequest, _scoring_service_pb2.BatchScoreResponse]  # type: ignore[assignment]
-    """Scores many rows as one onnxruntime batch (portfolio reviews)."""
+    """Scores many rows as one onnxruntime batch (portfolio reviews). One odd row never fails the
+    batch: a value outside a feature's range is clamped to it as the card says, and flagged in
+    that row's result; a row with a value that cannot be scored (not a number, an unknown
+    category) is refused alone, with its problems. A malformed batch (a column missing or
+    unknown, columns of different lengths) is INVALID_ARGUMENT.
+    """
     GetModel: _aio.UnaryUnaryMultiCallable[_scoring_service_pb2.GetModelRequest, _scoring_service_pb2.GetModelResponse]  # type: ignore[assignment]
     """Returns a model with its card and its live population stability."""
     ListModels: _aio.UnaryUnaryMultiCallable[_scoring_service_pb2.ListModelsRequest, _scoring_service_pb2.ListModelsResponse]  # type: ignore[assignment]
@@ -73,7 +83,12 @@ class ScoringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scoring_service_pb2.BatchScoreRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scoring_service_pb2.BatchScoreResponse, _abc.Awaitable[_scoring_service_pb2.BatchScoreResponse]]:
-        """Scores many rows as one onnxruntime batch (portfolio reviews)."""
+        """Scores many rows as one onnxruntime batch (portfolio reviews). One odd row never fails the
+        batch: a value outside a feature's range is clamped to it as the card says, and flagged in
+        that row's result; a row with a value that cannot be scored (not a number, an unknown
+        category) is refused alone, with its problems. A malformed batch (a column missing or
+        unknown, columns of different lengths) is INVALID_ARGUMENT.
+        """
 
     @_abc_1.abstractmethod
     def GetModel(
