@@ -4,7 +4,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,3 +93,16 @@ def service_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def eventually(
+    condition: Callable[[], object], what: str = "", timeout: float = 45.0, interval: float = 0.05
+):
+    """Polls until `condition` returns something truthy, and returns it: a generous bound for
+    work other threads or processes finish, not a timing claim."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout} s: {what or 'the condition'}")

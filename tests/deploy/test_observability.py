@@ -14,11 +14,9 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +33,7 @@ from creditline.monitoring.v1 import monitoring_service_pb2_grpc
 from tests.deploy.promql import read
 from tests.limits.test_service import POOR_APPLICANT, draw, open_account
 from tests.monitoring.events import Customer, publish
-from tests.servers import service_process
+from tests.servers import eventually, service_process
 
 HERE = Path(__file__).resolve().parent
 ALERTS = {
@@ -252,15 +250,6 @@ def samples_of(text: str) -> dict[str, list[dict[str, str]]]:
     return found
 
 
-def eventually(condition: Callable[[], object], what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, dict[str, list[dict[str, str]]]]:
     """The three services' /metrics, scraped after calls that bring out their labelled series:
@@ -294,7 +283,7 @@ def exported(tmp_path_factory) -> dict[str, dict[str, list[dict[str, str]]]]:
             publish(stub, customer.opened(), customer.advance(days=1).drawn(1_000))
             publish(stub, customer.advance(days=31).missed(days=1))  # a signal for limits
         failure = "creditline_monitoring_delivery_failures_total"
-        eventually(lambda: failure in samples_of(scrape(metrics_ports["monitoring"])), failure)
+        eventually(lambda: failure in samples_of(scrape(metrics_ports["monitoring"])), failure, 60)
 
         limits = start(
             "limits",
@@ -315,9 +304,9 @@ def exported(tmp_path_factory) -> dict[str, dict[str, list[dict[str, str]]]]:
                 draw(stub, account_id, 100_000)  # refused: INSUFFICIENT_CREDIT
             list(stub.RunReview(lpb.RunReviewRequest(request_id="metrics"), timeout=30))
         settled = "creditline_monitoring_signals_delivered_total"
-        eventually(lambda: settled in samples_of(scrape(metrics_ports["monitoring"])), settled)
+        eventually(lambda: settled in samples_of(scrape(metrics_ports["monitoring"])), settled, 60)
         book = "creditline_limits_book_credit_line_minor_units"
-        eventually(lambda: book in samples_of(scrape(metrics_ports["limits"])), book)
+        eventually(lambda: book in samples_of(scrape(metrics_ports["limits"])), book, 60)
         return {service: samples_of(scrape(port)) for service, port in metrics_ports.items()}
 
 

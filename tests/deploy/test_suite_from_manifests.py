@@ -16,9 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,7 +47,7 @@ from tests.deploy.conftest import ROOT, SERVICES, Rendered
 from tests.deploy.test_dockerfile import parse_dockerfile
 from tests.limits.test_service import cny, draw, open_account, rid
 from tests.monitoring.events import Customer, publish
-from tests.servers import wait_serving
+from tests.servers import eventually, wait_serving
 
 # Every local stand-in listens on loopback and is dialled there. The development certificates
 # name 127.0.0.1 (services/devtools.py), so TLS verifies servers with no name override.
@@ -504,16 +503,6 @@ class Clients:
     def close(self) -> None:
         for channel in self.channels:
             channel.close()
-
-
-def eventually(condition: Callable[[], object], what: str, timeout: float = 45.0):
-    """Polls until `condition` returns something truthy: a generous bound, not a timing claim."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def refused(call, request) -> grpc.StatusCode:

@@ -7,7 +7,6 @@ registry; counters are compared before and after, since earlier tests count too.
 
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -27,6 +26,7 @@ from tests.limits.test_service import (
     risk,
     signal,
 )
+from tests.servers import eventually
 
 
 def sample(name: str, **labels: str) -> float:
@@ -52,15 +52,6 @@ def stored_events(limits, account_ids) -> Counter:
             kind = pb.LimitEventType.Name(event.type).removeprefix("LIMIT_EVENT_TYPE_").lower()
             stored[kind, "true" if event.adverse else "false"] += 1
     return stored
-
-
-def eventually(condition: Callable[[], object], what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def test_every_stored_decision_is_counted_once_by_type_and_adverse_flag(limits, clock):

@@ -9,16 +9,9 @@ import pytest
 
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from tests.monitoring.events import Customer, batch, publish
+from tests.servers import eventually
 
-
-def wait_until(condition, timeout: float = 30.0, interval: float = 0.05):
-    """Polls `condition` until it returns something truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not true within {timeout} s")
+wait_until = eventually
 
 
 def wait_until_rescored(monitoring) -> None:
