@@ -119,6 +119,7 @@ def account_message(account: Account, policy: Policy, now: datetime) -> pb.Accou
         else None,
         open_time=timestamp(account.opened_at),
         etag=account.etag,
+        annual_rate_basis_points=decisions.rate_of(policy, account),
         risk=pb.AccountRiskState(
             days_past_due=risk.days_past_due,
             loans_past_due=risk.loans_past_due,
@@ -171,6 +172,7 @@ def event_message(event: LimitEvent, currency_code: str) -> pb.LimitEvent:
         ),
         create_time=timestamp(event.created_at),
         request_id=event.request_id,
+        annual_rate_basis_points=event.annual_rate_bp or 0,
     )
 
 

@@ -152,11 +152,13 @@ def open_account(
         line=Line(credit_line=0, status=AccountStatus.declined),
         opened_at=ctx.now,
         risk_band=score.risk_band,
+        declared_monthly_income=affordability.monthly_income,
+        declared_monthly_debt_payments=affordability.monthly_debt_payments,
     )
     reasons: list[Reason] = []
     if tier is None:  # the score decided: its factors are the reasons
         reasons = [policy_reason("POLICY_DECLINED_RISK_BAND"), *score.reasons]
-    elif affordable_line(policy, affordability) < tier.initial_line:
+    elif affordable_line(policy, affordability, tier.annual_rate_bp) < tier.initial_line:
         reasons = [policy_reason("POLICY_ABILITY_TO_PAY")]
     if reasons or tier is None:
         event = _event(ctx, blank, blank, EventType.declined, reasons, score)
@@ -171,6 +173,7 @@ def open_account(
         blank,
         line=Line(credit_line=tier.initial_line),
         tier=tier.name,
+        annual_rate_bp=tier.annual_rate_bp,
         next_review_at=ctx.now + timedelta(days=policy.review.cadence_days),
     )
     event = _event(ctx, blank, opened, EventType.opened, list(score.reasons), score)
@@ -182,15 +185,54 @@ def reapplication_allowed_at(policy: Policy, last_declined_at: datetime) -> date
     return last_declined_at + timedelta(days=policy.application.cool_off_days_after_decline)
 
 
-def affordable_line(policy: Policy, affordability: Affordability) -> int:
-    """The largest line whose instalment, fully drawn, keeps debt-to-income within policy.
-
-    The instalment of a fully drawn line is the line over the assumed term (interest left out).
-    """
-    rules = policy.requested_increase
+def affordable_line(policy: Policy, affordability: Affordability, annual_rate_bp: int) -> int:
+    """The largest line whose instalment, fully drawn and repaid in equal monthly instalments
+    at `annual_rate_bp` over the policy's term, keeps debt-to-income within policy."""
+    rules = policy.ability_to_pay
     room = rules.max_debt_to_income * affordability.monthly_income
     room -= affordability.monthly_debt_payments
-    return max(0, math.floor(room * rules.assumed_term_months))
+    if room <= 0:
+        return 0
+    return math.floor(room * _annuity_factor(annual_rate_bp, rules.assumed_term_months))
+
+
+def monthly_instalment(principal: int, annual_rate_bp: int, months: int) -> int:
+    """The equal monthly instalment that repays `principal` with interest over `months`, fen
+    rounded up."""
+    return math.ceil(principal / _annuity_factor(annual_rate_bp, months))
+
+
+def _annuity_factor(annual_rate_bp: int, months: int) -> float:
+    """What one unit a month for `months` repays at this annual rate: (1 - (1+i)^-n) / i."""
+    monthly = annual_rate_bp / 10_000 / 12
+    if monthly == 0:
+        return float(months)
+    return (1 - (1 + monthly) ** -months) / monthly
+
+
+def rate_of(policy: Policy, account: Account) -> int:
+    """The account's annual rate; for a line priced before rates were kept, its tier's."""
+    if account.annual_rate_bp is not None:
+        return account.annual_rate_bp
+    tier = policy.tier_named(account.tier)
+    return tier.annual_rate_bp if tier else 0
+
+
+def declared(account: Account) -> Affordability | None:
+    """What the customer last declared, or None when they never did."""
+    if account.declared_monthly_income is None:
+        return None
+    return Affordability(account.declared_monthly_income, account.declared_monthly_debt_payments)
+
+
+def _affordable_raise(policy: Policy, account: Account, target: int, tier: Tier) -> int:
+    """`target`, cut down to what the customer's declared income carries at the tier's rate
+    (the current line, when nothing more is affordable or nothing was declared)."""
+    affordability = declared(account)
+    if affordability is None:
+        return account.line.credit_line
+    affordable = affordable_line(policy, affordability, tier.annual_rate_bp)
+    return max(account.line.credit_line, min(target, affordable))
 
 
 # -- requested increase (提额) ---------------------------------------------------------------
@@ -227,6 +269,13 @@ def request_increase(
         eligible_at = min(history.line_changes_in_period) + timedelta(days=rules.period_days)
         raise not_yet("CHANGE_LIMIT", "the line has changed too often lately", eligible_at)
 
+    # The declaration is the customer's latest word on their income and debts: kept, whatever
+    # the answer, for every later raise's ability-to-pay check.
+    account = replace(
+        account,
+        declared_monthly_income=affordability.monthly_income,
+        declared_monthly_debt_payments=affordability.monthly_debt_payments,
+    )
     reasons: list[Reason] = []
     next_eligible_at = now + timedelta(days=rules.cool_off_days_after_decline)
     if account.status is AccountStatus.watchlist:
@@ -251,19 +300,21 @@ def request_increase(
         target = min(current_line + tier.increase_step, tier.max_line)
         if requested_line is not None:
             target = min(target, requested_line)
-        affordable = affordable_line(policy, affordability)
+        affordable = affordable_line(policy, affordability, tier.annual_rate_bp)
         if target <= current_line:
             reasons.append(policy_reason("POLICY_TIER_MAXIMUM"))
         elif affordable <= current_line:
             reasons.append(policy_reason("POLICY_ABILITY_TO_PAY"))
         target = min(target, affordable)
 
-    declared = {
+    declaration = {
         "declared_monthly_income": str(affordability.monthly_income),
         "declared_monthly_debt_payments": str(affordability.monthly_debt_payments),
     }
     if reasons or score is None:
-        event = _event(ctx, account, account, EventType.increase_declined, reasons, score, declared)
+        event = _event(
+            ctx, account, account, EventType.increase_declined, reasons, score, declaration
+        )
         return Decision(
             account,
             event,
@@ -273,7 +324,7 @@ def request_increase(
         )
     raised = _with_line(account, target, tier=tier, risk_band=score.risk_band)
     reasons = [policy_reason("POLICY_CUSTOMER_REQUEST"), *score.reasons]
-    event = _event(ctx, account, raised, EventType.increased, reasons, score, declared)
+    event = _event(ctx, account, raised, EventType.increased, reasons, score, declaration)
     return Decision(raised, event)
 
 
@@ -297,6 +348,7 @@ def review(ctx: Context, account: Account, score: Score | None) -> Decision:
         account,
         risk_band=band,
         tier=tier.name if tier else account.tier,
+        annual_rate_bp=tier.annual_rate_bp if tier else account.annual_rate_bp,
         next_review_at=ctx.now + timedelta(days=policy.review.cadence_days),
     )
     reasons = [policy_reason("POLICY_SCHEDULED_REVIEW")]
@@ -314,9 +366,13 @@ def review(ctx: Context, account: Account, score: Score | None) -> Decision:
         score is not None and _may_increase(policy, account, tier, ctx.now) and line < tier.max_line
     ):
         target = min(line + max(1, min(tier.increase_step, largest_change)), tier.max_line)
-        raised = _with_line(scheduled, target)
-        reasons.append(policy_reason("POLICY_GOOD_REPAYMENT"))
-        return Decision(raised, _event(ctx, account, raised, EventType.increased, reasons, score))
+        target = _affordable_raise(policy, account, target, tier)
+        if target > line:
+            raised = _with_line(scheduled, target)
+            reasons.append(policy_reason("POLICY_GOOD_REPAYMENT"))
+            event = _event(ctx, account, raised, EventType.increased, reasons, score)
+            return Decision(raised, event)
+        reasons.append(policy_reason("POLICY_ABILITY_TO_PAY"))  # what kept the line
     if score is None:
         reasons.append(policy_reason("POLICY_NO_RECENT_HISTORY"))
     event = _event(ctx, account, scheduled, EventType.reviewed_unchanged, reasons, score)
@@ -483,10 +539,11 @@ def _on_time_repayment(ctx: Context, account: Account, signal: Signal) -> Decisi
             and account.status in ledger.DRAWS_ALLOWED
             and not account.risk.past_due
         ):
-            advanced = replace(
-                _with_line(account, _stage_line(policy, account, stage + 1)),
-                reopening_stage=stage + 1,
-            )
+            stage_line = _stage_line(policy, account, stage + 1)
+            priced_as = policy.tier_named(account.tier)
+            if priced_as is not None:  # a stage raises the line only as far as is affordable
+                stage_line = _affordable_raise(policy, account, stage_line, priced_as)
+            advanced = replace(_with_line(account, stage_line), reopening_stage=stage + 1)
             reasons = [policy_reason("POLICY_GOOD_REPAYMENT")]
             kind = EventType.reopening_stage_advanced
             return Decision(
@@ -504,9 +561,13 @@ def _on_time_repayment(ctx: Context, account: Account, signal: Signal) -> Decisi
         and _may_increase(policy, account, tier, ctx.now)
         and account.line.credit_line < tier.max_line
     ):
-        raised = _with_line(
-            account, min(account.line.credit_line + tier.increase_step, tier.max_line)
-        )
+        # Priced as the account's own tier is; no step the declared income cannot carry.
+        priced_as = policy.tier_named(account.tier) or tier
+        step = min(account.line.credit_line + tier.increase_step, tier.max_line)
+        target = _affordable_raise(policy, account, step, priced_as)
+        if target <= account.line.credit_line:
+            return Decision(account, None)
+        raised = _with_line(account, target)
         reasons = [policy_reason("POLICY_GOOD_REPAYMENT")]
         return Decision(
             raised, _event(ctx, account, raised, EventType.increased, reasons, details=details)
@@ -571,10 +632,14 @@ def request_reopen(ctx: Context, account: Account, score: Score | None) -> Decis
         reopening_stage=1,
         risk_band=score.risk_band,
         tier=tier.name if tier else account.tier,
+        annual_rate_bp=tier.annual_rate_bp if tier else account.annual_rate_bp,
         on_time_streak=0,
         line_before_closure=account.line_before_closure or account.line.credit_line,
     )
-    reopened = _with_line(reopened, _stage_line(ctx.policy, reopened, 1))
+    stage_line = _stage_line(ctx.policy, reopened, 1)
+    if tier is not None and stage_line > account.line.credit_line:  # more than before: affordable?
+        stage_line = _affordable_raise(ctx.policy, reopened, stage_line, tier)
+    reopened = _with_line(reopened, stage_line)
     event = _event(ctx, account, reopened, EventType.reopened, list(score.reasons), score)
     return Decision(reopened, event)
 
@@ -675,7 +740,9 @@ def enroll_hardship(
         started_at=now,
         ends_at=add_months(now, term_months),
         term_months=term_months,
-        monthly_instalment=math.ceil(account.line.drawn / term_months),
+        monthly_instalment=monthly_instalment(
+            account.line.drawn, rate_of(ctx.policy, account), term_months
+        ),
     )
     after = replace(account, hardship=hardship, line=replace(account.line, in_hardship=True))
     reasons = [policy_reason("POLICY_CUSTOMER_REQUEST")]
@@ -803,6 +870,7 @@ def _with_line(account: Account, new_line: int, **changes) -> Account:
     tier = changes.pop("tier", None)
     if tier is not None:
         changes["tier"] = tier.name
+        changes["annual_rate_bp"] = tier.annual_rate_bp
     changed = replace(account, line=ledger.change_line(account.line, new_line), **changes)
     if changed.line.credit_line != account.line.credit_line:
         changed = replace(changed, on_time_streak=0)
@@ -857,6 +925,7 @@ def _event(
         model_version=score.model_version if score else "",
         notice=notice,
         details=details or {},
+        annual_rate_bp=after.annual_rate_bp,
     )
 
 

@@ -67,6 +67,13 @@ class Tier(StrictModel):
     max_line: PositiveFen
     increase_step: PositiveFen
     min_months_on_book_for_increase: int = Field(ge=0)
+    # The tier's price: the annual interest rate of its lines (at most 36%, the ceiling
+    # Chinese courts enforce for private lending), in basis points on the account.
+    annual_rate: float = Field(gt=0, le=0.36)
+
+    @property
+    def annual_rate_bp(self) -> int:
+        return round(self.annual_rate * 10_000)
 
     @model_validator(mode="after")
     def _lines_in_order(self) -> Self:
@@ -89,6 +96,13 @@ class RequestedIncrease(StrictModel):
     cool_off_days_after_decline: int = Field(ge=0)
     max_changes: int = Field(gt=0)
     period_days: int = Field(gt=0)
+
+
+class AbilityToPay(StrictModel):
+    # Every line granted or raised (first line, request, review, reward, reopening stage) is
+    # fully drawn and repaid in equal monthly instalments at its tier's rate over
+    # `assumed_term_months`: existing debt payments plus that instalment, over the monthly
+    # income the customer declared, at most `max_debt_to_income`.
     max_debt_to_income: Fraction
     assumed_term_months: int = Field(gt=0)
 
@@ -212,6 +226,7 @@ class Policy(StrictModel):
     draws: Draws
     risk_state: RiskState
     watchlist: Watchlist
+    ability_to_pay: AbilityToPay
     review: Review
     reward: Reward
     requested_increase: RequestedIncrease
@@ -238,6 +253,10 @@ class Policy(StrictModel):
         if len({tier.name for tier in self.tiers}) != len(self.tiers):
             raise ValueError("tier names must be unique")
         return self
+
+    def tier_named(self, name: str | None) -> Tier | None:
+        """The tier of this name, or None (no such tier in this policy)."""
+        return next((tier for tier in self.tiers if tier.name == name), None)
 
     def tier_for(self, band: str) -> Tier | None:
         """The tier of a risk band, or None when the band is declined."""

@@ -135,6 +135,12 @@ class Account:
     on_time_streak: int = 0
     last_on_time_repayment_at: datetime | None = None
     risk: RiskState = field(default_factory=RiskState)
+    # The line's price: its tier's annual rate when the line was last decided, basis points.
+    annual_rate_bp: int | None = None
+    # What the customer last declared (at application, with a request for more), in minor
+    # units a month: every raise checks the ability to pay against it. None: never declared.
+    declared_monthly_income: int | None = None
+    declared_monthly_debt_payments: int = 0
     # Incremented by every change; the etag clients send back (AIP-154).
     version: int = 1
 
@@ -182,6 +188,8 @@ class LimitEvent:
     notice: Notice | None = None
     # Machine-readable details (the signal id, the appealed event, ...).
     details: dict[str, str] = field(default_factory=dict)
+    # The line's annual rate after the decision, basis points (None: not priced then).
+    annual_rate_bp: int | None = None
 
 
 class AppealStatus(StrEnum):

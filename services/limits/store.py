@@ -131,6 +131,10 @@ accounts = Table(
     Column("behaviour_scored_at", UtcDateTime),
     Column("last_warning_at", UtcDateTime),
     Column("anomaly_since", UtcDateTime),
+    # The line's price (basis points) and what the customer last declared (minor units).
+    Column("annual_rate_bp", Integer),
+    Column("declared_monthly_income", BigInteger),
+    Column("declared_monthly_debt_payments", BigInteger, nullable=False, server_default="0"),
     Index("ix_accounts_next_review_at", "next_review_at"),
     Index("ix_accounts_customer_id_opened_at", "customer_id", "opened_at"),
 )
@@ -174,6 +178,7 @@ limit_events = Table(
     Column("model_version", String, nullable=False),
     Column("notice", Text),
     Column("details", Text, nullable=False),
+    Column("annual_rate_bp", Integer),
     Index("ix_limit_events_account_id_created_at", "account_id", "created_at", "event_id"),
 )
 
@@ -716,6 +721,9 @@ def _account_values(account: Account) -> dict[str, Any]:
         "on_time_streak": account.on_time_streak,
         "last_on_time_repayment_at": account.last_on_time_repayment_at,
         "version": account.version,
+        "annual_rate_bp": account.annual_rate_bp,
+        "declared_monthly_income": account.declared_monthly_income,
+        "declared_monthly_debt_payments": account.declared_monthly_debt_payments,
         **_risk_values(account.risk),
     }
 
@@ -773,6 +781,9 @@ def _account_from_row(row: Row) -> Account:
         last_on_time_repayment_at=row.last_on_time_repayment_at,
         risk=_risk_from_row(row),
         version=row.version,
+        annual_rate_bp=row.annual_rate_bp,
+        declared_monthly_income=row.declared_monthly_income,
+        declared_monthly_debt_payments=row.declared_monthly_debt_payments,
     )
 
 
@@ -796,6 +807,7 @@ def _event_values(event: LimitEvent) -> dict[str, Any]:
         "model_version": event.model_version,
         "notice": None if event.notice is None else _dumps(_notice_json(event.notice)),
         "details": _dumps(event.details),
+        "annual_rate_bp": event.annual_rate_bp,
     }
 
 
@@ -819,6 +831,7 @@ def _event_from_row(row: Row) -> LimitEvent:
         model_version=row.model_version,
         notice=None if row.notice is None else _notice_from_json(json.loads(row.notice)),
         details=json.loads(row.details),
+        annual_rate_bp=row.annual_rate_bp,
     )
 
 

@@ -145,16 +145,19 @@ def test_a_worse_score_declines_with_the_models_reasons():
     assert decision.event.adverse
 
 
-def test_ability_to_pay_assumes_the_new_line_fully_drawn():
+def test_ability_to_pay_assumes_the_new_line_fully_drawn_at_the_tiers_rate():
     account = opened("B")
-    # 0.5 * 5,000 - 800 = 1,700 yuan a month; over 12 months a 20,400-yuan line, but the
-    # current line is 2,000 yuan and one step is 1,000: affordable, so granted in full.
+    # 0.5 * 5,000 - 800 = 1,700 yuan a month: far more than a 3,000-yuan line needs.
     fine = Affordability(monthly_income=500_000, monthly_debt_payments=80_000)
     assert decisions.request_increase(ctx(), account, None, score("B"), fine, NO_HISTORY).approved
-    # Debts leave room for 2,400 yuan over 12 months: the step is cut down to what fits.
+    # Debts leave room for 200 yuan a month. Repaid in 12 equal instalments at the standard
+    # tier's 10.8% a year (0.9% a month), that carries 200 * (1 - 1.009^-12) / 0.009 =
+    # 2,265.30 yuan (2,400 without interest): the step is cut down to what fits.
     tight = Affordability(monthly_income=100_000, monthly_debt_payments=30_000)
     decision = decisions.request_increase(ctx(), account, None, score("B"), tight, NO_HISTORY)
-    assert decision.account.line.credit_line == 240_000
+    assert decision.account.line.credit_line == 226_530
+    assert decision.account.annual_rate_bp == decision.event.annual_rate_bp == 1_080
+    assert decisions.monthly_instalment(226_530, 1_080, 12) == 20_000
     # No room above the current line at all: declined.
     broke = Affordability(monthly_income=100_000, monthly_debt_payments=40_000)
     decision = decisions.request_increase(ctx(), account, None, score("B"), broke, NO_HISTORY)
@@ -204,6 +207,20 @@ def test_review_raises_by_a_step_keeps_or_lowers_within_the_largest_change():
     opted_out = decisions.review(ctx(), opened("B", automatic_increases=False), score("B"))
     assert opted_out.event.type is EventType.reviewed_unchanged
     assert opted_out.account.line.credit_line == 200_000
+
+
+def test_a_review_raises_only_what_the_declared_income_carries():
+    # 0.5 * 2,000 - 700 = 300 yuan a month carries about 3,398 yuan at 10.8% over 12 months:
+    # the review's 1,000-yuan step from 2,000 fits whole.
+    modest = opened("B", declared_monthly_income=200_000, declared_monthly_debt_payments=70_000)
+    assert decisions.review(ctx(), modest, score("B")).account.line.credit_line == 300_000
+    # 150 yuan a month carries about 1,699 yuan: nothing above the 2,000-yuan line.
+    stretched = replace(modest, declared_monthly_debt_payments=85_000)
+    kept = decisions.review(ctx(), stretched, score("B"))
+    assert kept.event.type is EventType.reviewed_unchanged
+    assert codes(kept.event) == ["POLICY_SCHEDULED_REVIEW", "POLICY_ABILITY_TO_PAY"]
+    never_declared = replace(modest, declared_monthly_income=None)
+    assert decisions.review(ctx(), never_declared, score("B")).account.line.credit_line == 200_000
 
 
 # -- signals -------------------------------------------------------------------------------
@@ -328,6 +345,9 @@ def test_six_on_time_repayments_and_six_months_earn_a_step_unless_opted_out():
     sixth = decisions.apply_signal(ctx(), account, signal("on_time_repayment"))
     assert sixth.event.type is EventType.increased
     assert sixth.account.line.credit_line == 300_000 and sixth.account.on_time_streak == 0
+    # A reward is an increase like any other: none the declared income cannot carry.
+    strained = replace(account, declared_monthly_debt_payments=1_490_000)  # 100 yuan room
+    assert decisions.apply_signal(ctx(), strained, signal("on_time_repayment")).event is None
     opted_out = replace(account, automatic_increases=False)
     assert decisions.apply_signal(ctx(), opted_out, signal("on_time_repayment")).event is None
     # A reward stands on a fresh behaviour score: none without one, or with a stale one.
@@ -426,7 +446,8 @@ def test_operator_freeze_unfreeze_close():
 def test_hardship_pauses_draws_for_its_term_and_is_limited():
     account = opened("B", months_ago=12, line=Line(credit_line=200_000, drawn=120_000))
     decision = decisions.enroll_hardship(ctx(), account, 12, [])
-    assert decision.account.hardship.monthly_instalment == 10_000
+    # 1,200 yuan repaid over 12 months at the standard tier's 10.8% a year.
+    assert decision.account.hardship.monthly_instalment == 10_595
     assert decision.account.line.available_credit == 0
     later = add_months(NOW, 12) + timedelta(days=1)
     assert decisions.current(decision.account, POLICY, later).line.available_credit == 80_000

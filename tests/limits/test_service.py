@@ -133,6 +133,8 @@ def test_open_a_tiered_first_line_and_read_it_back(limits):
     assert account.available_credit.minor_units == 500_000
     assert opened.event.type == pb.LIMIT_EVENT_TYPE_OPENED
     assert opened.event.model_name == "application" and opened.event.policy_version
+    # Priced by its tier: prime lines at 7.2% a year, on the account and in the record.
+    assert account.annual_rate_basis_points == opened.event.annual_rate_basis_points == 720
 
     read = limits.GetAccount(pb.GetAccountRequest(account_id=account.account_id), timeout=5)
     assert read.account == account
@@ -373,7 +375,9 @@ def test_hardship_and_preferences(limits, clock):
         pb.EnrollHardshipRequest(request_id=rid(), account_id=account_id, term_months=12),
         timeout=5,
     ).account
-    assert enrolled.hardship.monthly_instalment.minor_units == 10_000
+    # 1,200 yuan over 12 months at the prime tier's 7.2% a year.
+    assert enrolled.hardship.monthly_instalment.minor_units == 10_395
+    assert enrolled.annual_rate_basis_points == 720
     assert enrolled.available_credit.minor_units == 0
 
     capped = limits.SetPreferences(

@@ -143,6 +143,9 @@ ACCOUNT_FIELDS = {
         anomaly_since=st.none() | times,
     ),
     "version": money,
+    "annual_rate_bp": st.none() | small_ints,
+    "declared_monthly_income": st.none() | money,
+    "declared_monthly_debt_payments": money,
 }
 
 

@@ -257,6 +257,7 @@ class Account(_message.Message):
     OPEN_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     RISK_FIELD_NUMBER: _builtins.int
+    ANNUAL_RATE_BASIS_POINTS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     customer_id: _builtins.str
     """The customer's id in the calling system; opaque here."""
@@ -270,6 +271,10 @@ class Account(_message.Message):
     """Whether rewards and reviews may raise the line (SetPreferences)."""
     etag: _builtins.str
     """Changes with every change of the account (AIP-154)."""
+    annual_rate_basis_points: _builtins.int
+    """The line's price: its tier's annual interest rate, in basis points (1080 is 10.8% a year,
+    0.03% a day).
+    """
     @_builtins.property
     def credit_line(self) -> _money_pb2.Money:
         """The granted line."""
@@ -319,10 +324,11 @@ class Account(_message.Message):
         open_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         risk: Global___AccountRiskState | None = ...,
+        annual_rate_basis_points: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "drawn", b"drawn", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time", "risk", b"risk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "automatic_increases", b"automatic_increases", "available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "customer_id", b"customer_id", "drawn", b"drawn", "etag", b"etag", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time", "reopening_stage", b"reopening_stage", "risk", b"risk", "risk_band", b"risk_band", "status", b"status", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "annual_rate_basis_points", b"annual_rate_basis_points", "automatic_increases", b"automatic_increases", "available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "customer_id", b"customer_id", "drawn", b"drawn", "etag", b"etag", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time", "reopening_stage", b"reopening_stage", "risk", b"risk", "risk_band", b"risk_band", "status", b"status", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -590,6 +596,7 @@ class LimitEvent(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ANNUAL_RATE_BASIS_POINTS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     account_id: _builtins.str
     type: Global___LimitEventType.ValueType
@@ -602,6 +609,8 @@ class LimitEvent(_message.Message):
     model_version: _builtins.str
     request_id: _builtins.str
     """The request or signal that caused it."""
+    annual_rate_basis_points: _builtins.int
+    """The line's annual interest rate after the decision, in basis points (0: not priced)."""
     @_builtins.property
     def line_before(self) -> _money_pb2.Money: ...
     @_builtins.property
@@ -637,10 +646,11 @@ class LimitEvent(_message.Message):
         actor: Global___Actor | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
+        annual_rate_basis_points: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "create_time", b"create_time", "line_after", b"line_after", "line_before", b"line_before", "notice", b"notice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "adverse", b"adverse", "create_time", b"create_time", "event_id", b"event_id", "line_after", b"line_after", "line_before", b"line_before", "model_name", b"model_name", "model_version", b"model_version", "notice", b"notice", "policy_version", b"policy_version", "reasons", b"reasons", "request_id", b"request_id", "status_after", b"status_after", "status_before", b"status_before", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "adverse", b"adverse", "annual_rate_basis_points", b"annual_rate_basis_points", "create_time", b"create_time", "event_id", b"event_id", "line_after", b"line_after", "line_before", b"line_before", "model_name", b"model_name", "model_version", b"model_version", "notice", b"notice", "policy_version", b"policy_version", "reasons", b"reasons", "request_id", b"request_id", "status_after", b"status_after", "status_before", b"status_before", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
