@@ -255,6 +255,7 @@ def seed_book(url: str, accounts: int) -> None:
                         risk_band="B",
                         next_review_at=opened + timedelta(days=365),
                         risk=reported if i % 10 else RiskState(),
+                        declared_monthly_income=2_000_000,  # 20,000 yuan a month
                     )
                 )
     finally:
