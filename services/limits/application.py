@@ -501,8 +501,7 @@ class LimitsApplication:
                 )
             )
             for before, _, decision in _reviewed(ctx, page, scores):
-                tier = candidate.tier_for(before.risk_band or "E")
-                name = tier.name if tier else "declined"
+                name = before.tier or "none"
                 impact = tiers.get(name, TierImpact())
                 if isinstance(decision, Unscored):
                     outcome, change = "undecided", 0

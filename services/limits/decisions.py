@@ -144,7 +144,7 @@ def open_account(
 ) -> Decision:
     """A tiered first line, or a decline with its principal reasons."""
     policy = ctx.policy
-    tier = policy.tier_for(score.risk_band)
+    tier = policy.acquisition_tier(score.risk_band)
     blank = Account(
         account_id=account_id,
         customer_id=customer_id,
@@ -286,10 +286,10 @@ def request_increase(
         reasons.append(policy_reason("POLICY_REOPENING_STAGE"))
     current_line = account.line.credit_line
     target = current_line
-    tier = policy.tier_for(score.risk_band) if score else None
+    tier = policy.managed_tier(score.risk_band) if score else None
     if score is None:
         reasons.append(policy_reason("POLICY_NO_RECENT_HISTORY"))
-    elif tier is None or _band_worse(score.risk_band, account.risk_band):
+    elif tier is None or policy.tier_rank(tier.name) > policy.tier_rank(account.tier):
         reasons.append(policy_reason("POLICY_RISK_NOT_IMPROVED"))
         reasons.extend(score.reasons)
     else:
@@ -341,7 +341,7 @@ def review(ctx: Context, account: Account, score: Score | None) -> Decision:
     if account.status in (AccountStatus.closed, AccountStatus.declined):
         raise FailedPrecondition(f"the line is {account.status}", reason="NOT_REVIEWABLE")
     band = score.risk_band if score else account.risk_band or "E"
-    tier = policy.tier_for(band)
+    tier = policy.managed_tier(band) if score else policy.tier_named(account.tier)
     line = account.line.credit_line
     largest_change = math.floor(line * policy.review.max_change_fraction)
     scheduled = replace(
@@ -363,7 +363,11 @@ def review(ctx: Context, account: Account, score: Score | None) -> Decision:
             event = _event(ctx, account, reduced, EventType.reduced, adverse, score)
             return Decision(reduced, event)
     elif (
-        score is not None and _may_increase(policy, account, tier, ctx.now) and line < tier.max_line
+        score is not None
+        and _may_increase(policy, account, tier, ctx.now)
+        and line < tier.max_line
+        # A worse tier than the line's own raises nothing, even where its maximum has room.
+        and policy.tier_rank(tier.name) <= policy.tier_rank(account.tier)
     ):
         target = min(line + max(1, min(tier.increase_step, largest_change)), tier.max_line)
         target = _affordable_raise(policy, account, target, tier)
@@ -551,11 +555,11 @@ def _on_time_repayment(ctx: Context, account: Account, signal: Signal) -> Decisi
             )
         return Decision(account, None)
     band = fresh_behaviour_band(policy, account, ctx.now)
-    tier = policy.tier_for(band) if band else None
+    tier = policy.managed_tier(band) if band else None
     if (
         band is not None
         and tier is not None
-        and not _band_worse(band, account.risk_band)
+        and policy.tier_rank(tier.name) <= policy.tier_rank(account.tier)
         and account.on_time_streak >= policy.reward.consecutive_on_time_repayments
         and months_on_book(account, ctx.now) >= policy.reward.min_months_on_book
         and _may_increase(policy, account, tier, ctx.now)
@@ -625,7 +629,7 @@ def request_reopen(ctx: Context, account: Account, score: Score | None) -> Decis
     if reasons or score is None:
         event = _event(ctx, account, account, EventType.reopen_declined, reasons, score)
         return Decision(account, event, approved=False, next_eligible_at=next_eligible_at)
-    tier = ctx.policy.tier_for(score.risk_band)
+    tier = ctx.policy.managed_tier(score.risk_band)
     reopened = replace(
         account,
         line=replace(account.line, status=AccountStatus.active, in_hardship=False),
@@ -651,7 +655,7 @@ def _stage_line(policy: Policy, account: Account, stage_number: int) -> int:
     elif stage.former_line_fraction is not None:
         line = math.floor((account.line_before_closure or 0) * stage.former_line_fraction)
     else:
-        tier = policy.tier_for(account.risk_band or "E")
+        tier = policy.managed_tier(account.risk_band or "E")
         line = tier.initial_line if tier else 0
     # Advancing never lowers the line.
     return max(line, account.line.credit_line if stage_number > 1 else 0)

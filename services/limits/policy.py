@@ -24,6 +24,7 @@ from services.common.documents import (
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 BANDS = ("A", "B", "C", "D", "E")
+DECLINED = "declined"
 
 Fen = Annotated[int, Field(ge=0, description="Integer minor units (fen).")]
 PositiveFen = Annotated[int, Field(gt=0, description="Integer minor units (fen).")]
@@ -62,7 +63,6 @@ class SignalAction(StrEnum):
 
 class Tier(StrictModel):
     name: str = Field(min_length=1)
-    bands: list[Band] = Field(min_length=1)
     initial_line: PositiveFen
     max_line: PositiveFen
     increase_step: PositiveFen
@@ -220,8 +220,13 @@ class Policy(StrictModel):
 
     version: str = Field(min_length=1)
     currency_code: str = Field(pattern=r"^[A-Z]{3}$")
+    # Best first: a tier lower in the list is a worse risk.
     tiers: list[Tier] = Field(min_length=1)
-    declined_bands: list[Band] = []
+    # Each model's risk bands to a tier name or "declined". A band means what its model's
+    # holdout says it means, so each model has its own map: `acquisition` for the application
+    # model (first lines), `account_management` for the behaviour model (everything after).
+    acquisition: dict[Band, str]
+    account_management: dict[Band, str]
     application: Application
     draws: Draws
     risk_state: RiskState
@@ -236,31 +241,40 @@ class Policy(StrictModel):
     hardship: Hardship
 
     @model_validator(mode="after")
-    def _every_band_once(self) -> Self:
-        owners: dict[str, str] = {}
-        for tier in self.tiers:
-            for band in tier.bands:
-                if band in owners:
-                    raise ValueError(f"band {band} is in tiers {owners[band]} and {tier.name}")
-                owners[band] = tier.name
-        for band in self.declined_bands:
-            if band in owners:
-                raise ValueError(f"band {band} is declined and also in tier {owners[band]}")
-            owners[band] = "declined"
-        missing = [band for band in BANDS if band not in owners]
-        if missing:
-            raise ValueError(f"bands {', '.join(missing)} are neither in a tier nor declined")
-        if len({tier.name for tier in self.tiers}) != len(self.tiers):
+    def _every_band_mapped_to_a_tier(self) -> Self:
+        names = [tier.name for tier in self.tiers]
+        if len(set(names)) != len(names):
             raise ValueError("tier names must be unique")
+        for strategy in ("acquisition", "account_management"):
+            bands = getattr(self, strategy)
+            missing = [band for band in BANDS if band not in bands]
+            if missing:
+                raise ValueError(f"{strategy}: bands {', '.join(missing)} have no tier")
+            for band, tier in bands.items():
+                if tier != DECLINED and tier not in names:
+                    raise ValueError(
+                        f"{strategy}.{band}: {tier!r} is no tier; one of "
+                        f"{', '.join(names)} or {DECLINED}"
+                    )
         return self
 
     def tier_named(self, name: str | None) -> Tier | None:
         """The tier of this name, or None (no such tier in this policy)."""
         return next((tier for tier in self.tiers if tier.name == name), None)
 
-    def tier_for(self, band: str) -> Tier | None:
-        """The tier of a risk band, or None when the band is declined."""
-        return next((tier for tier in self.tiers if band in tier.bands), None)
+    def acquisition_tier(self, band: str) -> Tier | None:
+        """The tier of a first line for an application model band (None: declined)."""
+        return self.tier_named(self.acquisition.get(band))  # type: ignore[call-overload]
+
+    def managed_tier(self, band: str) -> Tier | None:
+        """The tier of a line on book for a behaviour model band (None: no line is raised or
+        kept at this risk; a review lowers it)."""
+        return self.tier_named(self.account_management.get(band))  # type: ignore[call-overload]
+
+    def tier_rank(self, name: str | None) -> int:
+        """A tier's place, best first (an unknown or no tier ranks below every tier)."""
+        names = [tier.name for tier in self.tiers]
+        return names.index(name) if name in names else len(names)
 
     def actions_for(
         self, signal: str, severity: Severity, days_past_due: int = 0

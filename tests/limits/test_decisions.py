@@ -56,7 +56,7 @@ def codes(event) -> list[str]:
 
 @pytest.mark.parametrize(
     ("band", "tier", "line"),
-    [("A", "prime", 500_000), ("B", "standard", 200_000), ("D", "thin_file", 25_000)],
+    [("A", "prime", 500_000), ("B", "standard", 200_000), ("C", "emerging", 80_000)],
 )
 def test_first_line_follows_the_tier(band, tier, line):
     decision = decisions.open_account(ctx(), "a", "c", score(band), RICH)
@@ -67,6 +67,17 @@ def test_first_line_follows_the_tier(band, tier, line):
     assert decision.event.type is EventType.opened and not decision.event.adverse
     assert decision.event.policy_version == POLICY.version
     assert decision.event.model_version == "1.0.0"
+
+
+def test_an_application_band_d_is_declined_though_behaviour_band_d_keeps_a_line():
+    """Bands mean what their own model's holdout says: application D went bad at 46.9%."""
+    assert not decisions.open_account(ctx(), "a", "c", score("D"), RICH).approved
+    account = opened("B", months_ago=12)
+    reviewed = decisions.review(ctx(), account, score("D"))  # behaviour D: the thin_file tier
+    assert reviewed.account.tier == "thin_file"
+    # 2,000 yuan fits under thin_file's 3,000 maximum, but a worse tier raises nothing.
+    assert reviewed.event.type is EventType.reviewed_unchanged
+    assert reviewed.account.line.credit_line == 200_000
 
 
 def test_band_e_is_declined_with_policy_and_model_reasons_and_a_notice():
