@@ -433,6 +433,28 @@ def test_staged_reopening_moves_forward_with_on_time_repayments():
     assert (account.reopening_stage, account.line.credit_line) == (3, 200_000)  # the tier's line
 
 
+def test_a_reopening_stage_raises_the_line_only_as_far_as_the_income_carries():
+    # 0.5 * 2,000 - 850 = 150 yuan a month carries about 1,699 yuan at 10.8% over 12 months.
+    account = closed_account(
+        100,
+        last_on_time_repayment_at=NOW - timedelta(days=5),
+        declared_monthly_income=200_000,
+        declared_monthly_debt_payments=85_000,
+    )
+    account = decisions.request_reopen(ctx(), account, score("B")).account  # 200 yuan: fits
+    for _ in range(3):
+        step = decisions.apply_signal(ctx(), account, signal("on_time_repayment"))
+        account = step.account
+    # Stage 2 would be 1,500 yuan (half of before): it fits too. Stage 3, the tier's 2,000
+    # yuan, does not: the line stops at what the declared income carries.
+    assert (account.reopening_stage, account.line.credit_line) == (2, 150_000)
+    for _ in range(6):
+        account = decisions.apply_signal(ctx(), account, signal("on_time_repayment")).account
+    assert account.reopening_stage == 3
+    assert 150_000 < account.line.credit_line < 170_000
+    assert decisions.monthly_instalment(account.line.credit_line, 1_080, 12) <= 15_000
+
+
 def test_only_closed_or_frozen_lines_reopen():
     with pytest.raises(FailedPrecondition):
         decisions.request_reopen(ctx(), opened("B"), score("B"))
