@@ -110,7 +110,12 @@ def train(
         str | None, typer.Option(help="Train only this model: application or behaviour.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 7,
-    version: Annotated[str, typer.Option(help="Version of the trained models.")] = "1.0.0",
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="Version of the trained models (default: each model's committed version)."
+        ),
+    ] = None,
 ) -> None:
     """Train, check parity and publish the credit models with their cards and plots."""
     try:

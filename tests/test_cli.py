@@ -113,12 +113,13 @@ def test_model_train_publishes_a_valid_model(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    artifact = load_artifact(tmp_path / "application" / "1.0.0")
+    # Published as the bundled version, chosen by the full fairness search.
+    artifact = load_artifact(tmp_path / "application" / "1.1.0")
     validate_artifact(artifact)
-    bundled = Path(__file__).resolve().parent.parent / "models" / "application" / "1.0.0"
+    bundled = Path(__file__).resolve().parent.parent / "models" / "application" / "1.1.0"
     # Same seed and date: the published bytes are the bundled model's, to the byte.
     assert artifact.onnx == (bundled / "model.onnx").read_bytes()
-    assert (tmp_path / "application/1.0.0/card.json").read_bytes() == (
+    assert (tmp_path / "application/1.1.0/card.json").read_bytes() == (
         bundled / "card.json"
     ).read_bytes()
 

@@ -21,7 +21,7 @@ class ScoringSettings(ServiceSettings):
     )
     challenger_versions: dict[str, str] = Field(
         default_factory=dict,
-        description='Versions scored in shadow, by model, as JSON: {"application": "1.1.0"}.',
+        description='Versions scored in shadow, by model, as JSON: {"application": "1.2.0"}.',
     )
     reload_interval_seconds: float = Field(
         2.0, ge=0, description="How often the model directory is checked; 0 turns reload off."

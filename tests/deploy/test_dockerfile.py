@@ -167,7 +167,7 @@ def test_the_build_context_holds_the_sources_and_no_secrets_or_venvs():
         "services/limits/default_policy.yaml",
         "services/cli.py",
         "creditline/scoring/v1/scoring_service_pb2.py",
-        "models/application/1.0.0/model.onnx",
+        "models/application/1.1.0/model.onnx",
     ):
         assert not dockerignored(needed, patterns), needed
     for unwanted in (

@@ -1,4 +1,4 @@
-"""The model pipeline: parity, quality, reasons, reproducibility and artifact validation."""
+"""The model pipeline: parity, quality, reasons, reproducibility, fairness and artifacts."""
 
 import hashlib
 import json
@@ -26,7 +26,11 @@ from services.scoring.modelling.scale import (
 )
 from services.scoring.modelling.scorecard import export_onnx, reason_points
 from services.scoring.modelling.training import (
+    DEFAULT_VERSIONS,
+    FAIRNESS_AUC_TOLERANCE,
+    FULL_SEARCH,
     SCORE_SCALE,
+    SearchGrid,
     fit_model,
     train_model,
 )
@@ -34,6 +38,8 @@ from services.scoring.modelling.training import (
 SEED = 7
 CREATED_AT = "2026-11-22T00:00:00Z"
 SMALL_SIMULATION = 5000  # accounts for the behaviour model in tests: fast, still ~300 defaults
+# The fairness search in tests: each age proxy as is or with no points, 4 scorecards.
+SMALL_SEARCH = SearchGrid(quantile_bins=(5,), C=(0.1,), treatments=("as_is", "none"))
 COMMITTED_MODELS = Path(__file__).resolve().parents[2] / "models"
 ARTIFACT_FILES = ("model.onnx", "card.json", "roc.png", "score_distribution.png", "calibration.png")
 
@@ -45,6 +51,7 @@ def _train(name: str, output_dir: Path, **options) -> Path:
         seed=SEED,
         created_at=CREATED_AT,
         simulated_accounts=SMALL_SIMULATION,
+        search=SMALL_SEARCH,
         **options,
     )
 
@@ -53,7 +60,7 @@ def _train(name: str, output_dir: Path, **options) -> Path:
 def fitted():
     """Both models fitted as training fits them, keyed by name."""
     return {
-        name: fit_model(name, seed=SEED, simulated_accounts=SMALL_SIMULATION)
+        name: fit_model(name, seed=SEED, simulated_accounts=SMALL_SIMULATION, search=SMALL_SEARCH)
         for name in ("application", "behaviour")
     }
 
@@ -226,6 +233,97 @@ def test_no_protected_attribute_is_an_application_model_input(published):
     assert all(0 < groups[a]["air"] <= 1 for a in groups)
 
 
+# -- fairness -----------------------------------------------------------------------------
+
+
+def test_the_fairness_search_is_recorded_and_picks_the_fairest_eligible_candidate(published):
+    card = json.loads((published["application"] / "card.json").read_text())
+    search = card["fairness"]["search"]
+    candidates = search["candidates"]
+    assert len(candidates) == 4  # 1 granularity x 1 C x 2 treatments of each of 2 proxies
+    assert {c["proxies"]["housing"] for c in candidates} == {"as_is", "none"}
+    best_auc = max(c["cv_auc"] for c in candidates)
+    assert search["best_cv_auc"] == best_auc
+    eligible = [c for c in candidates if c["eligible"]]
+    assert all(c["cv_auc"] >= best_auc - FAIRNESS_AUC_TOLERANCE for c in eligible)
+    chosen = candidates[search["chosen"]["candidate"]]
+    assert chosen["eligible"] and chosen["worst_air"] == max(c["worst_air"] for c in eligible)
+    assert set(chosen["air"]) == {"sex", "age", "foreign_worker"}
+    assert chosen["worst_air"] == min(chosen["air"].values())
+    assert search["rationale"].strip()
+
+    # The published model is the chosen candidate: its knobs, its CV metrics, its AIRs.
+    hyperparameters = card["hyperparameters"]
+    assert (hyperparameters["quantile_bins"], hyperparameters["C"]) == (
+        chosen["quantile_bins"],
+        chosen["C"],
+    )
+    assert card["metrics"]["cross_validation"]["auc_mean"] == chosen["cv_auc"]
+    groups = hyperparameters.get("category_groups", {})
+    assert {f for f, t in chosen["proxies"].items() if t != "as_is"} == set(groups)
+    features = {feature["name"]: feature for feature in card["features"]}
+    for name, feature_groups in groups.items():
+        assert features[name]["category_groups"] == feature_groups
+        assert len(features[name]["bin_points"]) == len(features[name]["categories"])
+        if len(feature_groups) == 1:  # given no points: it never costs any
+            assert set(features[name]["bin_points"]) == {0.0}
+    card_airs = {
+        attribute: report["air"] for attribute, report in card["fairness"]["groups"].items()
+    }
+    assert search["chosen"]["all_rows_air"] == card_airs
+
+
+def _fail_for_age(card: dict) -> None:
+    age = card["fairness"]["groups"]["age"]
+    age["under_25"]["approval_rate"], age["25_or_over"]["approval_rate"] = 0.5705, 0.7133
+    age.update(air=0.7998, passes_four_fifths=False)
+
+
+def test_a_card_failing_the_four_fifths_screen_without_its_search_is_refused(artifact_copy):
+    def without_search(card):
+        _fail_for_age(card)
+        del card["fairness"]["search"]
+
+    _edit_card(artifact_copy, without_search)
+    with pytest.raises(
+        ArtifactError, match=r"fairness: age under_25 AIR 0\.7998 fails the four-fifths screen"
+    ):
+        validate_artifact(load_artifact(artifact_copy))
+
+
+@pytest.mark.parametrize("rationale", [None, "", "  "])
+def test_a_failing_card_whose_search_gives_no_rationale_is_refused(artifact_copy, rationale):
+    def without_rationale(card):
+        _fail_for_age(card)
+        card["fairness"]["search"]["rationale"] = rationale
+
+    _edit_card(artifact_copy, without_rationale)
+    with pytest.raises(ArtifactError, match="no search for a less discriminatory alternative"):
+        validate_artifact(load_artifact(artifact_copy))
+
+
+def test_a_failing_card_with_its_search_and_rationale_loads(artifact_copy):
+    _edit_card(artifact_copy, _fail_for_age)
+    validate_artifact(load_artifact(artifact_copy))
+
+
+def test_a_card_passing_the_screen_needs_no_search(artifact_copy):
+    def passing_without_search(card):
+        for report in card["fairness"]["groups"].values():
+            report.update(air=0.9, passes_four_fifths=True)
+        del card["fairness"]["search"]
+
+    _edit_card(artifact_copy, passing_without_search)
+    validate_artifact(load_artifact(artifact_copy))
+
+
+def test_training_does_not_publish_a_failing_model_without_its_search(tmp_path):
+    # The configuration before the search (every input as is, C by log loss) fails for age.
+    with pytest.raises(ArtifactError, match=r"age under_25 AIR 0\.7998"):
+        train_model("application", tmp_path, seed=SEED, created_at=CREATED_AT, search=None)
+    assert not (tmp_path / "application").exists()
+
+
 # -- reproducibility ----------------------------------------------------------------------
 
 
@@ -242,6 +340,7 @@ def test_same_seed_and_date_give_identical_bytes(published, tmp_path, name):
         seed=SEED + 1,
         created_at=CREATED_AT,
         simulated_accounts=SMALL_SIMULATION,
+        search=SMALL_SEARCH,
     )
     assert (other_seed / "model.onnx").read_bytes() != (again / "model.onnx").read_bytes()
 
@@ -281,7 +380,7 @@ def _replace_onnx(directory: Path, model_bytes: bytes) -> None:
 def test_a_published_artifact_validates(published):
     for name, directory in published.items():
         artifact = load_artifact(directory)
-        assert (artifact.name, artifact.version) == (name, "1.0.0")
+        assert (artifact.name, artifact.version) == (name, DEFAULT_VERSIONS[name])
         validate_artifact(artifact)
 
 
@@ -342,12 +441,23 @@ def test_missing_files_and_malformed_json_are_refused(artifact_copy):
 
 @pytest.mark.parametrize("name", ["application", "behaviour"])
 def test_committed_models_validate(name):
-    directory = COMMITTED_MODELS / name / "1.0.0"
+    directory = COMMITTED_MODELS / name / DEFAULT_VERSIONS[name]
+    assert [path.name for path in (COMMITTED_MODELS / name).iterdir()] == [DEFAULT_VERSIONS[name]]
     artifact = load_artifact(directory)
-    assert (artifact.name, artifact.version) == (name, "1.0.0")
+    assert (artifact.name, artifact.version) == (name, DEFAULT_VERSIONS[name])
     validate_artifact(artifact)
     for filename in ARTIFACT_FILES:
         assert (directory / filename).stat().st_size > 0
+
+
+def test_the_committed_application_model_was_chosen_by_the_full_search():
+    card = load_artifact(COMMITTED_MODELS / "application" / DEFAULT_VERSIONS["application"]).card
+    grid = FULL_SEARCH
+    proxies = len(german_credit.AGE_PROXIES)
+    size = len(grid.quantile_bins) * len(grid.C) * len(grid.treatments) ** proxies
+    assert len(card["fairness"]["search"]["candidates"]) == size
+    assert card["metrics"]["cross_validation"]["auc_mean"] >= 0.78
+    assert all(report["passes_four_fifths"] for report in card["fairness"]["groups"].values())
 
 
 # -- score scale and simulator ------------------------------------------------------------

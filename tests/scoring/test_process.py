@@ -77,7 +77,7 @@ def test_process_logs_json_serves_metrics_and_stops_on_sigterm():
         'grpc_server_handling_seconds_count{grpc_code="OK",grpc_method="Score",'
         'grpc_service="creditline.scoring.v1.ScoringService"} 1.0' in text
     )
-    assert 'creditline_model_serving{model="application",role="champion",version="1.0.0"}' in text
+    assert 'creditline_model_serving{model="application",role="champion",version="1.1.0"}' in text
 
 
 def test_bad_configuration_fails_fast_with_the_variable_named():

@@ -3,6 +3,11 @@
 The scoring server calls `load_artifact` then `validate_artifact` at start and before hot-swapping
 a model in; a model that fails any check raises ArtifactError with a message that says why.
 Validation takes milliseconds: it re-runs only the card's small parity sample.
+
+The fairness gate (`check_fairness`, also run by training before it writes a model): a card whose
+adverse impact ratio fails the four-fifths screen for any protected attribute is refused unless
+it records the search for a less discriminatory alternative, `fairness.search`, with its
+candidates and a `rationale` saying why the chosen model stands.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ REQUIRED_CARD_KEYS = (
 REQUIRED_FEATURE_KEYS = ("name", "type", "description", "missing", "reason_code", "reason_text")
 REQUIRED_SCALE_KEYS = ("base_points", "base_odds", "pdo", "min_points", "max_points")
 LOCALES = ("en", "zh-CN")
+# The four-fifths screen: a group approved at under 80% of the best-approved group's rate.
+FOUR_FIFTHS = 0.8
 
 
 class ArtifactError(Exception):
@@ -131,6 +138,52 @@ def _check_card(card: dict) -> None:
     )
 
 
+def _failing_groups(groups: Mapping) -> list[str]:
+    """Each attribute failing the four-fifths screen, with its least-approved group and AIR."""
+    failing = []
+    for attribute, report in sorted(groups.items()):
+        _require(report, ("air",), f"fairness.groups.{attribute}")
+        air = float(report["air"])
+        if air >= FOUR_FIFTHS and report.get("passes_four_fifths", True) is not False:
+            continue
+        rates = {
+            group: entry["approval_rate"]
+            for group, entry in report.items()
+            if isinstance(entry, Mapping) and "approval_rate" in entry
+        }
+        lowest = f" {min(rates, key=rates.__getitem__)}" if rates else ""
+        failing.append(f"{attribute}{lowest} AIR {air:.4f}")
+    return failing
+
+
+def check_fairness(card: Mapping) -> None:
+    """The gate: refuse a card failing the four-fifths screen with no search recorded.
+
+    A failing card is accepted only with `fairness.search` holding the `candidates` searched and
+    a non-empty `rationale`: the less discriminatory alternatives were looked for, and why the
+    chosen model stands is written down.
+    """
+    fairness = card["fairness"]
+    _require(fairness, ("groups",), "fairness")
+    failing = _failing_groups(fairness["groups"])
+    if not failing:
+        return
+    search = fairness.get("search")
+    recorded = (
+        isinstance(search, Mapping)
+        and isinstance(search.get("candidates"), list)
+        and bool(search["candidates"])
+        and isinstance(search.get("rationale"), str)
+        and bool(search["rationale"].strip())
+    )
+    if not recorded:
+        raise ArtifactError(
+            f"fairness: {'; '.join(failing)} fails the four-fifths screen (AIR below "
+            f"{FOUR_FIFTHS}) and the card records no search for a less discriminatory "
+            "alternative (fairness.search with its candidates and a rationale)"
+        )
+
+
 def _check_onnx_contract(session, n_features: int) -> None:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if [i.name for i in inputs] != [INPUT_NAME]:
@@ -179,6 +232,7 @@ def validate_artifact(artifact: ModelArtifact) -> None:
 def _validate(artifact: ModelArtifact) -> None:
     card = artifact.card
     _check_card(card)
+    check_fairness(card)
     digest = hashlib.sha256(artifact.onnx).hexdigest()
     if digest != card["onnx_sha256"]:
         raise ArtifactError(

@@ -19,13 +19,14 @@ def train_with_progress(
     *,
     name: str | None = None,
     seed: int = 7,
-    version: str = "1.0.0",
+    version: str | None = None,
     created_at: str | None = DEFAULT_CREATED_AT,
 ) -> list[Path]:
     """Train one model (`name`) or both, showing a progress bar per model.
 
-    created_at is pinned by default so retraining reproduces the committed bytes; pass None
-    for SOURCE_DATE_EPOCH or the current time.
+    Each model is published as its committed version (DEFAULT_VERSIONS) unless `version` is
+    given, with the full fairness search. created_at is pinned by default so retraining
+    reproduces the committed bytes; pass None for SOURCE_DATE_EPOCH or the current time.
     """
     names = tuple(n for n in MODEL_NAMES if name is None or n == name)
     if not names:

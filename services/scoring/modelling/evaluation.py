@@ -7,9 +7,9 @@ from collections.abc import Mapping
 import numpy as np
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score, roc_curve
 
+from services.scoring.modelling.artifact import FOUR_FIFTHS
 from services.scoring.modelling.scale import band_from_score, score_bin_proportions
 
-FOUR_FIFTHS = 0.8
 # Bands by share of the training population, best first: A is the best 20%, E the worst 15%.
 BAND_SHARES = {"A": 0.20, "B": 0.25, "C": 0.25, "D": 0.15, "E": 0.15}
 APPROVAL_BAND = "C"
@@ -84,12 +84,26 @@ def score_distribution(training_scores: np.ndarray, scale: Mapping) -> dict:
     return {"bin_edges": edges, "proportions": [float(p) for p in proportions]}
 
 
+def approvals(scores: np.ndarray, bands: list[dict]) -> np.ndarray:
+    """Whether each score is approved: in band C or better."""
+    return np.isin(
+        band_from_score(scores, bands),
+        list(BAND_SHARES)[: list(BAND_SHARES).index(APPROVAL_BAND) + 1],
+    )
+
+
 def _approval(approved: np.ndarray, y: np.ndarray, mask: np.ndarray) -> dict:
     return {
         "rows": int(mask.sum()),
         "approval_rate": float(approved[mask].mean()),
         "default_rate": float(y[mask].mean()),
     }
+
+
+def impact_ratio(approved: np.ndarray, labels: np.ndarray) -> float:
+    """The lowest group's approval rate over the highest's (1.0 when none is approved)."""
+    rates = [approved[labels == group].mean() for group in sorted(set(labels.tolist()))]
+    return float(min(rates) / max(rates)) if max(rates) > 0 else 1.0
 
 
 def adverse_impact(
@@ -99,16 +113,12 @@ def adverse_impact(
 
     air = lowest group approval rate / highest; below 0.8 fails the four-fifths screen.
     """
-    approved = np.isin(
-        band_from_score(scores, bands),
-        list(BAND_SHARES)[: list(BAND_SHARES).index(APPROVAL_BAND) + 1],
-    )
+    approved = approvals(scores, bands)
     groups = {}
     for attribute, labels in protected.items():
         report = {
             group: _approval(approved, y, labels == group) for group in sorted(set(labels.tolist()))
         }
-        rates = [entry["approval_rate"] for entry in report.values()]
-        air = min(rates) / max(rates) if max(rates) > 0 else 1.0
+        air = impact_ratio(approved, labels)
         groups[attribute] = {**report, "air": air, "passes_four_fifths": air >= FOUR_FIFTHS}
     return groups

@@ -85,6 +85,10 @@ class TrainingData:
     notes: str
     # Protected attributes by name, one label per row; never model inputs, only for fairness.
     protected: dict[str, np.ndarray] = field(default_factory=dict)
+    # Categorical inputs that stand in for a protected attribute, each with a coarser grouping
+    # of its categories (runs of adjacent categories): the fairness search tries each feature
+    # as it is, coarsened to these groups and with no points at all.
+    proxies: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.X.dtype != np.float32 or self.X.shape != (len(self.y), len(self.features)):

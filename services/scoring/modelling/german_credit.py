@@ -135,6 +135,22 @@ NUMERIC_COLUMNS: dict[str, str] = {
 }
 
 PROTECTED_COLUMNS = ("personal_status_and_sex", "age_in_years", "foreign_worker")
+
+# The inputs that most stand in for age under 25 (the group the four-fifths screen flagged),
+# by Cramer's V with it over the 1,000 rows: housing 0.31 (39% of renters are under 25, 11% of
+# owners, 5% of those housed for free), employment_since 0.21 (26% below one year, 4% at seven
+# years or more); the next, credit_history (0.18), is the repayment record itself. The coarser
+# groups: renting with owning, the split that stands in for age, keeping free housing (41% bad)
+# apart; for employment, categories of like default rates, unemployed (37% bad) with below one
+# year (41%) and 4-7 years (22%) with 7 or more (25%).
+AGE_PROXIES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "housing": (("rent", "own"), ("for_free",)),
+    "employment_since": (
+        ("unemployed", "below_1_year"),
+        ("1_to_4_years",),
+        ("4_to_7_years", "7_years_or_more"),
+    ),
+}
 TARGET_COLUMN = "creditability"
 
 
@@ -326,4 +342,5 @@ def load_german_credit(path: Path | None = None) -> TrainingData:
             "age": np.array(age),
             "foreign_worker": np.array(foreign),
         },
+        proxies=AGE_PROXIES,
     )

@@ -4,7 +4,9 @@ Every feature is binned on its own and a logistic regression (L2) weighs the bin
 feature starts from quantile bins (5, edges at training values) or from fixed cut points (counts
 and days past due, mostly 0, on which quantile bins collapse); where a feature has an expected
 risk direction, adjacent bins that go against it are merged and the model refit until none do.
-A categorical feature is one-hot over its categories' indices.
+A categorical feature is one-hot over its categories' indices, unless its categories are
+grouped (`category_groups`): then a bin starts at each group's first category, which must follow
+the previous group's last, and one group of all its categories gives the feature no points.
 
 A bin's coefficient is its contribution to the logit of default, so a feature's reason points
 are its bin's coefficient minus the feature's smallest coefficient: 0 at its best value. The
@@ -91,8 +93,22 @@ def quantile_cut_points(values: np.ndarray, bins: int = QUANTILE_BINS) -> tuple[
     return tuple(float(edge) for edge in edges if edge > values.min())
 
 
+def category_cut_points(spec: FeatureSpec, groups: Sequence[Sequence[str]]) -> tuple[float, ...]:
+    """Cut points over a categorical feature's indices that bin its categories in `groups`.
+
+    The groups must cover the categories in their order, so each is a run of adjacent indices
+    and a bin starts half-way before its group's first index (the ONNX graph's category rule).
+    """
+    if [c for group in groups for c in group] != list(spec.categories) or not all(groups):
+        raise ValueError(
+            f"groups of {spec.name} must cover its categories in order: {list(spec.categories)}"
+        )
+    starts = np.cumsum([len(group) for group in groups])[:-1]
+    return tuple(float(start) - 0.5 for start in starts)
+
+
 def _binner(spec: FeatureSpec, cut_points: Mapping[str, tuple[float, ...]]):
-    if spec.kind == "categorical":
+    if spec.kind == "categorical" and spec.name not in cut_points:
         return OneHotEncoder(
             categories=[[float(i) for i in range(len(spec.categories))]],
             handle_unknown="error",
@@ -105,7 +121,10 @@ def _binner(spec: FeatureSpec, cut_points: Mapping[str, tuple[float, ...]]):
 def build_pipeline(
     features: Sequence[FeatureSpec], cut_points: Mapping[str, tuple[float, ...]], C: float
 ) -> Pipeline:
-    """An unfitted scorecard: one binner per feature, in feature order, then L2 logistic."""
+    """An unfitted scorecard: one binner per feature, in feature order, then L2 logistic.
+
+    `cut_points` holds every numeric feature's and each grouped categorical feature's cuts.
+    """
     bins = ColumnTransformer(
         [(spec.name, _binner(spec, cut_points), [j]) for j, spec in enumerate(features)],
         sparse_threshold=0.0,
@@ -126,16 +145,32 @@ def _first_violation(points: np.ndarray, direction: str | None) -> int | None:
 
 
 def fit_scorecard(
-    features: Sequence[FeatureSpec], X: np.ndarray, y: np.ndarray, C: float
+    features: Sequence[FeatureSpec],
+    X: np.ndarray,
+    y: np.ndarray,
+    C: float,
+    *,
+    quantile_bins: int = QUANTILE_BINS,
+    category_groups: Mapping[str, Sequence[Sequence[str]]] | None = None,
 ) -> Pipeline:
-    """Fit; while a feature's bin points go against its risk direction, merge and refit."""
+    """Fit; while a feature's bin points go against its risk direction, merge and refit.
+
+    `quantile_bins` is the starting granularity of numeric features without fixed cut points;
+    `category_groups` bins the named categorical features by groups of their categories.
+    """
+    category_groups = category_groups or {}
     cut_points = {
         spec.name: tuple(spec.cut_points)
         if spec.cut_points is not None
-        else quantile_cut_points(X[:, j])
+        else quantile_cut_points(X[:, j], quantile_bins)
         for j, spec in enumerate(features)
         if spec.kind == "numeric"
     }
+    specs = {spec.name: spec for spec in features}
+    for name, groups in category_groups.items():
+        if specs[name].kind != "categorical":
+            raise ValueError(f"{name} is not categorical: its categories cannot be grouped")
+        cut_points[name] = category_cut_points(specs[name], groups)
     while True:
         pipeline = build_pipeline(features, cut_points, C).fit(X, y)
         merged = False

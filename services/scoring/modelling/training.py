@@ -2,19 +2,27 @@
 
 `train_model` writes `<output_dir>/<name>/<version>/` with model.onnx, card.json, roc.png,
 score_distribution.png and calibration.png, and only after the ONNX export has passed the
-parity check against sklearn on the holdout. The same seed and created_at give byte-identical
-files. `train_default_models` trains both served models (`creditline model train`).
+parity check against sklearn on the holdout and the card the fairness gate (`check_fairness`).
+The same seed and created_at give byte-identical files. `train_default_models` trains both
+served models (`creditline model train`).
+
+A model with protected attributes to measure is chosen by a search for a less discriminatory
+alternative (`SearchGrid`): every scorecard of a small grid of its own knobs is cross-validated,
+and among those within FAIRNESS_AUC_TOLERANCE of the best AUC (and FAIRNESS_LOG_LOSS_TOLERANCE of
+the best log loss) the one with the highest worst-group adverse impact ratio is fitted. The card
+records the grid, every candidate and why the chosen one stands (`fairness.search`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -26,6 +34,7 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from services.scoring.modelling import evaluation, plots
+from services.scoring.modelling.artifact import FOUR_FIFTHS, check_fairness
 from services.scoring.modelling.features import FeatureSpec, TrainingData
 from services.scoring.modelling.german_credit import load_german_credit
 from services.scoring.modelling.parity import check_scorecard
@@ -42,6 +51,9 @@ from services.scoring.modelling.simulator import simulated_training_data
 
 ModelName = Literal["application", "behaviour"]
 MODEL_NAMES: tuple[ModelName, ...] = ("application", "behaviour")
+# The version each model is published as by default: the one committed under models/.
+# application 1.1.0 is the first chosen by the fairness search.
+DEFAULT_VERSIONS: dict[str, str] = {"application": "1.1.0", "behaviour": "1.0.0"}
 # Called as progress(description, completed_steps, total_steps).
 Progress = Callable[[str, int, int], None]
 
@@ -49,6 +61,13 @@ DEFAULT_CREATED_AT = "2026-11-22T00:00:00Z"
 HOLDOUT_SHARE = 0.3
 CV_FOLDS = 5
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+# The fairness search's eligibility: as good a ranking (CV AUC) and as good a calibration (CV
+# log loss, which AUC cannot see: bands and lines are set on the probability) as the best found.
+FAIRNESS_AUC_TOLERANCE = 0.005
+FAIRNESS_LOG_LOSS_TOLERANCE = 0.01
+# What the search may do with a feature that stands in for a protected attribute: keep it, bin
+# it by its coarser groups, or give it no points (one bin; it stays an input of the contract).
+PROXY_TREATMENTS = ("as_is", "coarse", "none")
 PARITY_SAMPLE_ROWS = 50
 MAX_REASONS = 4
 SIGNIFICANT_DIGITS = 10
@@ -85,6 +104,64 @@ EXPLANATION_METHOD = (
     "most points above 0, largest first, at most max_reasons; ties keep feature order."
 )
 FAIRNESS_METHOD = "adverse impact ratio of approval rates at the band C cut-off; four-fifths screen"
+SEARCH_METHOD = (
+    "Every combination of the grid is a scorecard cross-validated on the training split with the "
+    "same stratified 5 folds as the model's metrics; its AIRs are out of fold: each fold's rows "
+    "approved at the band C cut-off of the scores of the rows it was fitted on, pooled over the "
+    "folds. Monotone risk directions are enforced in every candidate (reason texts rely on them). "
+    "Eligible: CV AUC within auc_tolerance of the best and CV log loss within log_loss_tolerance "
+    "of the best. Chosen: the eligible candidate with the highest worst-group AIR (ties: higher "
+    "CV AUC, then grid order)."
+)
+
+
+@dataclass(frozen=True)
+class SearchGrid:
+    """The size of the search for a less discriminatory alternative: every combination is tried.
+
+    quantile_bins: the starting granularity of quantile-binned numeric features (each bin at
+    least 1/q of the rows before monotone merging); C: the L2 regularisation; treatments: what
+    each proxy feature (`TrainingData.proxies`) may be, from PROXY_TREATMENTS.
+    """
+
+    quantile_bins: tuple[int, ...] = (3, 4, 5, 6)
+    C: tuple[float, ...] = C_GRID
+    treatments: tuple[str, ...] = PROXY_TREATMENTS
+
+    def __post_init__(self) -> None:
+        if not (self.quantile_bins and self.C and self.treatments):
+            raise ValueError("a search grid needs at least one value of each knob")
+        unknown = set(self.treatments) - set(PROXY_TREATMENTS)
+        if unknown:
+            raise ValueError(f"unknown proxy treatments {sorted(unknown)}; {PROXY_TREATMENTS}")
+
+
+# `creditline model train`: 4 granularities x 5 C x 3 x 3 proxy treatments, 180 scorecards.
+FULL_SEARCH = SearchGrid()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scorecard of the search: its knobs, and the treatment of each proxy feature."""
+
+    quantile_bins: int
+    C: float
+    treatments: tuple[tuple[str, str], ...] = ()
+
+    def category_groups(self, data: TrainingData) -> dict[str, tuple[tuple[str, ...], ...]]:
+        specs = {spec.name: spec for spec in data.features}
+        groups = {}
+        for feature, treatment in self.treatments:
+            if treatment == "coarse":
+                groups[feature] = data.proxies[feature]
+            elif treatment == "none":
+                groups[feature] = (tuple(specs[feature].categories),)
+        return groups
+
+    def describe(self) -> str:
+        words = {"as_is": "as is", "coarse": "coarsened", "none": "with no points"}
+        proxies = "".join(f", {feature} {words[t]}" for feature, t in self.treatments)
+        return f"{self.quantile_bins} quantile bins, C {self.C:g}{proxies}"
 
 
 def _created_at(created_at: str | None) -> str:
@@ -104,6 +181,55 @@ def load_training_data(name: ModelName, seed: int, simulated_accounts: int) -> T
     raise ValueError(f"unknown model {name!r}")
 
 
+def _folds(X: np.ndarray, y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return list(StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(X, y))
+
+
+def _cross_validate_one(
+    features: Sequence[FeatureSpec],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    C: float,
+    *,
+    quantile_bins: int = QUANTILE_BINS,
+    category_groups: dict | None = None,
+    protected: dict[str, np.ndarray] | None = None,
+) -> tuple[dict, dict[str, float]]:
+    """One scorecard's mean and std of each metric over the folds, and its out-of-fold AIRs.
+
+    A fold's held-out rows are approved at the band C cut-off of the scores of the rows it was
+    fitted on (as the served model's bands come from its training scores).
+    """
+    per_fold = []
+    approved = np.zeros(len(y), dtype=bool)
+    for fit_rows, test_rows in folds:
+        model = fit_scorecard(
+            features,
+            X[fit_rows],
+            y[fit_rows],
+            C,
+            quantile_bins=quantile_bins,
+            category_groups=category_groups,
+        )
+        test_pd = model.predict_proba(X[test_rows])[:, 1]
+        per_fold.append(evaluation.discrimination(y[test_rows], test_pd))
+        if protected:
+            fit_scores = score_from_pd(model.predict_proba(X[fit_rows])[:, 1], SCORE_SCALE)
+            bands = evaluation.risk_bands(fit_scores, SCORE_SCALE["min_points"])
+            approved[test_rows] = evaluation.approvals(score_from_pd(test_pd, SCORE_SCALE), bands)
+    summary = {
+        f"{metric}_{stat}": float(fn([fold[metric] for fold in per_fold]))
+        for metric in per_fold[0]
+        for stat, fn in (("mean", np.mean), ("std", np.std))
+    }
+    airs = {
+        attribute: evaluation.impact_ratio(approved, labels)
+        for attribute, labels in (protected or {}).items()
+    }
+    return summary, airs
+
+
 def cross_validate(
     features: Sequence[FeatureSpec], X: np.ndarray, y: np.ndarray, seed: int
 ) -> tuple[float, dict]:
@@ -112,20 +238,8 @@ def cross_validate(
     Log loss rather than AUC: a PD model must be calibrated as well as ranked, and AUC cannot
     see calibration (it picked over-regularised, under-confident models here).
     """
-    folds = list(StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(X, y))
-    results = {}
-    for C in C_GRID:
-        per_fold = []
-        for fit_rows, test_rows in folds:
-            model = fit_scorecard(features, X[fit_rows], y[fit_rows], C)
-            per_fold.append(
-                evaluation.discrimination(y[test_rows], model.predict_proba(X[test_rows])[:, 1])
-            )
-        results[C] = {
-            f"{metric}_{stat}": float(fn([fold[metric] for fold in per_fold]))
-            for metric in per_fold[0]
-            for stat, fn in (("mean", np.mean), ("std", np.std))
-        }
+    folds = _folds(X, y, seed)
+    results = {C: _cross_validate_one(features, X, y, folds, C)[0] for C in C_GRID}
     best = min(C_GRID, key=lambda C: results[C]["log_loss_mean"])
     return best, {
         "folds": CV_FOLDS,
@@ -134,7 +248,207 @@ def cross_validate(
     }
 
 
-def _feature_card(spec: FeatureSpec, points: np.ndarray, binner) -> dict:
+def _candidate_record(candidate: Candidate, summary: dict, airs: dict[str, float]) -> dict:
+    worst = min(airs, key=airs.__getitem__)
+    return {
+        "quantile_bins": candidate.quantile_bins,
+        "C": candidate.C,
+        "proxies": dict(candidate.treatments),
+        "cv_auc": summary["auc_mean"],
+        "cv_log_loss": summary["log_loss_mean"],
+        "air": airs,
+        "worst_air": airs[worst],
+        "worst_attribute": worst,
+    }
+
+
+def search_alternatives(
+    data: TrainingData,
+    train_rows: np.ndarray,
+    seed: int,
+    grid: SearchGrid,
+) -> tuple[Candidate, dict, dict]:
+    """Cross-validate every scorecard of `grid`; the chosen one, its CV metrics, the record.
+
+    The record (the card's `fairness.search`, without its rationale) lists every candidate
+    with its CV AUC, log loss and out-of-fold AIR per protected attribute.
+    """
+    X, y = data.X[train_rows], data.y[train_rows]
+    protected = {attribute: labels[train_rows] for attribute, labels in data.protected.items()}
+    folds = _folds(X, y, seed)
+    proxies = list(data.proxies)
+    candidates = [
+        Candidate(bins, C, tuple(zip(proxies, treatments, strict=True)))
+        for bins, C, treatments in itertools.product(
+            grid.quantile_bins, grid.C, itertools.product(grid.treatments, repeat=len(proxies))
+        )
+    ]
+    summaries, records = [], []
+    for candidate in candidates:
+        summary, airs = _cross_validate_one(
+            data.features,
+            X,
+            y,
+            folds,
+            candidate.C,
+            quantile_bins=candidate.quantile_bins,
+            category_groups=candidate.category_groups(data),
+            protected=protected,
+        )
+        summaries.append(summary)
+        records.append(_candidate_record(candidate, summary, airs))
+    best_auc = max(record["cv_auc"] for record in records)
+    best_log_loss = min(record["cv_log_loss"] for record in records)
+    for record in records:
+        record["eligible"] = (
+            record["cv_auc"] >= best_auc - FAIRNESS_AUC_TOLERANCE
+            and record["cv_log_loss"] <= best_log_loss + FAIRNESS_LOG_LOSS_TOLERANCE
+        )
+    eligible = [i for i, record in enumerate(records) if record["eligible"]]
+    chosen = max(eligible, key=lambda i: (records[i]["worst_air"], records[i]["cv_auc"], -i))
+    most_accurate = max(range(len(records)), key=lambda i: (records[i]["cv_auc"], -i))
+    same_structure = [
+        i
+        for i, candidate in enumerate(candidates)
+        if (candidate.quantile_bins, candidate.treatments)
+        == (candidates[chosen].quantile_bins, candidates[chosen].treatments)
+    ]
+    cross_validation = {
+        "folds": CV_FOLDS,
+        **summaries[chosen],
+        "log_loss_mean_by_c": {
+            str(candidates[i].C): summaries[i]["log_loss_mean"] for i in same_structure
+        },
+    }
+    as_is = tuple((feature, "as_is") for feature in proxies)
+    previous = [
+        i
+        for i, candidate in enumerate(candidates)
+        if (candidate.quantile_bins, candidate.treatments) == (QUANTILE_BINS, as_is)
+    ]
+    record = {
+        "method": SEARCH_METHOD,
+        "grid": {
+            "quantile_bins": list(grid.quantile_bins),
+            "C": list(grid.C),
+            "proxy_treatments": list(grid.treatments),
+            "proxy_features": {
+                feature: {"coarse": [list(group) for group in groups]}
+                for feature, groups in data.proxies.items()
+            },
+            "monotone": "enforced in every candidate",
+        },
+        "auc_tolerance": FAIRNESS_AUC_TOLERANCE,
+        "log_loss_tolerance": FAIRNESS_LOG_LOSS_TOLERANCE,
+        "best_cv_auc": best_auc,
+        "best_cv_log_loss": best_log_loss,
+        "candidates": records,
+    }
+
+    def summarise(index: int) -> dict:
+        return {
+            "candidate": index,
+            "description": candidates[index].describe(),
+            "cv_auc": records[index]["cv_auc"],
+            "air": records[index]["air"],
+            "worst_air": records[index]["worst_air"],
+            "worst_attribute": records[index]["worst_attribute"],
+            "passes_four_fifths": records[index]["worst_air"] >= FOUR_FIFTHS,
+            "all_rows_air": _all_rows_air(data, train_rows, candidates[index]),
+        }
+
+    record["chosen"] = summarise(chosen)
+    record["most_accurate"] = summarise(most_accurate)
+    if previous:
+        # The configuration before the search: default bins, every feature, C by log loss.
+        record["previous_configuration"] = summarise(
+            min(previous, key=lambda i: records[i]["cv_log_loss"])
+        )
+    return candidates[chosen], cross_validation, record
+
+
+def _all_rows_air(data: TrainingData, train_rows: np.ndarray, candidate: Candidate) -> dict:
+    """A candidate's AIRs as the card reports them: fitted on the training split, all rows."""
+    X, y = data.X[train_rows], data.y[train_rows]
+    pipeline = fit_scorecard(
+        data.features,
+        X,
+        y,
+        candidate.C,
+        quantile_bins=candidate.quantile_bins,
+        category_groups=candidate.category_groups(data),
+    )
+    bands = evaluation.risk_bands(
+        score_from_pd(pipeline.predict_proba(X)[:, 1], SCORE_SCALE), SCORE_SCALE["min_points"]
+    )
+    approved = evaluation.approvals(
+        score_from_pd(pipeline.predict_proba(data.X)[:, 1], SCORE_SCALE), bands
+    )
+    return {
+        attribute: evaluation.impact_ratio(approved, labels)
+        for attribute, labels in data.protected.items()
+    }
+
+
+def _airs(airs: dict[str, float]) -> str:
+    return ", ".join(f"{attribute.replace('_', ' ')} {air:.3f}" for attribute, air in airs.items())
+
+
+def _rationale(search: dict, groups: dict) -> str:
+    """Why the chosen model stands, in plain words, from the search and the card's own AIRs."""
+    chosen, accurate = search["chosen"], search["most_accurate"]
+    eligible = sum(record["eligible"] for record in search["candidates"])
+    features = " and ".join(search["grid"]["proxy_features"])
+    text = [
+        f"{len(search['candidates'])} scorecards were cross-validated: quantile bins "
+        f"{', '.join(map(str, search['grid']['quantile_bins']))}; C "
+        f"{', '.join(f'{C:g}' for C in search['grid']['C'])}; and {features}, the inputs that "
+        "stand in most for a protected attribute, each kept as is, coarsened or given no points.",
+        f"{eligible} are within {search['auc_tolerance']:g} of the best CV AUC "
+        f"({search['best_cv_auc']:.4f}) and {search['log_loss_tolerance']:g} of the best log "
+        f"loss; of these the chosen one ({chosen['description']}) treats the protected groups "
+        f"most alike: CV AUC {chosen['cv_auc']:.4f}, out-of-fold AIR {_airs(chosen['air'])}.",
+    ]
+    if accurate["candidate"] != chosen["candidate"]:
+        record = search["candidates"][accurate["candidate"]]
+        calibration = (
+            ""
+            if record["eligible"]
+            else f", but is less well calibrated (CV log loss {record['cv_log_loss']:.4f}, "
+            f"{record['cv_log_loss'] - search['best_cv_log_loss']:.4f} above the best)"
+        )
+        text.append(
+            f"The most accurate ({accurate['description']}) ranks "
+            f"{accurate['cv_auc'] - chosen['cv_auc']:.4f} better (CV AUC "
+            f"{accurate['cv_auc']:.4f}){calibration}; its AIRs are {_airs(accurate['air'])} "
+            f"out of fold ({_airs(accurate['all_rows_air'])} on all rows)."
+        )
+    before = search.get("previous_configuration")
+    if before and before["candidate"] != chosen["candidate"]:
+        text.append(
+            f"The configuration before the search ({before['description']}) had CV AUC "
+            f"{before['cv_auc']:.4f} and AIR {_airs(before['all_rows_air'])} on all rows."
+        )
+    card_airs = {attribute: report["air"] for attribute, report in groups.items()}
+    failing = [attribute for attribute, air in card_airs.items() if air < FOUR_FIFTHS]
+    if failing:
+        text.append(
+            f"On all rows the chosen model's AIRs are {_airs(card_airs)}: "
+            f"{' and '.join(failing)} still fails the four-fifths screen; no eligible "
+            "candidate treats the groups more alike out of fold, and it is published with "
+            "this record for review."
+        )
+    else:
+        text.append(
+            f"On all rows the chosen model's AIRs are {_airs(card_airs)}: "
+            "every group passes the four-fifths screen."
+        )
+    return " ".join(text)
+
+
+def _feature_card(
+    spec: FeatureSpec, points: np.ndarray, binner, groups: tuple | None = None
+) -> dict:
     """The card's entry for one feature, with its fitted bins and their reason points.
 
     `bin_points` are the reason points of each bin (numeric: bins in order, a bin starting at
@@ -152,6 +466,11 @@ def _feature_card(spec: FeatureSpec, points: np.ndarray, binner) -> dict:
         )
     else:
         card.update({"categories": list(spec.categories), "monotone": "none"})
+        if groups is not None:
+            # Binned by groups of categories: each category gets its group's points.
+            card["category_groups"] = [list(group) for group in groups]
+            bins = np.searchsorted(binner.cut_points, np.arange(len(spec.categories)))
+            points = points[bins]
     card.update(
         {
             "missing": "required",
@@ -187,7 +506,9 @@ def _parity_sample(pipeline: Pipeline, X_holdout: np.ndarray) -> tuple[np.ndarra
     }
 
 
-def _fairness(name: str, data: TrainingData, pipeline: Pipeline, bands: list[dict]) -> dict:
+def _fairness(
+    name: str, data: TrainingData, pipeline: Pipeline, bands: list[dict], search: dict | None
+) -> dict:
     if not data.protected:
         return {
             "method": FAIRNESS_METHOD,
@@ -196,12 +517,16 @@ def _fairness(name: str, data: TrainingData, pipeline: Pipeline, bands: list[dic
             "Measure it on real accounts before relying on this model.",
         }
     scores = score_from_pd(pipeline.predict_proba(data.X)[:, 1], SCORE_SCALE)
-    return {
+    groups = evaluation.adverse_impact(scores, data.y, bands, data.protected)
+    fairness = {
         "method": FAIRNESS_METHOD,
-        "groups": evaluation.adverse_impact(scores, data.y, bands, data.protected),
+        "groups": groups,
         "notes": f"All {len(data.y)} rows of the {name} data scored by this model "
         f"(in-sample for the training rows). Protected attributes are not inputs.",
     }
+    if search is not None:
+        fairness["search"] = {**search, "rationale": _rationale(search, groups)}
+    return fairness
 
 
 def _write(directory: Path, files: dict[str, bytes]) -> None:
@@ -230,6 +555,10 @@ class FittedModel:
     C: float
     cross_validation: dict
     pipeline: Pipeline
+    quantile_bins: int = QUANTILE_BINS
+    category_groups: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    # The fairness search's record (the card's fairness.search less its rationale), if one ran.
+    search: dict | None = None
 
 
 def fit_model(
@@ -237,9 +566,14 @@ def fit_model(
     *,
     seed: int = 7,
     simulated_accounts: int = 20000,
+    search: SearchGrid | None = FULL_SEARCH,
     report: Callable[[int], None] = lambda step: None,
 ) -> FittedModel:
-    """Load the data, split off a stratified holdout, pick C by 5-fold CV and fit."""
+    """Load the data, split off a stratified holdout, choose by 5-fold CV and fit.
+
+    With protected attributes to measure and a `search` grid, the scorecard is chosen by the
+    fairness search; otherwise (or with search=None) C is chosen by CV log loss.
+    """
     # One thread: reproducible floating point, and fast on small shared machines.
     with threadpool_limits(limits=1):
         report(STEPS.index("loading data"))
@@ -249,10 +583,35 @@ def fit_model(
         )
         X_train, y_train = data.X[train_rows], data.y[train_rows]
         report(STEPS.index("cross-validating"))
-        C, cross_validation = cross_validate(data.features, X_train, y_train, seed)
+        if search is not None and data.protected:
+            candidate, cross_validation, record = search_alternatives(
+                data, train_rows, seed, search
+            )
+        else:
+            C, cross_validation = cross_validate(data.features, X_train, y_train, seed)
+            candidate, record = Candidate(QUANTILE_BINS, C), None
+        groups = candidate.category_groups(data)
         report(STEPS.index("fitting"))
-        pipeline = fit_scorecard(data.features, X_train, y_train, C)
-    return FittedModel(name, data, train_rows, holdout_rows, C, cross_validation, pipeline)
+        pipeline = fit_scorecard(
+            data.features,
+            X_train,
+            y_train,
+            candidate.C,
+            quantile_bins=candidate.quantile_bins,
+            category_groups=groups,
+        )
+    return FittedModel(
+        name,
+        data,
+        train_rows,
+        holdout_rows,
+        candidate.C,
+        cross_validation,
+        pipeline,
+        candidate.quantile_bins,
+        groups,
+        record,
+    )
 
 
 def train_model(
@@ -260,22 +619,27 @@ def train_model(
     output_dir: Path,
     *,
     seed: int = 7,
-    version: str = "1.0.0",
+    version: str | None = None,
     created_at: str | None = None,
     simulated_accounts: int = 20000,
+    search: SearchGrid | None = FULL_SEARCH,
     progress: Progress | None = None,
 ) -> Path:
-    """Train, evaluate, export and publish one model; returns its directory.
+    """Train, evaluate, export and publish one model (DEFAULT_VERSIONS unless `version`).
 
-    Raises ParityError (and writes nothing) when the ONNX export does not match sklearn.
+    Raises ParityError (and writes nothing) when the ONNX export does not match sklearn, and
+    ArtifactError (and writes nothing) when the card fails the fairness gate.
     """
     created_at = _created_at(created_at)
+    version = version or DEFAULT_VERSIONS[name]
 
     def report(step: int) -> None:
         if progress is not None:
             progress(f"{name}: {STEPS[step]}", step, len(STEPS) - 1)
 
-    fitted = fit_model(name, seed=seed, simulated_accounts=simulated_accounts, report=report)
+    fitted = fit_model(
+        name, seed=seed, simulated_accounts=simulated_accounts, search=search, report=report
+    )
     data, pipeline = fitted.data, fitted.pipeline
     X_train, y_train = data.X[fitted.train_rows], data.y[fitted.train_rows]
     X_holdout, y_holdout = data.X[fitted.holdout_rows], data.y[fitted.holdout_rows]
@@ -306,10 +670,23 @@ def train_model(
             "rows": len(y_holdout),
             "default_rate": float(y_holdout.mean()),
         }
-        fairness = _fairness(name, data, pipeline, bands)
+        fairness = _fairness(name, data, pipeline, bands, fitted.search)
 
     report(STEPS.index("writing card and plots"))
     binners = pipeline.named_steps["bins"].named_transformers_
+    hyperparameters: dict[str, Any] = {
+        "C": fitted.C,
+        "penalty": "l2",
+        "solver": "lbfgs",
+        "quantile_bins": fitted.quantile_bins,
+        "holdout_share": HOLDOUT_SHARE,
+        "seed": seed,
+    }
+    if fitted.category_groups:
+        hyperparameters["category_groups"] = {
+            feature: [list(group) for group in groups]
+            for feature, groups in fitted.category_groups.items()
+        }
     card = {
         "name": name,
         "version": version,
@@ -326,17 +703,10 @@ def train_model(
             "notes": data.notes,
         },
         "features": [
-            _feature_card(spec, points, binners[spec.name])
+            _feature_card(spec, points, binners[spec.name], fitted.category_groups.get(spec.name))
             for spec, points in zip(data.features, bin_points(pipeline), strict=True)
         ],
-        "hyperparameters": {
-            "C": fitted.C,
-            "penalty": "l2",
-            "solver": "lbfgs",
-            "quantile_bins": QUANTILE_BINS,
-            "holdout_share": HOLDOUT_SHARE,
-            "seed": seed,
-        },
+        "hyperparameters": hyperparameters,
         "score_scale": SCORE_SCALE,
         "risk_bands": evaluation.with_outcomes(bands, holdout_scores, y_holdout),
         "metrics": {"holdout": holdout_metrics, "cross_validation": fitted.cross_validation},
@@ -354,6 +724,8 @@ def train_model(
         "libraries": {library: installed_version(library) for library in LIBRARIES},
         "onnx_sha256": hashlib.sha256(model_bytes).hexdigest(),
     }
+    card = _rounded(card)
+    check_fairness(card)  # the gate: a failing card without its search is not published
     title = f"{name} {version}"
     directory = output_dir / name / version
     _write(
@@ -361,7 +733,7 @@ def train_model(
         {
             "model.onnx": model_bytes,
             "card.json": (
-                json.dumps(_rounded(card), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+                json.dumps(card, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
             ).encode("utf-8"),
             "roc.png": plots.roc_png(title, y_holdout, holdout_pd, holdout_metrics["auc"]),
             "score_distribution.png": plots.score_distribution_png(
@@ -380,11 +752,12 @@ def train_default_models(
     created_at: str = DEFAULT_CREATED_AT,
     progress: Progress | None = None,
     *,
-    version: str = "1.0.0",
+    version: str | None = None,
 ) -> list[Path]:
     """Train and publish the application and behaviour models with the default settings.
 
-    created_at is pinned by default so that `make models` reproduces the committed bytes.
+    created_at is pinned by default so that `make models` reproduces the committed bytes;
+    each model is published as its DEFAULT_VERSIONS entry unless `version` is given.
     """
     return [
         train_model(
