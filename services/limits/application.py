@@ -456,9 +456,15 @@ class LimitsApplication:
             return replace(run, done=True), []
         counts = dict(run.counts)
         ctx = self._context(policy, run.run_id, ActorKind.review)
-        due = [  # still due and open: a signal may have closed one since the page was read
+        # The page was read before scoring, outside this transaction: lock its rows, and read
+        # again only the accounts that changed since (a signal may have closed one).
+        versions = uow.lock_versions([a.account_id for a in page])
+        changed = [a.account_id for a in page if versions.get(a.account_id) != a.version]
+        reread = {a.account_id: a for a in uow.get_accounts(changed, lock=True)} if changed else {}
+        current = [reread.get(a.account_id, a) for a in page if a.account_id in versions]
+        due = [  # still due and open
             account
-            for account in uow.get_accounts(list(scores), lock=True)
+            for account in current
             if account.status in ledger.DRAWS_ALLOWED
             and account.next_review_at is not None
             and account.next_review_at <= run.as_of

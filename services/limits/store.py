@@ -360,6 +360,17 @@ class UnitOfWork:
         rows = self._all(query.with_for_update() if lock else query)
         return [_account_from_row(row) for row in rows]
 
+    def lock_versions(self, account_ids: list[str]) -> dict[str, int]:
+        """The version of each of these accounts that exists, their row locks taken: a page
+        read before can be checked against them, and only what changed read again."""
+        query = (
+            select(accounts.c.account_id, accounts.c.version)
+            .where(accounts.c.account_id.in_(account_ids))
+            .order_by(accounts.c.account_id)
+            .with_for_update()
+        )
+        return {row.account_id: row.version for row in self._all(query)}
+
     def save_account(self, account: Account) -> Account:
         """Stores `account` if the stored one is still at `account.version` (compare-and-set).
 

@@ -15,6 +15,7 @@ from tests.limits.test_service import (
     CLEAN_BEHAVIOUR,
     failed,
     open_account,
+    past_due,
     report,
     rid,
     risk,
@@ -192,3 +193,21 @@ def test_a_review_finishes_past_accounts_it_cannot_decide_and_says_why(limits, c
     )
     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "inquiries_7d" in refused.details()
+
+
+def test_a_line_closed_after_its_page_was_read_is_not_reviewed(limits, clock, monkeypatch):
+    """The review reads a page, scores it, then locks the rows: an account that changed in
+    between is read again, and one closed meanwhile is left alone."""
+    ids = book(limits, clock, fresh=3, stale=0, plain=0)
+    score_accounts = application.LimitsApplication._score_accounts
+
+    def scored_then_closed(self, policy, accounts):
+        scores = score_accounts(self, policy, accounts)
+        report(limits, past_due(ids[1], 90, clock.now))  # lands between scoring and the write
+        return scores
+
+    monkeypatch.setattr(application.LimitsApplication, "_score_accounts", scored_then_closed)
+    last = list(limits.RunReview(pb.RunReviewRequest(request_id="race"), timeout=30))[-1]
+    assert last.done and (last.accounts_reviewed, last.increased) == (2, 2)
+    closed = limits.GetAccount(pb.GetAccountRequest(account_id=ids[1]), timeout=5).account
+    assert closed.status == pb.ACCOUNT_STATUS_CLOSED
