@@ -33,13 +33,13 @@ Band = Literal["A", "B", "C", "D", "E"]
 
 # The signal types of the shared contract (creditline.type.v1.SignalType), by the names the
 # policy uses: SIGNAL_TYPE_DAYS_PAST_DUE is `days_past_due`.
-SIGNAL_TYPES = tuple(
-    name.removeprefix("SIGNAL_TYPE_").lower()
-    for name in signal_pb2.SignalType.DESCRIPTOR.values_by_name
-    if name != "SIGNAL_TYPE_UNSPECIFIED"
-)
+SIGNAL_TYPES: dict[int, str] = {
+    value: name.removeprefix("SIGNAL_TYPE_").lower()
+    for name, value in signal_pb2.SignalType.items()
+    if value != signal_pb2.SIGNAL_TYPE_UNSPECIFIED
+}
 # The ones that say something went wrong, which the policy may act on.
-WARNING_SIGNALS = frozenset(SIGNAL_TYPES) - {
+WARNING_SIGNALS = frozenset(SIGNAL_TYPES.values()) - {
     "on_time_repayment",
     "delinquency_cured",
     "behaviour_rescored",

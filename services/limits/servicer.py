@@ -13,24 +13,24 @@ from datetime import UTC, datetime
 
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
-from creditline.type.v1 import signal_pb2
 from services.common.errors import FieldViolation, InvalidArgument, Violations
 from services.limits import application as app
 from services.limits import converters
 from services.limits.application import Idempotency, LimitsApplication, Respond
 from services.limits.decisions import Affordability, Signal
-from services.limits.policy import PolicyError, PolicyHolder, Severity, parse_policy
+from services.limits.policy import (
+    SIGNAL_TYPES,
+    PolicyError,
+    PolicyHolder,
+    Severity,
+    parse_policy,
+)
 from services.limits.records import EventType
 from services.limits.scoring_client import ScoringClient
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MAX_ID_LENGTH = 128
 SEVERITIES = {pb.SignalSeverity.Value(f"SIGNAL_SEVERITY_{s.name.upper()}"): s for s in Severity}
-SIGNAL_TYPES = {
-    value: name.removeprefix("SIGNAL_TYPE_").lower()
-    for name, value in signal_pb2.SignalType.items()
-    if value != signal_pb2.SIGNAL_TYPE_UNSPECIFIED
-}
 
 
 def utc_now() -> datetime:
@@ -341,15 +341,9 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         key = _key("SetPreferences", request, violations)
         _require_id(request.account_id, "account_id", violations)
         cap = None
-        if request.HasField("customer_cap") and request.customer_cap.minor_units:
-            cap = request.customer_cap.minor_units
-            if cap < 0:
-                violations.add("customer_cap.minor_units", "must not be negative")
-            if request.customer_cap.currency_code != self.app.policies.policy.currency_code:
-                violations.add(
-                    "customer_cap.currency_code",
-                    f"must be {self.app.policies.policy.currency_code}",
-                )
+        if request.HasField("customer_cap") and request.customer_cap.minor_units:  # 0: no cap
+            currency = self.app.policies.policy.currency_code
+            cap = converters.amount_of(request.customer_cap, currency, "customer_cap", violations)
         violations.raise_if_any()
         command = app.SetPreferences(
             key, request.account_id, cap, request.automatic_increases, request.etag
