@@ -1,6 +1,7 @@
 """Conversions between the limits protos and the transport-free records."""
 
 import base64
+import math
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
@@ -79,7 +80,7 @@ def risk_report(message: pb.RiskReport, path: str, violations: Violations) -> Ri
     if message.risk_band not in risk_pb2.RiskBand.values():
         violations.add(f"{path}.risk_band", "not a risk band")
     for name, value in message.profile.items():
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             violations.add(f"{path}.profile[{name}]", "must be a finite number")
     if violations:
         return None
