@@ -5,6 +5,7 @@ fetched once per model version. Scoring down or too slow is UNAVAILABLE to our c
 decision that needs a score is ever taken without one.
 """
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -73,23 +74,17 @@ class ScoringClient:
     def batch_score(
         self, model: str, rows: Sequence[Mapping[str, float]]
     ) -> list[Score | Unscored]:
-        """Scores the risk states of many accounts in one call. A row the model cannot score
-        (features missing from it, or a value scoring refused) is Unscored with the reason;
+        """Scores the risk states of many accounts in one call. A feature a row has no value
+        for is sent as NaN: the model scores it in its missing bin where it has one, and
+        otherwise refuses the row. A row the model refuses is Unscored with the reason;
         values outside the model's ranges are scored at their end and named in `clamped`."""
         names = self._feature_names(model)
-        results: list[Score | Unscored] = []
-        complete: list[int] = []
-        for i, row in enumerate(rows):
-            missing = [name for name in names if name not in row]
-            results.append(Unscored(f"the profile lacks {', '.join(missing)}"))
-            if not missing:
-                complete.append(i)
-        if not complete:
-            return results
+        if not rows:
+            return []
         request = pb.BatchScoreRequest(
             model=model,
             columns=[
-                pb.FeatureColumn(name=name, numbers=[rows[i][name] for i in complete])
+                pb.FeatureColumn(name=name, numbers=[row.get(name, math.nan) for row in rows])
                 for name in names
             ],
         )
@@ -98,24 +93,25 @@ class ScoringClient:
         except grpc.RpcError as error:
             raise _translated(error, callers_input=False) from None
         texts = self._texts(model, response.model_version)
-        for i, result in zip(complete, response.results, strict=True):
+        results: list[Score | Unscored] = []
+        for result in response.results:
             if result.problems:  # the columns are in `names` order: name the feature
-                results[i] = Unscored(
-                    "; ".join(
-                        f"{names[_column(p.field)]}: {p.description}" for p in result.problems
-                    )
-                )
+                described = (f"{names[_column(p.field)]}: {p.description}" for p in result.problems)
+                results.append(Unscored("; ".join(described)))
                 continue
-            results[i] = Score(
-                risk_band=risk_pb2.RiskBand.Name(result.risk_band).removeprefix("RISK_BAND_"),
-                probability_of_default=result.probability_of_default,
-                points=result.score,
-                reasons=tuple(
-                    Reason(code, texts[code], ReasonSource.model) for code in result.reason_codes
-                ),
-                model_name=response.model,
-                model_version=response.model_version,
-                clamped=tuple(result.clamped_features),
+            results.append(
+                Score(
+                    risk_band=risk_pb2.RiskBand.Name(result.risk_band).removeprefix("RISK_BAND_"),
+                    probability_of_default=result.probability_of_default,
+                    points=result.score,
+                    reasons=tuple(
+                        Reason(code, texts[code], ReasonSource.model)
+                        for code in result.reason_codes
+                    ),
+                    model_name=response.model,
+                    model_version=response.model_version,
+                    clamped=tuple(result.clamped_features),
+                )
             )
         return results
 

@@ -3,10 +3,12 @@ alerts and account risk on the way out."""
 
 from datetime import UTC, datetime
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from creditline.type.v1 import risk_pb2
+from creditline.type.v1.money_pb2 import Money
 from services.common.errors import Violations
 from services.monitoring.ingestion import BatchResult, Outcome
 from services.monitoring.profile import Event, EventKind, Timing
@@ -22,6 +24,7 @@ TIMINGS = {
     pb.REPAYMENT_TIMING_LATE: Timing.late,
     pb.REPAYMENT_TIMING_PARTIAL: Timing.partial,
 }
+TIMING_VALUES = {timing: value for value, timing in TIMINGS.items()}
 # The events whose body names a loan.
 LOAN_EVENTS = frozenset(
     {EventKind.line_drawn, EventKind.instalment_due, EventKind.repayment, EventKind.payment_missed}
@@ -79,7 +82,7 @@ def _event(message: pb.RepaymentEvent, path: str, currency: str, v: Violations) 
         if body.term_months < 0:
             v.add(f"{at}.term_months", "must not be negative")
     elif kind is EventKind.instalment_due:
-        _money(body, "amount", at, currency, v, positive=False)
+        amount = _money(body, "amount", at, currency, v, positive=False)
     elif kind is EventKind.repayment:
         amount = _money(body, "amount", at, currency, v, positive=False)
         timing = TIMINGS.get(body.timing)
@@ -89,7 +92,7 @@ def _event(message: pb.RepaymentEvent, path: str, currency: str, v: Violations) 
     elif kind is EventKind.days_past_due_updated:
         days = _days(body.days_past_due, f"{at}.days_past_due", v)
     elif kind is EventKind.payment_missed:
-        _money(body, "amount_due", at, currency, v)
+        amount = _money(body, "amount_due", at, currency, v)
         days = _days(body.days_past_due, f"{at}.days_past_due", v)
         if body.days_past_due < 1:
             v.add(f"{at}.days_past_due", "a missed payment is at least 1 day past due")
@@ -99,6 +102,8 @@ def _event(message: pb.RepaymentEvent, path: str, currency: str, v: Violations) 
         amount = _money(body, "amount", at, currency, v)
     elif kind is EventKind.credit_line_changed:
         amount = _money(body, "credit_line", at, currency, v, positive=False)
+    elif kind is EventKind.interest_charged:
+        amount = _money(body, "amount", at, currency, v)
     if v:
         return None
     return Event(
@@ -113,6 +118,58 @@ def _event(message: pb.RepaymentEvent, path: str, currency: str, v: Violations) 
         income=income,
         loan_id=loan_id,
     )
+
+
+def event_message(event: Event, currency: str) -> pb.RepaymentEvent:
+    """The message a producer sends for `event`; monitoring reads it back as the same event
+    (the simulator's accounts are replayed to a running service this way)."""
+
+    def money(minor_units: int) -> Money:
+        return Money(currency_code=currency, minor_units=minor_units)
+
+    kind, loan_id, amount = event.kind, event.loan_id, event.amount
+    days = event.days_past_due or 0
+    body: Message
+    if kind is EventKind.account_opened:
+        body = pb.AccountOpened(credit_line=money(amount))
+        if event.income:
+            body.monthly_income.CopyFrom(money(event.income))
+    elif kind is EventKind.line_drawn:
+        body = pb.LineDrawn(loan_id=loan_id, amount=money(amount))
+    elif kind is EventKind.instalment_due:
+        body = pb.InstalmentDue(loan_id=loan_id, amount=money(amount))
+    elif kind is EventKind.repayment:
+        assert event.timing is not None, "a repayment has a timing"
+        body = pb.Repayment(
+            loan_id=loan_id,
+            amount=money(amount),
+            timing=TIMING_VALUES[event.timing],
+            days_past_due_after=days,
+        )
+    elif kind is EventKind.days_past_due_updated:
+        body = pb.DaysPastDueUpdated(days_past_due=days)
+    elif kind is EventKind.payment_missed:
+        body = pb.PaymentMissed(loan_id=loan_id, amount_due=money(amount), days_past_due=days)
+    elif kind is EventKind.credit_inquiry:
+        body = pb.CreditInquiry()
+    elif kind is EventKind.income_updated:
+        body = pb.IncomeUpdated(monthly_income=money(event.income))
+    elif kind is EventKind.transaction:
+        body = pb.Transaction(amount=money(amount))
+    elif kind is EventKind.credit_line_changed:
+        body = pb.CreditLineChanged(credit_line=money(amount))
+    elif kind is EventKind.account_closed:
+        body = pb.AccountClosed()
+    else:
+        body = pb.InterestCharged(amount=money(amount))
+    message = pb.RepaymentEvent(
+        event_id=event.event_id,
+        account_id=event.account_id,
+        sequence=event.sequence,
+        occurred_at=timestamp(event.at),
+    )
+    getattr(message, kind.value).CopyFrom(body)
+    return message
 
 
 def _money(

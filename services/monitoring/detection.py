@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from services.monitoring.profile import (
     DAY,
+    MOVES_UTILISATION,
     AccountState,
     Event,
     EventKind,
@@ -94,7 +95,7 @@ def process(state: AccountState, event: Event, rules: Rules) -> list[Raised]:
         detector.repayment()
     if kind is EventKind.credit_inquiry or "multiple_lending" in state.episodes:
         detector.multiple_lending()
-    if kind in (EventKind.line_drawn, EventKind.repayment, EventKind.credit_line_changed):
+    if kind in MOVES_UTILISATION:
         detector.utilisation()
     if kind is EventKind.income_updated:
         detector.income(income_reference)

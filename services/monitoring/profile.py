@@ -39,6 +39,7 @@ class EventKind(StrEnum):
     transaction = "transaction"
     credit_line_changed = "credit_line_changed"
     account_closed = "account_closed"
+    interest_charged = "interest_charged"
 
 
 class Timing(StrEnum):
@@ -56,7 +57,7 @@ class Event:
     sequence: int
     at: float  # epoch seconds
     kind: EventKind
-    amount: int = 0  # the line, a draw, a repayment, an income or a transaction
+    amount: int = 0  # the line, a draw, a repayment, an amount due, interest or a transaction
     days_past_due: int | None = None  # where the event reports it
     timing: Timing | None = None  # repayments
     income: int = 0  # monthly income, where the event reports it
@@ -114,8 +115,13 @@ class AccountState:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(AccountState))
 _time_of = itemgetter(0)
-_MOVES_UTILISATION = frozenset(
-    {EventKind.line_drawn, EventKind.repayment, EventKind.credit_line_changed}
+MOVES_UTILISATION = frozenset(
+    {
+        EventKind.line_drawn,
+        EventKind.repayment,
+        EventKind.credit_line_changed,
+        EventKind.interest_charged,
+    }
 )
 
 
@@ -140,6 +146,8 @@ def record(state: AccountState, event: Event, keep: "Keep") -> None:
         state.balance += event.amount
         state.draws.append(now)
         _drop_until(state.draws, now - keep.draw_hours * 3600)
+    elif kind is EventKind.interest_charged:
+        state.balance += event.amount
     elif kind is EventKind.repayment:
         state.balance = max(0, state.balance - event.amount)
         if event.timing is Timing.partial:
@@ -169,7 +177,7 @@ def record(state: AccountState, event: Event, keep: "Keep") -> None:
         _set_days_past_due(state, now, event.days_past_due)
     if kind is EventKind.payment_missed:
         state.on_time_streak = 0
-    if kind in _MOVES_UTILISATION:
+    if kind in MOVES_UTILISATION:
         points = state.utilisation_points
         points.append([now, utilisation(state)])
         del points[: bisect_right(points, now - keep.utilisation_days * DAY, key=_time_of)]
@@ -249,7 +257,12 @@ def _max_since(points: list[list[float]], start: float) -> float:
 
 
 def features(state: AccountState) -> dict[str, float]:
-    """The behaviour model's features at the account's latest event time."""
+    """The behaviour model's features at the account's latest event time, by name.
+
+    The model is trained on exactly this function's output (the simulator's events folded in by
+    `record`). A feature that has no value is absent: with no income known there is no income
+    change and no debt to income, and the model scores them in their missing bins.
+    """
     now = state.last_event_at
     year_ago = now - KEEP_DAYS * DAY
     points = state.dpd_points
@@ -269,7 +282,7 @@ def features(state: AccountState) -> dict[str, float]:
     income = state.monthly_income
     incomes = state.incomes
     earlier = value_at(incomes, now - 180 * DAY, incomes[0][1] if incomes else 0)
-    return {
+    profile = {
         "utilisation": utilisation(state),
         "days_past_due": float(state.days_past_due),
         "max_dpd_3m": float(max_dpd_3m),
@@ -283,10 +296,12 @@ def features(state: AccountState) -> dict[str, float]:
         "inquiries_7d": float(count_since(state.inquiries, now - 7 * DAY)),
         "inquiries_30d": float(count_since(state.inquiries, now - 30 * DAY)),
         "months_on_book": float(int((now - state.opened_at) // (MONTH_DAYS * DAY)) + 1),
-        # Unknown income is no information: no change, no debt-to-income.
-        "income_change": income / earlier - 1.0 if income and earlier else 0.0,
-        "debt_to_income": state.balance / (12.0 * income) if income else 0.0,
     }
+    if income:
+        if earlier:
+            profile["income_change"] = income / earlier - 1.0
+        profile["debt_to_income"] = state.balance / (12.0 * income)
+    return profile
 
 
 # Features compared exactly for a material change; the others by the rules' thresholds.
@@ -312,12 +327,10 @@ def moved_materially(
     profile: dict[str, float], scored: dict[str, float] | None, numeric_change: dict[str, float]
 ) -> bool:
     """Whether `profile` differs enough from the one last scored to be scored again."""
-    if scored is None:
+    if scored is None or profile.keys() != scored.keys():  # a value became known or unknown
         return True
     for name, value in profile.items():
-        before = scored.get(name)
-        if before is None:
-            return True
+        before = scored[name]
         if name in COUNT_FEATURES:
             if value != before:
                 return True

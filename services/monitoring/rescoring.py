@@ -8,6 +8,7 @@ the profile version it was computed from; when events moved the profile meanwhil
 stays up and the account is scored again.
 """
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +37,7 @@ RETRYABLE = ("BatchScore", "GetModel")
 @dataclass(frozen=True)
 class ModelSchema:
     version: str
-    ranges: dict[str, tuple[float, float]]  # feature -> (min, max), in the card's order
+    feature_names: tuple[str, ...]  # in the card's order
     reasons: dict[str, tuple[str, dict[str, str]]]  # reason code -> (feature, {locale: text})
 
 
@@ -72,7 +73,7 @@ class BehaviourScorer:
             card = json_format.MessageToDict(model.card)
             self._schema = ModelSchema(
                 version=model.version,
-                ranges={f.name: (f.min_value, f.max_value) for f in model.features},
+                feature_names=tuple(f.name for f in model.features),
                 reasons={
                     f["reason_code"]: (f["name"], dict(f["reason_text"])) for f in card["features"]
                 },
@@ -80,16 +81,15 @@ class BehaviourScorer:
         return self._schema
 
     def score(self, profiles: Sequence[Mapping[str, float]]) -> list[Scored]:
-        """Scores the profiles; values outside the card's ranges are clamped to them (a
-        utilisation of 7 is as bad as the model's 5), missing features count as 0."""
+        """Scores the profiles. Scoring clamps values outside the card's ranges (a utilisation
+        of 7 is as bad as the model's 5); a feature a profile has no value for is sent as NaN,
+        which the model scores in its missing bin (or refuses that row, and only it)."""
         schema = self.schema()
         request = pb.BatchScoreRequest(
             model=MODEL,
             columns=[
-                pb.FeatureColumn(
-                    name=name, numbers=[min(max(p.get(name, 0.0), low), high) for p in profiles]
-                )
-                for name, (low, high) in schema.ranges.items()
+                pb.FeatureColumn(name=name, numbers=[p.get(name, math.nan) for p in profiles])
+                for name in schema.feature_names
             ],
         )
         response = self.stub.BatchScore(request)

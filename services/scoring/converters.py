@@ -1,5 +1,7 @@
 """Conversions between the scoring protos and the transport-free model results."""
 
+import math
+
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from creditline.scoring.v1 import scoring_service_pb2 as pb
@@ -31,7 +33,9 @@ def _plain(value: struct_pb2.Value) -> object:
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
-    return None  # null, a list or a struct: never a valid feature value
+    if kind in ("null_value", None):  # grpcurl sends a JSON null in a map as an empty Value
+        return math.nan  # a missing value: scored where the feature has a missing bin
+    return None  # a list or a struct: never a valid feature value
 
 
 def feature_columns(columns) -> list[tuple[str, list[float], list[str]]]:
@@ -147,6 +151,9 @@ def model_message(pair: ModelPair) -> pb.Model:
                 max_value=0.0 if f.categorical else f.maximum,
                 categories=f.categories,
                 description=f.description,
+                missing_value=pb.MISSING_VALUE_OWN_BIN
+                if f.missing_bin
+                else pb.MISSING_VALUE_REQUIRED,
             )
             for f in champion.features
         ],

@@ -46,6 +46,9 @@ class Feature:
     # "clamp" it to the range and flag it, or "refuse_row". Clamping is the default where the
     # card names no rule: the outer bins are open, so a clamped value scores as the range's end.
     clamps: bool = True
+    # The card's `missing: own_bin`: an unknown value (NaN) is scored, in the feature's missing
+    # bin; otherwise every row needs a value.
+    missing_bin: bool = False
 
     @classmethod
     def from_card(cls, spec: Mapping) -> "Feature":
@@ -65,6 +68,7 @@ class Feature:
             reason_code=spec["reason_code"],
             reason_texts=dict(spec["reason_text"]),
             clamps=out_of_range == "clamp",
+            missing_bin=spec.get("missing") == "own_bin",
         )
 
     def problem_with(self, value: object) -> str | None:
@@ -77,6 +81,8 @@ class Feature:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             return "must be a number"
+        if math.isnan(value):
+            return None if self.missing_bin else "has no value, and the model needs one"
         if not math.isfinite(value):
             return "must be a finite number"
         if not self.minimum <= value <= self.maximum:
@@ -274,7 +280,10 @@ class ServedModel:
         values = np.array(numbers[:], dtype=np.float64)  # [:]: the fastest copy out of protobuf
         finite = np.isfinite(values)
         outside = finite & ((values < feature.minimum) | (values > feature.maximum))
-        unusable = ~finite | outside if not feature.clamps else ~finite
+        # NaN marks a missing value: scored in the missing bin where the feature has one.
+        unusable = ~finite & ~np.isnan(values) if feature.missing_bin else ~finite
+        if not feature.clamps:
+            unusable |= outside
         for row in np.flatnonzero(unusable).tolist():
             problem = feature.problem_with(float(values[row]))
             batch.refused.setdefault(row, []).append((f"{field}.numbers[{row}]", problem))

@@ -157,25 +157,33 @@ def test_a_malformed_policy_file_is_refused_and_the_old_one_keeps_serving(
 
 
 def test_a_review_finishes_past_accounts_it_cannot_decide_and_says_why(limits, clock):
-    """Out-of-range behaviour is scored at the model's range (and noted on the decision); a
-    profile the model cannot score leaves its account undecided and still due, with the reason;
-    the run never stops on either."""
-    ids = book(limits, clock, fresh=2, stale=0, plain=0)
-    odd = {**CLEAN_BEHAVIOUR, "partial_payments_6m": 40, "utilisation": 7.5}
+    """Out-of-range behaviour is scored at the model's range (and noted on the decision); an
+    unknown income is scored in its missing bin; a profile lacking a value the model needs
+    leaves its account undecided and still due, with the reason; the run never stops."""
+    ids = book(limits, clock, fresh=3, stale=0, plain=0)
+    odd = {**CLEAN_BEHAVIOUR, "partial_payments_6m": 4000, "utilisation": 7.5}
     report(limits, signal(ids[0], "behaviour_rescored", risk=risk(clock.now, odd)))
     lacking = {k: v for k, v in CLEAN_BEHAVIOUR.items() if k != "inquiries_7d"}
     report(limits, signal(ids[1], "behaviour_rescored", risk=risk(clock.now, lacking)))
+    no_income = {
+        k: v for k, v in CLEAN_BEHAVIOUR.items() if k not in ("income_change", "debt_to_income")
+    }
+    report(limits, signal(ids[2], "behaviour_rescored", risk=risk(clock.now, no_income)))
     simulated = limits.SimulatePolicy(
         pb.SimulatePolicyRequest(policy=DEFAULT_POLICY.read_text()), timeout=30
     )
-    assert [(t.accounts, t.undecided) for t in simulated.tiers] == [(2, 1)]
+    assert [(t.accounts, t.undecided) for t in simulated.tiers] == [(3, 1)]
 
     progress = list(limits.RunReview(pb.RunReviewRequest(request_id="odd"), timeout=30))
     last = progress[-1]
-    assert last.done and (last.accounts_reviewed, last.undecided) == (1, 1)
+    assert last.done and (last.accounts_reviewed, last.undecided) == (2, 1)
     undecided = [a for p in progress for a in p.undecided_accounts]
     assert [a.account_id for a in undecided] == [ids[1]]
     assert "inquiries_7d" in undecided[0].reason
+    unknown_income = limits.ListLimitEvents(
+        pb.ListLimitEventsRequest(account_id=ids[2]), timeout=5
+    ).events
+    assert any(e.actor.kind == pb.ACTOR_KIND_REVIEW for e in unknown_income)
     history = limits.ListLimitEvents(pb.ListLimitEventsRequest(account_id=ids[0]), timeout=5)
     reviewed = next(e for e in history.events if e.actor.kind == pb.ACTOR_KIND_REVIEW)
     untouched = limits.GetAccount(pb.GetAccountRequest(account_id=ids[1]), timeout=5).account

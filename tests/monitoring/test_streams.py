@@ -8,10 +8,13 @@ import grpc
 import pytest
 
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
+from services.scoring.modelling.training import DEFAULT_VERSIONS
 from tests.monitoring.events import Customer, batch, publish
 from tests.servers import eventually
 
 wait_until = eventually
+
+BEHAVIOUR_VERSION = DEFAULT_VERSIONS["behaviour"]
 
 
 def wait_until_rescored(monitoring) -> None:
@@ -155,7 +158,7 @@ def test_a_profile_that_moves_is_rescored_and_a_worse_band_raises_a_signal(monit
     publish(monitoring, gina.opened(line=10_000), gina.drawn(1_000))
     request = pb.GetAccountRiskRequest(account_id="acct-gina", locale="zh-CN")
     first = wait_until(lambda: (r := monitoring.GetAccountRisk(request).risk).scored and r)
-    assert first.risk_band != 0 and first.model_version == "1.0.0"
+    assert first.risk_band != 0 and first.model_version == BEHAVIOUR_VERSION
     # Months of trouble: deep delinquency, many inquiries, a maxed-out line.
     events = [gina.advance(days=40).past_due(65), gina.drawn(8_900)]
     events += [gina.advance(days=1).inquiry() for _ in range(6)]
@@ -177,7 +180,7 @@ def test_a_profile_that_moves_is_rescored_and_a_worse_band_raises_a_signal(monit
         pb.ListAlertsRequest(filter=pb.AlertFilter(types=["behaviour_rescored"]))
     ).alerts
     assert [a.risk_band for a in rescorings] == [risk.risk_band, first.risk_band]
-    assert rescorings[0].evidence["model_version"] == "1.0.0"
+    assert rescorings[0].evidence["model_version"] == BEHAVIOUR_VERSION
 
 
 def test_a_stopping_server_ends_watches_at_once_and_refuses_further_batches(start_monitoring):

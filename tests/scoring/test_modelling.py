@@ -10,8 +10,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from services.monitoring.profile import EventKind
 from services.scoring.modelling import german_credit, simulator
 from services.scoring.modelling.artifact import ArtifactError, load_artifact, validate_artifact
+from services.scoring.modelling.features import numeric_feature
 from services.scoring.modelling.parity import (
     TOLERANCE,
     hgb_native_categorical_export,
@@ -24,7 +26,12 @@ from services.scoring.modelling.scale import (
     score_from_pd,
     top_reasons,
 )
-from services.scoring.modelling.scorecard import export_onnx, reason_points
+from services.scoring.modelling.scorecard import (
+    bin_points,
+    export_onnx,
+    fit_scorecard,
+    reason_points,
+)
 from services.scoring.modelling.training import (
     DEFAULT_VERSIONS,
     FAIRNESS_AUC_TOLERANCE,
@@ -102,7 +109,8 @@ def test_onnx_matches_sklearn_row_by_row_on_the_holdout(fitted, name):
 
 @pytest.mark.parametrize("name", ["application", "behaviour"])
 def test_onnx_matches_sklearn_on_bin_edges_and_range_limits(fitted, name):
-    """Values exactly on a bin edge or at the valid limits fall in the same bin in both."""
+    """Values exactly on a bin edge or at the valid limits, and a missing value, fall in the
+    same bin in both."""
     model = fitted[name]
     binners = model.pipeline.named_steps["bins"].named_transformers_
     base = model.data.X[model.holdout_rows][:1]
@@ -110,7 +118,12 @@ def test_onnx_matches_sklearn_on_bin_edges_and_range_limits(fitted, name):
     for j, spec in enumerate(model.data.features):
         if spec.kind == "numeric":
             edges = np.array(binners[spec.name].cut_points)
-            for value in [spec.minimum, spec.maximum, *edges, *np.nextafter(edges, -np.inf)]:
+            limits = (
+                [spec.minimum, spec.maximum, np.nan]
+                if spec.missing_bin
+                else [spec.minimum, spec.maximum]
+            )
+            for value in [*limits, *edges, *np.nextafter(edges, -np.inf)]:
                 row = base.copy()
                 row[0, j] = value
                 rows.append(row)
@@ -200,7 +213,8 @@ def test_numeric_features_move_risk_only_in_their_stated_direction(published, na
         direction = specs[feature["name"]].risk_direction
         if direction is None:
             continue
-        steps = np.diff(feature["bin_points"])
+        # A missing bin (the first) has no place in the order.
+        steps = np.diff(feature["bin_points"][1 if feature["missing"] == "own_bin" else 0 :])
         assert (steps >= 0).all() if direction == "increasing_risk" else (steps <= 0).all(), (
             feature["name"]
         )
@@ -487,7 +501,7 @@ def test_bands_and_score_bins():
     assert proportions.tolist() == [0.4, 0.6]
 
 
-def test_simulator_is_seeded_and_features_agree_with_a_single_history():
+def test_simulator_is_seeded_and_its_features_are_monitorings_profile_of_its_events():
     first = simulator.simulate_accounts(300, seed=3, months=30)
     second = simulator.simulate_accounts(300, seed=3, months=30)
     assert all(
@@ -497,6 +511,46 @@ def test_simulator_is_seeded_and_features_agree_with_a_single_history():
     month = 20
     open_accounts = [h for h in first if h.opened_month <= month]
     matrix = simulator.feature_matrix(open_accounts, month)
-    one = simulator.behaviour_features(open_accounts[0], month)
-    assert list(one.values()) == pytest.approx(matrix[0].tolist())
-    assert one["months_on_book"] == month - open_accounts[0].opened_month + 1
+    names = [spec.name for spec in simulator.BEHAVIOUR_FEATURES]
+    month_end = simulator.SIMULATION_EPOCH + (month + 1) * simulator.DAYS_PER_MONTH * 86_400
+    for row, history in enumerate(open_accounts[:40]):
+        events = simulator.account_events(history, month)
+        assert events[0].kind is EventKind.account_opened
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        times = [e.at for e in events]
+        assert times == sorted(times) and times[-1] < month_end
+        assert events == simulator.account_events(second[history.account_id], month)
+        profile = simulator.profile_at(history, month)
+        expected = np.array([profile.get(name, np.nan) for name in names], dtype=np.float32)
+        np.testing.assert_array_equal(matrix[row], expected)
+        on_book = (events[-1].at - events[0].at) // (simulator.DAYS_PER_MONTH * 86_400) + 1
+        assert profile["months_on_book"] == on_book  # event time, not the calendar
+        # No income known: its features are missing, not the best bin.
+        assert ("debt_to_income" in profile) == history.income_known
+    assert not all(h.income_known for h in open_accounts[:40])
+
+
+def test_a_missing_bin_holds_missing_values_alone_and_stays_out_of_the_risk_order():
+    """NaN scores in the first bin in scikit-learn and ONNX alike; a value never does; and
+    merging bins for the risk direction never merges the missing bin."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    value = rng.uniform(0.0, 10.0, n)
+    missing = rng.random(n) < 0.2
+    # Risk grows with the value; an unknown value is the riskiest of all, out of that order.
+    logit = -3.0 + 0.25 * value + np.where(missing, 2.5, 0.0)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+    X = np.where(missing, np.nan, value).astype(np.float32).reshape(-1, 1)
+    spec = numeric_feature("x", "x", "X", "x", "x", 0.0, 10.0, "increasing_risk", missing_bin=True)
+    pipeline = fit_scorecard([spec], X, y, C=1.0)
+    (points,) = bin_points(pipeline)
+    binner = pipeline.named_steps["bins"].named_transformers_["x"]
+    assert binner.cut_points[0] == 0.0 and len(points) >= 3
+    assert points[0] == points.max()  # the missing bin: the data's own points
+    assert (np.diff(points[1:]) >= 0).all()
+    rows = np.array([[np.nan], [0.0], [np.nextafter(np.float32(0), np.float32(1))], [10.0]])
+    rows = rows.astype(np.float32)
+    probability, reason = run_scorecard(inference_session(export_onnx(pipeline, "x", "1")), rows)
+    np.testing.assert_allclose(probability, pipeline.predict_proba(rows)[:, 1], atol=TOLERANCE)
+    np.testing.assert_allclose(reason, reason_points(pipeline, rows), atol=TOLERANCE)
+    assert probability[0] > probability[1:].max()

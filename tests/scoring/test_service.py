@@ -275,3 +275,32 @@ def test_batch_missing_feature(scoring_stub):
     del request.columns[0]
     violations = invalid(scoring_stub.BatchScore, request)
     assert missing in violations["columns"]
+
+
+def test_an_unknown_income_scores_in_its_missing_bin(scoring_stub):
+    """A feature whose card says `missing: own_bin` may be null (Score) or NaN (BatchScore):
+    it costs its missing bin's points from the card, never silently the best bin's."""
+    model_card = card("behaviour")
+    specs = {f["name"]: f for f in model_card["features"]}
+    own_bin = [name for name, spec in specs.items() if spec["missing"] == "own_bin"]
+    assert own_bin == ["income_change", "debt_to_income"]
+    served = scoring_stub.GetModel(pb.GetModelRequest(name="behaviour")).model.features
+    assert [f.name for f in served if f.missing_value == pb.MISSING_VALUE_OWN_BIN] == own_bin
+
+    known = dict(valid_features(model_card), income_change=0.5, debt_to_income=0.01)
+    unknown = dict(known, income_change=None, debt_to_income=None)
+    scored = scoring_stub.Score(score_request("behaviour", unknown))
+    batch = dict(known, income_change=math.nan, debt_to_income=math.nan)
+    in_batch, known_result = scoring_stub.BatchScore(
+        batch_request("behaviour", [batch, known])
+    ).results
+    assert not in_batch.problems and in_batch.score == scored.score
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    # Both known values are in their best bins; unknown costs each missing bin's points.
+    cost = sum(specs[name]["bin_points"][0] for name in own_bin)
+    assert cost > 0
+    moved = logit(in_batch.probability_of_default) - logit(known_result.probability_of_default)
+    assert moved == pytest.approx(cost, abs=1e-4)

@@ -1319,7 +1319,9 @@ class RiskReport(_message.Message):
     """The latest behaviour band and when it was scored; unspecified until scored."""
     @_builtins.property
     def profile(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """The behaviour model's features, by name."""
+        """The behaviour model's features, by name; a feature with no value (no income known) is
+        absent, and the model scores it in its missing bin.
+        """
 
     @_builtins.property
     def profile_time(self) -> _timestamp_pb2.Timestamp:

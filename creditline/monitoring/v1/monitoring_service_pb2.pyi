@@ -175,6 +175,7 @@ class RepaymentEvent(_message.Message):
     TRANSACTION_FIELD_NUMBER: _builtins.int
     CREDIT_LINE_CHANGED_FIELD_NUMBER: _builtins.int
     ACCOUNT_CLOSED_FIELD_NUMBER: _builtins.int
+    INTEREST_CHARGED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique; an event seen before is ignored."""
     account_id: _builtins.str
@@ -208,6 +209,8 @@ class RepaymentEvent(_message.Message):
     def credit_line_changed(self) -> Global___CreditLineChanged: ...
     @_builtins.property
     def account_closed(self) -> Global___AccountClosed: ...
+    @_builtins.property
+    def interest_charged(self) -> Global___InterestCharged: ...
     def __init__(
         self,
         *,
@@ -226,12 +229,13 @@ class RepaymentEvent(_message.Message):
         transaction: Global___Transaction | None = ...,
         credit_line_changed: Global___CreditLineChanged | None = ...,
         account_closed: Global___AccountClosed | None = ...,
+        interest_charged: Global___InterestCharged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_closed", b"account_closed", "account_opened", b"account_opened", "credit_inquiry", b"credit_inquiry", "credit_line_changed", b"credit_line_changed", "days_past_due_updated", b"days_past_due_updated", "income_updated", b"income_updated", "instalment_due", b"instalment_due", "kind", b"kind", "line_drawn", b"line_drawn", "occurred_at", b"occurred_at", "payment_missed", b"payment_missed", "repayment", b"repayment", "transaction", b"transaction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_closed", b"account_closed", "account_opened", b"account_opened", "credit_inquiry", b"credit_inquiry", "credit_line_changed", b"credit_line_changed", "days_past_due_updated", b"days_past_due_updated", "income_updated", b"income_updated", "instalment_due", b"instalment_due", "interest_charged", b"interest_charged", "kind", b"kind", "line_drawn", b"line_drawn", "occurred_at", b"occurred_at", "payment_missed", b"payment_missed", "repayment", b"repayment", "transaction", b"transaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_closed", b"account_closed", "account_id", b"account_id", "account_opened", b"account_opened", "credit_inquiry", b"credit_inquiry", "credit_line_changed", b"credit_line_changed", "days_past_due_updated", b"days_past_due_updated", "event_id", b"event_id", "income_updated", b"income_updated", "instalment_due", b"instalment_due", "kind", b"kind", "line_drawn", b"line_drawn", "occurred_at", b"occurred_at", "payment_missed", b"payment_missed", "repayment", b"repayment", "sequence", b"sequence", "transaction", b"transaction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_closed", b"account_closed", "account_id", b"account_id", "account_opened", b"account_opened", "credit_inquiry", b"credit_inquiry", "credit_line_changed", b"credit_line_changed", "days_past_due_updated", b"days_past_due_updated", "event_id", b"event_id", "income_updated", b"income_updated", "instalment_due", b"instalment_due", "interest_charged", b"interest_charged", "kind", b"kind", "line_drawn", b"line_drawn", "occurred_at", b"occurred_at", "payment_missed", b"payment_missed", "repayment", b"repayment", "sequence", b"sequence", "transaction", b"transaction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["account_opened", "line_drawn", "instalment_due", "repayment", "days_past_due_updated", "payment_missed", "credit_inquiry", "income_updated", "transaction", "credit_line_changed", "account_closed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["account_opened", "line_drawn", "instalment_due", "repayment", "days_past_due_updated", "payment_missed", "credit_inquiry", "income_updated", "transaction", "credit_line_changed", "account_closed", "interest_charged"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -550,6 +554,30 @@ class AccountClosed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccountClosed: _TypeAlias = AccountClosed  # noqa: Y015
+
+@_typing.final
+class InterestCharged(_message.Message):
+    """Interest was added to what the customer owes (the servicing system's monthly accrual), so
+    the balance behind utilisation and debt to income is what is owed, not principal alone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InterestCharged: _TypeAlias = InterestCharged  # noqa: Y015
 
 @_typing.final
 class EventBatch(_message.Message):
@@ -1043,7 +1071,10 @@ class AccountRisk(_message.Message):
     closed: _builtins.bool
     @_builtins.property
     def profile(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """The behaviour model's features, by name."""
+        """The behaviour model's features, by name, at the latest event's time. A feature with no
+        value is absent (no income known: no income_change or debt_to_income); the model scores
+        it in its missing bin.
+        """
 
     @_builtins.property
     def open_signals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:

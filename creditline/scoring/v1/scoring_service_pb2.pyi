@@ -40,6 +40,32 @@ FEATURE_TYPE_NUMERIC: FeatureType.ValueType  # 1
 FEATURE_TYPE_CATEGORICAL: FeatureType.ValueType  # 2
 Global___FeatureType: _TypeAlias = FeatureType  # noqa: Y015
 
+class _MissingValue:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MissingValueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MissingValue.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MISSING_VALUE_UNSPECIFIED: _MissingValue.ValueType  # 0
+    MISSING_VALUE_REQUIRED: _MissingValue.ValueType  # 1
+    """Every row needs a value."""
+    MISSING_VALUE_OWN_BIN: _MissingValue.ValueType  # 2
+    """An unknown value (null in Score, NaN in BatchScore) scores in a bin of its own, whose
+    points the training data decided (for example income, when none was declared).
+    """
+
+class MissingValue(_MissingValue, metaclass=_MissingValueEnumTypeWrapper):
+    """What a model does with an unknown value of a feature."""
+
+MISSING_VALUE_UNSPECIFIED: MissingValue.ValueType  # 0
+MISSING_VALUE_REQUIRED: MissingValue.ValueType  # 1
+"""Every row needs a value."""
+MISSING_VALUE_OWN_BIN: MissingValue.ValueType  # 2
+"""An unknown value (null in Score, NaN in BatchScore) scores in a bin of its own, whose
+points the training data decided (for example income, when none was declared).
+"""
+Global___MissingValue: _TypeAlias = MissingValue  # noqa: Y015
+
 class _StabilityStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -107,7 +133,8 @@ class ScoreRequest(_message.Message):
     @_builtins.property
     def features(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
         """Feature values by name: a number, or a category as a string. The model card lists
-        the names, types, valid ranges and categories; every feature is required.
+        the names, types, valid ranges and categories; every feature is required. A feature whose
+        `missing_value` is MISSING_VALUE_OWN_BIN may be null: unknown, scored in its missing bin.
         """
 
     def __init__(
@@ -216,7 +243,9 @@ class FeatureColumn(_message.Message):
     """Feature name, as in the model card."""
     @_builtins.property
     def numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Values of a numeric feature, one per row."""
+        """Values of a numeric feature, one per row. NaN marks an unknown value: scored in the
+        feature's missing bin where it has one (MISSING_VALUE_OWN_BIN), else that row is refused.
+        """
 
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -516,12 +545,14 @@ class FeatureSpec(_message.Message):
     MAX_VALUE_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    MISSING_VALUE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     type: Global___FeatureType.ValueType
     min_value: _builtins.float
     """Valid range of a numeric feature, inclusive."""
     max_value: _builtins.float
     description: _builtins.str
+    missing_value: Global___MissingValue.ValueType
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allowed values of a categorical feature."""
@@ -535,10 +566,11 @@ class FeatureSpec(_message.Message):
         max_value: _builtins.float = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
         description: _builtins.str = ...,
+        missing_value: Global___MissingValue.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "description", b"description", "max_value", b"max_value", "min_value", b"min_value", "name", b"name", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "description", b"description", "max_value", b"max_value", "min_value", b"min_value", "missing_value", b"missing_value", "name", b"name", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

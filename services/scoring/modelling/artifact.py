@@ -52,6 +52,8 @@ REQUIRED_CARD_KEYS = (
     "onnx_sha256",
 )
 REQUIRED_FEATURE_KEYS = ("name", "type", "description", "missing", "reason_code", "reason_text")
+# "required": every row has a value; "own_bin": an unknown value (NaN) scores in the first bin.
+MISSING_RULES = ("required", "own_bin")
 REQUIRED_SCALE_KEYS = ("base_points", "base_odds", "pdo", "min_points", "max_points")
 LOCALES = ("en", "zh-CN")
 # The four-fifths screen: a group approved at under 80% of the best-approved group's rate.
@@ -118,6 +120,12 @@ def _check_card(card: dict) -> None:
             _require(feature, ("categories",), f"features[{i}] (categorical)")
         else:
             raise ArtifactError(f"card features[{i}] has unknown type {feature['type']!r}")
+        if feature["missing"] not in MISSING_RULES:
+            raise ArtifactError(
+                f"card features[{i}].missing must be one of {', '.join(MISSING_RULES)}"
+            )
+        if feature["missing"] == "own_bin" and feature["type"] != "numeric":
+            raise ArtifactError(f"card features[{i}]: only a numeric feature has a missing bin")
     _require(card["score_scale"], REQUIRED_SCALE_KEYS, "score_scale")
     bands = card["risk_bands"]
     if not isinstance(bands, list) or not bands:

@@ -1,8 +1,9 @@
 """Model inputs: the specification of one feature and the encoded data set a model learns from.
 
 Both models take a float32 matrix whose columns are their features in order. A numeric feature
-is its value; a categorical feature is the index of its category in `FeatureSpec.categories`,
-as a float. This module is light (numpy only) so the simulator can be reused without sklearn.
+is its value (NaN where it is unknown and the feature has a missing bin); a categorical feature
+is the index of its category in `FeatureSpec.categories`, as a float. This module is light
+(numpy only) so the simulator can be reused without sklearn.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class FeatureSpec:
     risk_direction: RiskDirection | None = None
     # Categorical features: the allowed codes; the model sees a code's index here.
     categories: tuple[str, ...] = ()
+    # Numeric features that can be unknown (no income declared): a missing value (NaN) falls
+    # in a bin of its own, below `minimum`, whose points the data decide.
+    missing_bin: bool = False
 
     def __post_init__(self) -> None:
         if self.kind == "categorical" and not self.categories:
@@ -45,6 +49,8 @@ class FeatureSpec:
             raise ValueError(f"numeric feature {self.name} needs a valid range")
         if self.kind == "categorical" and self.risk_direction is not None:
             raise ValueError(f"categorical feature {self.name} has no order, so no direction")
+        if self.kind == "categorical" and self.missing_bin:
+            raise ValueError(f"categorical feature {self.name}: only numbers have a missing bin")
 
 
 def numeric_feature(
@@ -57,6 +63,8 @@ def numeric_feature(
     maximum: float,
     risk_direction: RiskDirection | None = None,
     cut_points: tuple[float, ...] | None = None,
+    *,
+    missing_bin: bool = False,
 ) -> FeatureSpec:
     return FeatureSpec(
         name,
@@ -69,6 +77,7 @@ def numeric_feature(
         maximum=maximum,
         cut_points=cut_points,
         risk_direction=risk_direction,
+        missing_bin=missing_bin,
     )
 
 

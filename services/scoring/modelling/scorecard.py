@@ -4,6 +4,7 @@ Every feature is binned on its own and a logistic regression (L2) weighs the bin
 feature starts from quantile bins (5, edges at training values) or from fixed cut points (counts
 and days past due, mostly 0, on which quantile bins collapse); where a feature has an expected
 risk direction, adjacent bins that go against it are merged and the model refit until none do.
+A feature that can be unknown has a first bin for NaN alone, outside that order.
 A categorical feature is one-hot over its categories' indices, unless its categories are
 grouped (`category_groups`): then a bin starts at each group's first category, which must follow
 the previous group's last, and one group of all its categories gives the feature no points.
@@ -58,7 +59,7 @@ class CutPointBinner(TransformerMixin, BaseEstimator):
         self.cut_points = cut_points
 
     def fit(self, X, y=None):
-        validate_data(self, X, dtype=np.float32)
+        validate_data(self, X, dtype=np.float32, ensure_all_finite="allow-nan")
         if self.n_features_in_ != 1:
             raise ValueError("CutPointBinner bins exactly one column")
         edges = np.empty(1, dtype=object)
@@ -69,8 +70,10 @@ class CutPointBinner(TransformerMixin, BaseEstimator):
 
     def transform(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float32, reset=False)
+        X = validate_data(self, X, dtype=np.float32, reset=False, ensure_all_finite="allow-nan")
         bins = np.searchsorted(self.bin_edges_[0][1:-1], X[:, 0], side="right")
+        # NaN is at or above no edge: the first bin, as in the ONNX graph (a missing bin).
+        bins[np.isnan(X[:, 0])] = 0
         return np.eye(self.n_bins_[0], dtype=np.float32)[bins]
 
 
@@ -88,6 +91,7 @@ def quantile_cut_points(values: np.ndarray, bins: int = QUANTILE_BINS) -> tuple[
     Inverted-CDF quantiles are training values, which float32 represents exactly, so sklearn
     and ONNX (float32 edges) cut at the same place.
     """
+    values = values[~np.isnan(values)]  # missing values have a bin of their own
     levels = np.linspace(0.0, 1.0, bins + 1)[1:-1]
     edges = np.unique(np.quantile(values, levels, method="inverted_cdf"))
     return tuple(float(edge) for edge in edges if edge > values.min())
@@ -135,13 +139,37 @@ def build_pipeline(
     )
 
 
-def _first_violation(points: np.ndarray, direction: str | None) -> int | None:
-    """Index of the first cut point whose two bins go against `direction`, if any."""
+def numeric_cut_points(
+    spec: FeatureSpec, values: np.ndarray, quantile_bins: int = QUANTILE_BINS
+) -> tuple[float, ...]:
+    """A numeric feature's starting cut points. With a missing bin, the first cut is the
+    feature's minimum: every value is at or above it, so only NaN scores in the bin before."""
+    cuts = (
+        tuple(spec.cut_points)
+        if spec.cut_points is not None
+        else quantile_cut_points(values, quantile_bins)
+    )
+    if spec.missing_bin:
+        assert spec.minimum is not None  # numeric
+        return (spec.minimum, *(cut for cut in cuts if cut > spec.minimum))
+    return cuts
+
+
+def valued_bin_points(spec: FeatureSpec, points: np.ndarray) -> np.ndarray:
+    """The points of the bins that hold values: all but a missing bin."""
+    return points[1:] if spec.missing_bin else points
+
+
+def _first_violation(spec: FeatureSpec, points: np.ndarray) -> int | None:
+    """Index of the first cut point whose two bins go against the feature's risk direction,
+    if any. A missing bin has no place in the order, so it is never merged."""
+    direction = spec.risk_direction
     if direction is None:
         return None
-    steps = np.diff(points)
+    offset = 1 if spec.missing_bin else 0
+    steps = np.diff(points[offset:])
     wrong = steps < 0 if direction == "increasing_risk" else steps > 0
-    return int(np.argmax(wrong)) if wrong.any() else None
+    return int(np.argmax(wrong)) + offset if wrong.any() else None
 
 
 def fit_scorecard(
@@ -160,9 +188,7 @@ def fit_scorecard(
     """
     category_groups = category_groups or {}
     cut_points = {
-        spec.name: tuple(spec.cut_points)
-        if spec.cut_points is not None
-        else quantile_cut_points(X[:, j], quantile_bins)
+        spec.name: numeric_cut_points(spec, X[:, j], quantile_bins)
         for j, spec in enumerate(features)
         if spec.kind == "numeric"
     }
@@ -175,7 +201,7 @@ def fit_scorecard(
         pipeline = build_pipeline(features, cut_points, C).fit(X, y)
         merged = False
         for spec, points in zip(features, bin_points(pipeline), strict=True):
-            violation = _first_violation(points, spec.risk_direction)
+            violation = _first_violation(spec, points)
             if violation is not None:
                 cuts = cut_points[spec.name]
                 cut_points[spec.name] = cuts[:violation] + cuts[violation + 1 :]

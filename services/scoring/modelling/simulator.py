@@ -1,8 +1,11 @@
 """Simulated consumer credit-line accounts: the behaviour model's data and event histories.
 
 No public behavioural (repayment-history) data set ships offline, so the behaviour model learns
-from this seeded simulator, and its model card says so. The monitoring service can reuse
-`simulate_accounts` to replay the same histories as event streams.
+from this seeded simulator, and its model card says so. The simulation runs month by month;
+`account_events` then renders each account as the `RepaymentEvent`s a servicing system sends
+monitoring, and the training features are what monitoring's own profile code
+(`services/monitoring/profile.py`) computes from those events. Training and serving share one
+definition of every feature, on event time, with unknown values left missing.
 
 How an account behaves (time runs in 30-day months; day d of month m is simulation day 30m+d):
 
@@ -10,7 +13,9 @@ How an account behaves (time runs in 30-day months; day d of month m is simulati
   observation point) with a line sized from its income and a latent risk z ~ N(0, 1) (higher
   is riskier; riskier customers also earn a little less and get smaller lines).
 - Income: a monthly income with small noise; income shocks (job loss, illness) arrive at a rate
-  that grows with z, cut income to 30-80% and recover by 5% of the gap a month.
+  that grows with z, cut income to 30-80% and recover by 5% of the gap a month. About one
+  customer in six never declares an income: the lender does not know it (riskier ones a little
+  more often), and their income features are missing.
 - Stress = z + 3 x the income shortfall + a persistent AR(1) noise. Stress drives the rest.
 - Each month a statement asks for the arrears plus a minimum instalment (10% of the balance,
   at least 100 yuan), due on the account's due day. The customer pays on time (some pay the
@@ -30,8 +35,9 @@ How an account behaves (time runs in 30-day months; day d of month m is simulati
   past due at the observation point are in default already and are left out of the training
   population.
 
-Money is recorded in integer fen. 20,000 accounts over 48 months take about a second, and give
-a default rate of about 8%.
+Money is recorded in integer fen. 20,000 accounts over 48 months take about a second to
+simulate and give a default rate of about 8%; rendering them as events and folding those into
+profiles takes about ten more (about 1.2 million events up to the observation point).
 """
 
 from __future__ import annotations
@@ -39,9 +45,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import repeat
+from operator import itemgetter
 
 import numpy as np
 
+from services.monitoring import profile
+from services.monitoring.profile import Event, EventKind, Timing
 from services.scoring.modelling.features import (
     FeatureSpec,
     RiskDirection,
@@ -61,6 +72,16 @@ MONTHLY_INTEREST = 0.015
 MIN_INSTALMENT_YUAN = 100.0
 INSTALMENT_SHARE = 0.10
 
+# Day 0 of the simulation, for the events' times.
+SIMULATION_EPOCH = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
+# The account's statement is one loan as monitoring sees it.
+_LOAN_ID = "statement"
+_LOAN_EVENTS = frozenset({EventKind.repayment, EventKind.payment_missed, EventKind.line_drawn})
+
+
+def _time(day: int, hour: int) -> float:
+    return SIMULATION_EPOCH + day * profile.DAY + hour * 3600
+
 
 @dataclass(frozen=True)
 class AccountHistory:
@@ -71,12 +92,15 @@ class AccountHistory:
     the instalment), `paid`, `income` (monthly). `days_late` is how late a full payment came.
     `days_past_due` is at month end; `worst_days_past_due` is the most reached in the month.
     `inquiry_days` holds the simulation day of each credit inquiry at another lender.
+    `income_known` is whether the lender knows the income (the customer declared it and it is
+    read every month); the rest never declared one.
     """
 
     account_id: int
     opened_month: int
     due_day: int
     latent_risk: float
+    income_known: bool
     limit: np.ndarray
     balance: np.ndarray
     drawn: np.ndarray
@@ -217,6 +241,8 @@ def simulate_accounts(n: int, seed: int, months: int = 48) -> list[AccountHistor
         worst_dpd[:, m] = np.where(open_, month_worst, 0)
         previous_dpd = np.where(open_, month_dpd, 0)
 
+    # Riskier customers declare an income a little less often (about 1 in 6 do not).
+    income_known = rng.random(n) >= _sigmoid(-1.7 + 0.4 * risk)
     fen = {name: _fen(value) for name, value in records.items()}
     accounts = np.concatenate(inquiry_accounts)
     days = np.concatenate(inquiry_days)
@@ -228,6 +254,7 @@ def simulate_accounts(n: int, seed: int, months: int = 48) -> list[AccountHistor
             opened_month=int(opened[i]),
             due_day=int(due_day[i]),
             latent_risk=float(risk[i]),
+            income_known=bool(income_known[i]),
             limit=fen["limit"][i],
             balance=fen["balance"][i],
             drawn=fen["drawn"][i],
@@ -250,7 +277,7 @@ DPD_BUCKETS = (1, 30, 60)  # 0, 1-29, 30-59, 60+ days past due
 BEHAVIOUR_FEATURES: tuple[FeatureSpec, ...] = (
     numeric_feature(
         "utilisation",
-        "Balance as a share of the credit line at the observation point.",
+        "What is owed (drawn, with interest, less repayments) as a share of the credit line.",
         "BEH_UTILISATION",
         "High utilisation of the credit line",
         "额度使用率较高",
@@ -337,7 +364,8 @@ BEHAVIOUR_FEATURES: tuple[FeatureSpec, ...] = (
     ),
     numeric_feature(
         "on_time_streak",
-        "Consecutive on-time repayments up to now.",
+        "Instalments repaid on time since the last late, partial or missed one (or since "
+        "opening); one a month on a single statement.",
         "BEH_ON_TIME_STREAK",
         "Short record of consecutive on-time repayments",
         "连续按时还款的记录较短",
@@ -347,12 +375,12 @@ BEHAVIOUR_FEATURES: tuple[FeatureSpec, ...] = (
     ),
     numeric_feature(
         "partial_payments_6m",
-        "Months with only a partial repayment in the last 6.",
+        "Partial repayments (less than was due) in the last 180 days.",
         "BEH_PARTIAL_PAYMENTS",
         "Partial repayments in the last 6 months",
         "近6个月有部分还款",
         0,
-        6,
+        1000,
         UP,
         (1, 2),
     ),
@@ -380,7 +408,7 @@ BEHAVIOUR_FEATURES: tuple[FeatureSpec, ...] = (
     ),
     numeric_feature(
         "months_on_book",
-        "Months since the line was opened.",
+        "30-day months from the opening event to the latest event, counting the first as 1.",
         "BEH_MONTHS_ON_BOOK",
         "Short time since the credit line was opened",
         "开户时间较短",
@@ -390,23 +418,26 @@ BEHAVIOUR_FEATURES: tuple[FeatureSpec, ...] = (
     ),
     numeric_feature(
         "income_change",
-        "Fractional change of monthly income against 6 months earlier (-0.3 = down 30%).",
+        "Fractional change of monthly income against 180 days earlier (or the first reading; "
+        "-0.3 = down 30%); missing when no income is known.",
         "BEH_INCOME_CHANGE",
         "Income has fallen over the last 6 months",
         "近6个月收入下降",
         -1.0,
         10.0,
         DOWN,
+        missing_bin=True,
     ),
     numeric_feature(
         "debt_to_income",
-        "Balance on the line divided by annual income.",
+        "What is owed on the line divided by annual income; missing when no income is known.",
         "BEH_DEBT_TO_INCOME",
         "High debt relative to income",
         "负债收入比较高",
         0.0,
         100.0,
         UP,
+        missing_bin=True,
     ),
 )
 
@@ -415,78 +446,126 @@ def _stack(histories: Sequence[AccountHistory], field: str) -> np.ndarray:
     return np.stack([getattr(history, field) for history in histories])
 
 
-def _window(values: np.ndarray, month: int, length: int) -> np.ndarray:
-    return values[:, max(month - length + 1, 0) : month + 1]
+def account_id_of(history: AccountHistory) -> str:
+    return f"sim-{history.account_id:06d}"
 
 
-def _episodes(worst_dpd: np.ndarray, threshold: int) -> np.ndarray:
-    """Times a window of monthly worst-dpd values enters `threshold`+ (an ongoing one counts)."""
-    above = worst_dpd >= threshold
-    entered = above & ~np.pad(above, ((0, 0), (1, 0)))[:, :-1]
-    return entered.sum(axis=1)
+def account_events(history: AccountHistory, until_month: int | None = None) -> list[Event]:
+    """The account's months as the repayment events a servicing system would send monitoring,
+    in sequence order, up to the end of `until_month` (the last month by default).
+
+    Each month: the income reading (where income is known), the statement's outcome at its due
+    day (an on-time or late repayment, a partial one, or a missed payment, with the days past
+    due they leave), interest at month end, then a draw, a line change and the days past due
+    at month end. Inquiries come on their own days. Times are event times: day d is
+    `SIMULATION_EPOCH` + d days.
+    """
+    last = history.months - 1 if until_month is None else until_month
+    end = _time(DAYS_PER_MONTH * (last + 1), 0)
+    account = account_id_of(history)
+    opened, due_day = history.opened_month, history.due_day
+    # (time, kind, amount, days past due, timing, income); the stable sort keeps a day's order.
+    raw: list[tuple[float, EventKind, int, int | None, Timing | None, int]] = []
+
+    def add(day, hour, kind, amount=0, days=None, timing=None, income=0) -> None:
+        raw.append((_time(day, hour), kind, amount, days, timing, income))
+
+    incomes = history.income.tolist() if history.income_known else [0] * history.months
+    add(
+        DAYS_PER_MONTH * opened,
+        0,
+        EventKind.account_opened,
+        int(history.limit[opened]),
+        income=incomes[opened],
+    )
+    for m in range(opened, last + 1):
+        first = DAYS_PER_MONTH * m
+        due = first + due_day
+        month_end = first + DAYS_PER_MONTH - 1
+        if incomes[m] and m > opened:
+            add(first, 1, EventKind.income_updated, income=incomes[m])
+        previous_dpd = int(history.days_past_due[m - 1]) if m > opened else 0
+        status = history.payment_status[m]
+        owed, paid = max(int(history.due[m]), 1), int(history.paid[m])
+        if status == ON_TIME:
+            if previous_dpd:  # the arrears paid in full by the due day: how late they got
+                add(due, 8, EventKind.days_past_due_updated, days=previous_dpd + due_day)
+            add(due, 9, EventKind.repayment, paid, 0, Timing.on_time)
+        elif status == LATE:  # in full within the month (never with arrears)
+            days_late = int(history.days_late[m])
+            add(due + 1, 9, EventKind.payment_missed, owed, 1)
+            if days_late > 1:
+                add(due + days_late, 8, EventKind.days_past_due_updated, days=days_late)
+            add(due + days_late, 9, EventKind.repayment, paid, 0, Timing.late)
+        elif status == PARTIAL:
+            dpd = previous_dpd + due_day if previous_dpd else 0
+            add(due, 9, EventKind.repayment, paid, dpd, Timing.partial)
+            add(due + 1, 9, EventKind.payment_missed, max(owed - paid, 1), dpd + 1)
+        elif status == MISSED:
+            add(
+                due + 1,
+                9,
+                EventKind.payment_missed,
+                owed,
+                previous_dpd + due_day + 1 if previous_dpd else 1,
+            )
+        balance_before = int(history.balance[m - 1]) if m > opened else 0
+        interest = int(history.balance[m]) - int(history.drawn[m]) - (balance_before - paid)
+        if interest > 0:
+            add(month_end, 1, EventKind.interest_charged, interest)
+        if history.drawn[m] > 0:
+            add(month_end, 12, EventKind.line_drawn, int(history.drawn[m]))
+        if m > opened and history.limit[m] != history.limit[m - 1]:
+            add(month_end, 18, EventKind.credit_line_changed, int(history.limit[m]))
+        if history.days_past_due[m] > 0:
+            add(month_end, 23, EventKind.days_past_due_updated, days=int(history.days_past_due[m]))
+    for day in history.inquiry_days.tolist():
+        if day >= DAYS_PER_MONTH * opened:
+            add(day, 10, EventKind.credit_inquiry)
+    raw.sort(key=itemgetter(0))
+    return [
+        Event(
+            event_id=f"{account}-{sequence}",
+            account_id=account,
+            sequence=sequence,
+            at=at,
+            kind=kind,
+            amount=amount,
+            days_past_due=days,
+            timing=timing,
+            income=income,
+            loan_id=_LOAN_ID if kind in _LOAN_EVENTS else "",
+        )
+        for sequence, (at, kind, amount, days, timing, income) in enumerate(
+            (r for r in raw if r[0] < end), start=1
+        )
+    ]
+
+
+def profile_at(history: AccountHistory, month: int) -> dict[str, float]:
+    """The behaviour features monitoring computes from the account's events up to the end of
+    `month`: `profile.features` after `profile.record` of each (an unknown value is absent)."""
+    events = account_events(history, month)
+    state = profile.AccountState(account_id=events[0].account_id, opened_at=events[0].at)
+    keep = profile.Keep()
+    for event in events:
+        profile.record(state, event, keep)
+    return profile.features(state)
 
 
 def feature_matrix(histories: Sequence[AccountHistory], month: int) -> np.ndarray:
-    """Behaviour features (columns in BEHAVIOUR_FEATURES order) at the end of `month`."""
-    opened = np.array([history.opened_month for history in histories])
-    if (opened > month).any():
+    """Behaviour features (columns in BEHAVIOUR_FEATURES order) at the end of `month`, each
+    account's computed by monitoring's own code from its events; NaN where a value is unknown."""
+    if any(history.opened_month > month for history in histories):
         raise ValueError(f"an account is not open yet at month {month}")
-    rows = np.arange(len(histories))
-    limit = _stack(histories, "limit")[:, month].astype(np.float64)
-    balance = _stack(histories, "balance")[:, month].astype(np.float64)
-    income = _stack(histories, "income").astype(np.float64)
-    dpd = _stack(histories, "days_past_due")
-    worst = _stack(histories, "worst_days_past_due")
-    status = _stack(histories, "payment_status")[:, : month + 1]
-
-    late_or_worse = np.isin(status, (LATE, PARTIAL, MISSED))
-    on_time = status == ON_TIME
-    last_bad = np.where(
-        late_or_worse.any(axis=1), month - np.argmax(late_or_worse[:, ::-1], axis=1), -1
-    )
-    on_time_before = np.cumsum(on_time, axis=1)
-    streak = on_time_before[:, month] - np.where(
-        last_bad >= 0, on_time_before[rows, np.maximum(last_bad, 0)], 0
-    )
-
-    end_day = (month + 1) * DAYS_PER_MONTH
-    inquiries_7d, inquiries_30d = (
-        np.array(
-            [
-                np.searchsorted(h.inquiry_days, end_day)
-                - np.searchsorted(h.inquiry_days, end_day - days)
-                for h in histories
-            ]
-        )
-        for days in (7, 30)
-    )
-
-    income_6m_ago = income[rows, np.maximum(month - 6, opened)]
-    worst_12m = _window(worst, month, 12)
-    columns = {
-        "utilisation": balance / limit,
-        "days_past_due": dpd[:, month],
-        "max_dpd_3m": _window(worst, month, 3).max(axis=1),
-        "max_dpd_6m": _window(worst, month, 6).max(axis=1),
-        "max_dpd_12m": worst_12m.max(axis=1),
-        "dpd30_episodes_12m": _episodes(worst_12m, 30),
-        "dpd60_episodes_12m": _episodes(worst_12m, 60),
-        "dpd90_episodes_12m": _episodes(worst_12m, 90),
-        "on_time_streak": streak,
-        "partial_payments_6m": (_window(status, month, 6) == PARTIAL).sum(axis=1),
-        "inquiries_7d": inquiries_7d,
-        "inquiries_30d": inquiries_30d,
-        "months_on_book": month - opened + 1,
-        "income_change": income[:, month] / income_6m_ago - 1.0,
-        "debt_to_income": balance / (12.0 * income[:, month]),
-    }
-    return np.column_stack([columns[spec.name] for spec in BEHAVIOUR_FEATURES]).astype(np.float32)
-
-
-def behaviour_features(history: AccountHistory, month: int) -> dict[str, float]:
-    """The behaviour features of one account at the end of `month`, by name."""
-    values = feature_matrix([history], month)[0]
-    return {spec.name: float(value) for spec, value in zip(BEHAVIOUR_FEATURES, values, strict=True)}
+    names = [spec.name for spec in BEHAVIOUR_FEATURES]
+    return np.array(
+        [
+            [values.get(name, np.nan) for name in names]
+            for values in map(profile_at, histories, repeat(month))
+        ],
+        dtype=np.float32,
+    ).reshape(len(histories), len(names))
 
 
 def defaults_within(
@@ -522,10 +601,13 @@ def simulated_training_data(n_accounts: int, seed: int, months: int = 48) -> Tra
         sha256=digest,
         simulated=True,
         notes=(
-            "Simulated data: no public behavioural data set ships offline. Features are taken "
-            f"at the end of month {observation}; accounts already 90+ days past due then are "
-            f"excluded ({n_accounts - len(population)} of {n_accounts}). The sha256 is of the "
-            "float32 feature matrix followed by the int8 labels. The simulated accounts carry "
-            "no protected attributes."
+            "Simulated data: no public behavioural data set ships offline. Each account's "
+            "months are rendered as repayment events, and the features are monitoring's own "
+            "profile (services/monitoring/profile.py) after the events up to the end of month "
+            f"{observation}, at the latest event's time; income features are missing (NaN) "
+            "where no income is known. Accounts already 90+ days past due then are excluded "
+            f"({n_accounts - len(population)} of {n_accounts}). The sha256 is of the float32 "
+            "feature matrix followed by the int8 labels. The simulated accounts carry no "
+            "protected attributes."
         ),
     )

@@ -46,14 +46,16 @@ from services.scoring.modelling.scorecard import (
     fit_scorecard,
     monotone_direction,
     reason_points,
+    valued_bin_points,
 )
 from services.scoring.modelling.simulator import simulated_training_data
 
 ModelName = Literal["application", "behaviour"]
 MODEL_NAMES: tuple[ModelName, ...] = ("application", "behaviour")
 # The version each model is published as by default: the one committed under models/.
-# application 1.1.0 is the first chosen by the fairness search.
-DEFAULT_VERSIONS: dict[str, str] = {"application": "1.1.0", "behaviour": "1.0.0"}
+# application 1.1.0 is the first chosen by the fairness search; behaviour 2.0.0 the first trained
+# on monitoring's own features of the simulator's events (with missing bins for income).
+DEFAULT_VERSIONS: dict[str, str] = {"application": "1.1.0", "behaviour": "2.0.0"}
 # Called as progress(description, completed_steps, total_steps).
 Progress = Callable[[str, int, int], None]
 
@@ -460,7 +462,7 @@ def _feature_card(
             {
                 "min": spec.minimum,
                 "max": spec.maximum,
-                "monotone": monotone_direction(points),
+                "monotone": monotone_direction(valued_bin_points(spec, points)),
                 "cut_points": list(binner.cut_points),
             }
         )
@@ -473,7 +475,8 @@ def _feature_card(
             points = points[bins]
     card.update(
         {
-            "missing": "required",
+            # own_bin: a missing value scores in the first bin, before cut_points[0].
+            "missing": "own_bin" if spec.missing_bin else "required",
             "reason_code": spec.reason_code,
             "reason_text": {"en": spec.reason_text_en, "zh-CN": spec.reason_text_zh},
             "bin_points": (points - points.min()).tolist(),
@@ -496,8 +499,12 @@ def _rounded(value):
 
 
 def _parity_sample(pipeline: Pipeline, X_holdout: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Holdout rows rounded to 6 significant digits (exact in JSON) and sklearn's outputs."""
-    values = [[float(f"{v:.6g}") for v in row] for row in X_holdout[:PARITY_SAMPLE_ROWS]]
+    """Holdout rows rounded to 6 significant digits (exact in JSON; a missing value is null)
+    and sklearn's outputs."""
+    values = [
+        [None if np.isnan(v) else float(f"{v:.6g}") for v in row]
+        for row in X_holdout[:PARITY_SAMPLE_ROWS]
+    ]
     rows = np.array(values, dtype=np.float32)
     return rows, {
         "features": values,
@@ -733,7 +740,8 @@ def train_model(
         {
             "model.onnx": model_bytes,
             "card.json": (
-                json.dumps(card, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+                json.dumps(card, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+                + "\n"
             ).encode("utf-8"),
             "roc.png": plots.roc_png(title, y_holdout, holdout_pd, holdout_metrics["auc"]),
             "score_distribution.png": plots.score_distribution_png(
