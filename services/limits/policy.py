@@ -215,6 +215,17 @@ class Hardship(StrictModel):
     max_term_months: int = Field(gt=0)
 
 
+class Notices(StrictModel):
+    """When the customer must have been told of a decision, counted from the decision: each
+    notice carries its due time, and the messaging backend delivers before it."""
+
+    # Regulation-style: an adverse decision (a decline, a cut, a freeze, a closure) is told
+    # within this many days (ECOA Regulation B gives 30).
+    adverse_within_days: int = Field(default=30, ge=0, le=90)
+    # Every other notice (an opening, an increase, a reopening stage).
+    other_within_days: int = Field(default=30, ge=0, le=90)
+
+
 class Policy(StrictModel):
     """One complete, validated version of the credit policy."""
 
@@ -239,6 +250,8 @@ class Policy(StrictModel):
     signal_actions: list[SignalRule] = []
     reopening: Reopening
     hardship: Hardship
+    # A policy written before notices were delivered takes the defaults.
+    notices: Notices = Field(default_factory=Notices)
 
     @model_validator(mode="after")
     def _every_band_mapped_to_a_tier(self) -> Self:
