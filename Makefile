@@ -60,6 +60,7 @@ $(DEPLOY_STAMP): k8s/requirements-tools.txt
 # again after editing them (tests/deploy fails while the copies differ).
 k8s-config:
 	cp services/limits/default_policy.yaml k8s/base/config/limits-policy.yaml
+	cp services/limits/notice_templates.yaml k8s/base/config/limits-notice-templates.yaml
 	cp services/monitoring/default_rules.yaml k8s/base/config/monitoring-rules.yaml
 
 run: install

@@ -2,7 +2,8 @@
 
 The customer applies and gets a first line, draws, repays on time, then misses a payment:
 monitoring sees each event, raises signals and tells limits, which puts the line on the
-watchlist and cuts it, each decision with its reasons. The customer catches up and stays clean
+watchlist and cuts it, each decision with its reasons and the notice the customer is sent
+(its type, by when it is due, its first sentence). The customer catches up and stays clean
 for the policy's period: the watchlist is lifted. Later they fall behind again, are cut and
 frozen, catch up, repay on time, and ask to reopen the line: it reopens at stage 1 with the
 stage's own line. Every call is a real gRPC call to the services `creditline run` started;
@@ -58,8 +59,10 @@ class Demo:
     monitoring: monitoring_service_pb2_grpc.MonitoringServiceStub
     console: Console
     account_id: str = ""
+    customer_id: str = ""
     sequence: int = 0
     seen_events: set[str] = field(default_factory=set)
+    seen_notices: set[str] = field(default_factory=set)
     day: int = 0
     loan: str = "demo-loan"
     # Day 0 of the story: STORY_DAYS ago, so that its last day is today.
@@ -71,10 +74,11 @@ class Demo:
 
     def run(self) -> None:
         self.step(0, "applies for a credit line")
+        self.customer_id = f"demo-{uuid.uuid4().hex[:8]}"
         opened = self.limits.OpenAccount(
             lpb.OpenAccountRequest(
                 request_id=uuid.uuid4().hex,
-                customer_id=f"demo-{uuid.uuid4().hex[:8]}",
+                customer_id=self.customer_id,
                 monthly_income=cny(MONTHLY_INCOME_FEN),
                 features={name: _value(v) for name, v in APPLICANT.items()},
             )
@@ -219,6 +223,20 @@ class Demo:
                 self.console.print(
                     f"      {reason.code}: {reason.texts['en']} / {reason.texts['zh-CN']}"
                 )
+        self.show_notices()
+
+    def show_notices(self) -> None:
+        """The notices sent to the customer since the last look, one short line each."""
+        view = self.limits.GetCustomerView(lpb.GetCustomerViewRequest(customer_id=self.customer_id))
+        notices = [n for account in view.accounts for n in account.notices]
+        for notice in sorted(notices, key=lambda n: int(n.cursor)):
+            if notice.notice_id in self.seen_notices:
+                continue
+            self.seen_notices.add(notice.notice_id)
+            kind = lpb.NoticeType.Name(notice.type).removeprefix("NOTICE_TYPE_").lower()
+            due = notice.due_time.ToDatetime(UTC).date()
+            first_sentence = notice.texts["en"].split(". ")[0].rstrip(".")
+            self.console.print(f"  notice to the customer: {kind} (due {due}): {first_sentence}")
 
     def show_conditions(self) -> None:
         account = self.limits.GetAccount(lpb.GetAccountRequest(account_id=self.account_id)).account

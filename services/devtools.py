@@ -26,6 +26,7 @@ CERTIFICATE_DAYS = 365
 DEV_PRINCIPALS = (
     ("loan-servicing", "loan_servicing"),
     ("app-backend", "app_backend"),
+    ("messaging", "messaging"),
     ("monitoring", "monitoring"),
     ("limits", "limits"),
     ("operator", "operator"),

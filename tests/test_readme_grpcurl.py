@@ -274,6 +274,21 @@ def test_the_readme_grpcurl_commands_work_pasted_as_printed(tmp_path):
     for method in ("Draw", "RequestIncrease", "ListLimitEvents", "GetAccount"):
         assert answer(again, method) == answer(first, method), method
 
+    # Notices: the watch replays the opening's and the declined increase's; the newest, the
+    # declined increase, is acknowledged once, and the customer's view shows its delivery.
+    notices = [w["notice"] for w in answer(first, "WatchNotices") if "notice" in w]
+    assert [n["type"] for n in notices] == ["NOTICE_TYPE_OPENED", "NOTICE_TYPE_INCREASE_DECLINED"]
+    assert all(set(n["texts"]) == {"en", "zh-CN"} for n in notices)
+    (capture,) = [c for c in first if c.sets == "NOTICE"]
+    assert capture.captured["NOTICE"] == notices[1]["notice_id"]
+    acknowledged = answer(first, "AcknowledgeNotice")["notice"]
+    assert acknowledged["delivery_channel"] == "NOTICE_CHANNEL_SMS"
+    view = [c for c in first if c.method == "GetCustomerView"][-1].json()
+    (line,) = view["accounts"]
+    assert line["account"]["account_id"] == account_id
+    assert line["notices"][0]["delivery_time"] == acknowledged["delivery_time"]
+    assert answer(again, "AcknowledgeNotice") == answer(first, "AcknowledgeNotice")
+
     # Monitoring: the batch raises days_past_due_1 (low) and days_past_due_30 (medium), open
     # signals of the account; the watch replays the medium one.
     ack = answer(first, "PublishEvents")["ack"]

@@ -36,7 +36,7 @@ from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.handlers import wrap_handler
 from services.common.settings import ServiceSettings
 
-Role = Literal["loan_servicing", "app_backend", "monitoring", "limits", "operator"]
+Role = Literal["loan_servicing", "app_backend", "messaging", "monitoring", "limits", "operator"]
 ROLES: tuple[str, ...] = get_args(Role)
 
 AUTHORIZATION_HEADER = "authorization"
@@ -88,6 +88,11 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     _LIMITS + "ListAppeals": _roles(),
     _LIMITS + "ResolveAppeal": _roles(),
     _LIMITS + "SimulatePolicy": _roles(),
+    # The messaging backend delivers the notices to customers and says when they arrived.
+    _LIMITS + "WatchNotices": _roles("messaging"),
+    _LIMITS + "AcknowledgeNotice": _roles("messaging"),
+    # An app backend builds the customer's "why did my line change" page from it.
+    _LIMITS + "GetCustomerView": _roles("app_backend"),
     # ScoringService: read-only; the services that decide call it.
     _SCORING + "Score": _roles("limits", "monitoring"),
     _SCORING + "BatchScore": _roles("limits", "monitoring"),

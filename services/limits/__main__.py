@@ -10,6 +10,7 @@ from services.common.server import GrpcServer, ServiceBinding, catch_shutdown_si
 from services.common.settings import load_settings
 from services.common.tracing import configure_tracing
 from services.limits import metrics
+from services.limits.notices import TemplatesError, TemplatesHolder
 from services.limits.policy import PolicyError, PolicyHolder
 from services.limits.scoring_client import ScoringClient
 from services.limits.servicer import LimitsServicer
@@ -23,17 +24,28 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
     """A started limits server: database migrated, policy loaded, health SERVING."""
     try:
         policies = PolicyHolder(settings.policy_file)
-    except PolicyError as error:
+        templates = TemplatesHolder(settings.notice_templates_file)
+    except (PolicyError, TemplatesError) as error:
         raise SystemExit(str(error)) from None
     scoring = ScoringClient(
         settings.scoring_target,
         settings.scoring_timeout_seconds,
         ClientSecurity.from_settings(settings),  # the same certificate, and limits' own token
     )
-    servicer = LimitsServicer(None, policies, scoring, **servicer_options)
-    watcher = Periodic(
-        settings.policy_reload_interval_seconds, policies.reload_if_changed, "policy-watcher"
+    servicer = LimitsServicer(
+        None,
+        policies,
+        scoring,
+        templates=templates,
+        max_streams=settings.max_streams,
+        **servicer_options,
     )
+
+    def reload_documents() -> None:
+        policies.reload_if_changed()
+        templates.reload_if_changed()
+
+    watcher = Periodic(settings.policy_reload_interval_seconds, reload_documents, "policy-watcher")
     # The book's totals by tier for /metrics: one aggregate query on a timer, not per call.
     book = Periodic(
         settings.book_metrics_interval_seconds,
@@ -55,6 +67,8 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
             )
         ],
         domain="limits.creditline",
+        # Notice watches end at once (clients resume from their cursor elsewhere).
+        on_stopping=servicer.app.notice_feed.close,
         on_stop=on_stop,
     ).start()
     # Health answers NOT_SERVING while the schema is migrated.

@@ -24,6 +24,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
+from services.common.feeds import NumberFeed, Page
 from services.limits import decisions, ledger, metrics
 from services.limits.decisions import (
     SIMULATED_OUTCOMES,
@@ -35,12 +36,14 @@ from services.limits.decisions import (
     Signal,
     Unscored,
 )
+from services.limits.notices import TemplatesHolder, notice_of_event, notice_of_upheld_appeal
 from services.limits.policy import Policy, PolicyHolder
 from services.limits.records import (
     Account,
     ActorKind,
     Appeal,
     AppealStatus,
+    CustomerNotice,
     EventType,
     LimitEvent,
     Reason,
@@ -49,6 +52,8 @@ from services.limits.store import LimitsStore, ReviewRun, UnitOfWork, customer_h
 
 # Accounts a portfolio review scores in one BatchScore and applies in one transaction.
 REVIEW_PAGE = 500
+# What the customer's view holds of each account at most: the latest decisions and notices.
+VIEW_DECISIONS = VIEW_NOTICES = VIEW_APPEALS = 100
 NAMED_ACTORS = frozenset({ActorKind.operator, ActorKind.monitoring})
 
 
@@ -171,6 +176,27 @@ class ResolveAppeal:
 
 
 @dataclass(frozen=True)
+class AcknowledgeNotice:
+    """The messaging backend tells when, and through which channel, a notice reached the
+    customer."""
+
+    key: Idempotency
+    notice_id: str
+    delivered_at: datetime
+    channel: str
+
+
+@dataclass(frozen=True)
+class AccountView:
+    """What a customer may see of one of their accounts (a line, or a declined application)."""
+
+    account: Account
+    decisions: list[LimitEvent]  # newest first
+    notices: list[CustomerNotice]  # newest first, with their delivery
+    open_appeals: list[Appeal]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a call decided: the account as stored, the decision's event, and for requests
     the answer's parts."""
@@ -181,6 +207,7 @@ class Outcome:
     improvements: tuple[Reason, ...] = ()
     next_eligible_at: datetime | None = None
     appeal: Appeal | None = None
+    notice: CustomerNotice | None = None
     # The policy and time it was decided under (the account's conditions are told by them).
     policy: Policy | None = None
     decided_at: datetime | None = None
@@ -221,11 +248,15 @@ class LimitsApplication:
         policies: PolicyHolder,
         scoring: Scorer,
         clock: Callable[[], datetime],
+        templates: TemplatesHolder | None = None,
     ) -> None:
         self._store = store
         self.policies = policies
         self.scoring = scoring
         self.clock = clock
+        self.templates = templates or TemplatesHolder()
+        # The number of the newest notice this process stored, for the notice streams.
+        self.notice_feed = NumberFeed()
 
     @property
     def store(self) -> LimitsStore:
@@ -235,8 +266,11 @@ class LimitsApplication:
 
     def attach_store(self, store: LimitsStore) -> None:
         self._store = store
+        with store.read() as uow:
+            self.notice_feed.publish(uow.last_notice_number())
 
     def close(self) -> None:
+        self.notice_feed.close()
         self.scoring.close()
         if self._store is not None:
             self._store.close()
@@ -257,6 +291,50 @@ class LimitsApplication:
     def appeals(self, account_id: str | None, status, limit: int, before) -> list[Appeal]:
         with self.store.read() as uow:
             return uow.list_appeals(account_id, status, limit, before)
+
+    def customer_view(self, customer_id: str) -> list[AccountView]:
+        """Everything the customer may see of their accounts, and nothing of anyone else's:
+        every account read here is one whose customer_id is theirs."""
+        policy, now = self.policies.policy, self.clock()
+        with self.store.read() as uow:
+            accounts = uow.accounts_of_customer(customer_id)
+            if not accounts:
+                raise NotFound("no accounts for this customer", reason="CUSTOMER_NOT_FOUND")
+            return [
+                AccountView(
+                    account=decisions.current(account, policy, now),
+                    decisions=uow.list_events(account.account_id, VIEW_DECISIONS),
+                    notices=uow.notices_of_account(account.account_id, VIEW_NOTICES),
+                    open_appeals=uow.list_appeals(
+                        account.account_id, AppealStatus.open, VIEW_APPEALS
+                    ),
+                )
+                for account in accounts
+            ]
+
+    def last_notice_number(self) -> int:
+        with self.store.read() as uow:
+            return uow.last_notice_number()
+
+    def notices_after(self, after: int, limit: int) -> Page[CustomerNotice]:
+        """A page of the notice outbox for a stream: the head first, then what is up to it."""
+        with self.store.read() as uow:
+            head = uow.last_notice_number()
+            return Page(head, uow.notices_after(after, head, limit))
+
+    def acknowledge_notice(self, command: AcknowledgeNotice, respond: Respond[Outcome, M]) -> M:
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            notice = uow.get_notice(command.notice_id, lock=True)
+            if notice is None:
+                raise NotFound("no such notice", reason="NOTICE_NOT_FOUND")
+            if command.delivered_at < notice.created_at:
+                raise InvalidArgument(
+                    [FieldViolation("delivery_time", "before the notice was made")]
+                )
+            uow.record_delivery(notice, command.delivered_at, command.channel)
+            return Outcome(notice=uow.get_notice(command.notice_id))
+
+        return self._once(command.key, respond, None, ActorKind.operator, decide)
 
     def book_by_tier(self) -> list[tuple[str | None, int, int, int]]:
         """The open lines by tier, for the metrics: (tier, lines, total line, total drawn)."""
@@ -436,7 +514,7 @@ class LimitsApplication:
                 zip((a.account_id for a in page), self._score_accounts(policy, page), strict=True)
             )
             undecided: list[tuple[str, str]] = []
-            with self._writing() as uow:
+            with self._writing(policy) as uow:
                 stored = uow.get_review_run(run.run_id, lock=True)
                 if stored is None:  # saved before the first page, and never deleted
                     raise RuntimeError(f"review run {run.run_id} is gone")
@@ -530,7 +608,7 @@ class LimitsApplication:
                 self._read(uow, policy, account_id)  # NOT_FOUND before anything is applied
         outcomes = []
         for signal, account_id in zip(signals, account_ids, strict=True):
-            with self._writing() as uow:
+            with self._writing(policy) as uow:
                 outcomes.append(self._apply_signal(uow, policy, signal, account_id))
         return outcomes
 
@@ -635,7 +713,9 @@ class LimitsApplication:
                 appealed = uow.get_event(appeal.event_id)
                 if appealed is None:  # FileAppeal found it, and events are never deleted
                     raise NotFound("no such decision on this account", reason="EVENT_NOT_FOUND")
-                decision = decisions.reverse(ctx, account, appealed, uow.events_after(appealed))
+                decision = decisions.reverse(
+                    ctx, account, appealed, uow.events_after(appealed), appeal.appeal_id
+                )
                 account, event = self._apply(uow, decision), decision.event
             appeal = replace(
                 appeal,
@@ -666,7 +746,7 @@ class LimitsApplication:
         """One unit of work under one policy snapshot, answered once per request id: a replay
         returns the stored answer; a new answer is stored with the change it made."""
         ctx = self._context(policy or self.policies.policy, key.request_id, actor)
-        with self._writing() as uow:
+        with self._writing(ctx.policy) as uow:
             if (replayed := _replay(uow, key, respond)) is not None:
                 return replayed
             outcome = replace(decide(uow, ctx), policy=ctx.policy, decided_at=ctx.now)
@@ -677,13 +757,40 @@ class LimitsApplication:
             return answer
 
     @contextmanager
-    def _writing(self) -> Iterator[UnitOfWork]:
-        """A unit of work whose stored events are counted in the metrics once it commits:
-        every decision of every path (a call's own, the exits `_open` records first, a review
-        page's) is stored through it, and a rolled-back or dry-run one counts nothing."""
+    def _writing(self, policy: Policy | None = None) -> Iterator[UnitOfWork]:
+        """A unit of work that writes the notices of the decisions it stored, in the same
+        transaction, and counts them in the metrics once it commits: every decision of every
+        path (a call's own, the exits `_open` records first, a review page's, an appeal's
+        outcome) is stored through it, and a rolled-back or dry-run one writes and counts
+        nothing."""
         with self.store.unit_of_work() as uow:
             yield uow
+            # Last, because numbering the notices holds the outbox counter until the commit.
+            stored = uow.add_notices(self._notices(uow, policy or self.policies.policy))
         metrics.count_decisions(uow.appended)
+        if stored:
+            self.notice_feed.publish(stored[-1].number)
+
+    def _notices(self, uow: UnitOfWork, policy: Policy) -> list[CustomerNotice]:
+        """One notice for each customer-facing decision stored and each appeal resolved."""
+        templates = self.templates.templates
+        currency = policy.currency_code  # every line is granted in the policy's currency
+        found = [
+            notice
+            for event in uow.appended
+            if (notice := notice_of_event(event, currency, policy, templates)) is not None
+        ]
+        for appeal in uow.resolved_appeals:
+            # A reversed appeal is told by its reversal's notice, among the events above.
+            if appeal.status is not AppealStatus.upheld:
+                continue
+            appealed = uow.get_event(appeal.event_id)
+            if appealed is not None:  # FileAppeal found it, and events are never deleted
+                at = appeal.resolved_at or self.clock()
+                found.append(
+                    notice_of_upheld_appeal(appeal, appealed, currency, policy, templates, at)
+                )
+        return found
 
     def _context(self, policy: Policy, request_id: str, actor: ActorKind) -> Context:
         # Operators and services are named on the events they cause: the authenticated

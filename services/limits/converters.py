@@ -13,7 +13,16 @@ from services.limits import decisions
 from services.limits.decisions import RiskReport
 from services.limits.ledger import AccountStatus
 from services.limits.policy import Policy
-from services.limits.records import Account, Appeal, AppealStatus, LimitEvent, Reason
+from services.limits.reasons import customer_improvements
+from services.limits.records import (
+    Account,
+    Appeal,
+    AppealStatus,
+    CustomerNotice,
+    LimitEvent,
+    NoticeType,
+    Reason,
+)
 
 ACCOUNT_STATUS = {
     status: pb.AccountStatus.Value(f"ACCOUNT_STATUS_{status.upper()}") for status in AccountStatus
@@ -23,6 +32,14 @@ APPEAL_STATUS = {
     status: pb.AppealStatus.Value(f"APPEAL_STATUS_{status.upper()}") for status in AppealStatus
 }
 APPEAL_STATUS_BY_PROTO = {value: status for status, value in APPEAL_STATUS.items()}
+NOTICE_TYPE = {kind: pb.NoticeType.Value(f"NOTICE_TYPE_{kind.upper()}") for kind in NoticeType}
+# Delivery channels by their stored names: NOTICE_CHANNEL_SMS is "sms".
+NOTICE_CHANNELS: dict[pb.NoticeChannel.ValueType, str] = {
+    value: name.removeprefix("NOTICE_CHANNEL_").lower()
+    for name, value in pb.NoticeChannel.items()
+    if value != pb.NOTICE_CHANNEL_UNSPECIFIED
+}
+NOTICE_CHANNEL_BY_NAME = {name: value for value, name in NOTICE_CHANNELS.items()}
 
 
 def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -174,6 +191,49 @@ def event_message(event: LimitEvent, currency_code: str) -> pb.LimitEvent:
         create_time=timestamp(event.created_at),
         request_id=event.request_id,
         annual_rate_basis_points=event.annual_rate_bp or 0,
+    )
+
+
+def notice_message(notice: CustomerNotice) -> pb.Notice:
+    return pb.Notice(
+        notice_id=notice.notice_id,
+        account_id=notice.account_id,
+        type=NOTICE_TYPE[notice.type],
+        adverse=notice.adverse,
+        reasons=[reason_message(r) for r in notice.reasons],
+        improvements=[reason_message(r) for r in notice.improvements],
+        how_to_appeal=notice.how_to_appeal,
+        texts=notice.texts,
+        event_id=notice.event_id or "",
+        appeal_id=notice.appeal_id or "",
+        create_time=timestamp(notice.created_at),
+        due_time=timestamp(notice.due_at),
+        delivery_time=timestamp(notice.delivered_at),
+        delivery_channel=NOTICE_CHANNEL_BY_NAME.get(
+            notice.delivery_channel, pb.NOTICE_CHANNEL_UNSPECIFIED
+        ),
+        cursor=str(notice.number),
+        templates_version=notice.templates_version,
+        policy_version=notice.policy_version,
+    )
+
+
+def customer_decision_message(event: LimitEvent, currency_code: str) -> pb.CustomerDecision:
+    """A decision as its customer sees it: without who decided, the request or the internal
+    details (an operator's note, a signal id)."""
+    return pb.CustomerDecision(
+        event_id=event.event_id,
+        type=pb.LimitEventType.Value(EVENT_TYPE_PREFIX + event.type.upper()),
+        line_before=money(event.line_before, currency_code),
+        line_after=money(event.line_after, currency_code),
+        status_after=ACCOUNT_STATUS[event.status_after],
+        adverse=event.adverse,
+        reasons=[reason_message(r) for r in event.reasons],
+        improvements=[
+            reason_message(r)
+            for r in (customer_improvements(event.reasons) if event.adverse else ())
+        ],
+        create_time=timestamp(event.created_at),
     )
 
 

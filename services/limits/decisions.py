@@ -770,7 +770,11 @@ def set_preferences(
 
 
 def reverse(
-    ctx: Context, account: Account, appealed: LimitEvent, later: list[LimitEvent]
+    ctx: Context,
+    account: Account,
+    appealed: LimitEvent,
+    later: list[LimitEvent],
+    appeal_id: str = "",
 ) -> Decision:
     """A new decision on the account as it is now, undoing what the appealed decision took
     where nothing decided since has changed it: the line where no later event moved it, the
@@ -799,6 +803,8 @@ def reverse(
         restored.append("status")
     reasons = [policy_reason("POLICY_APPEAL_REVERSED")]
     details = {"appealed_event_id": appealed.event_id, "restored": ",".join(restored) or "none"}
+    if appeal_id:
+        details["appeal_id"] = appeal_id
     event = _event(ctx, account, after, EventType.appeal_reversed, reasons, details=details)
     return Decision(after, event)
 
@@ -909,6 +915,8 @@ def _event(
     chosen = principal(reasons)
     if score is not None and score.clamped:
         details = {**(details or {}), "clamped_features": ",".join(score.clamped)}
+    if kind in (EventType.reopened, EventType.reopening_stage_advanced):
+        details = {**(details or {}), "reopening_stage": str(after.reopening_stage)}
     notice = _notice(kind, chosen, ctx.now) if adverse else None
     return LimitEvent(
         event_id=new_event_id(),

@@ -7,11 +7,13 @@ never used. `PolicyHolder` keeps the policy in force and swaps in a changed file
 new one validates.
 """
 
+from datetime import time
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from creditline.type.v1 import signal_pb2
 from services.common.documents import (
@@ -215,6 +217,103 @@ class Hardship(StrictModel):
     max_term_months: int = Field(gt=0)
 
 
+class Notices(StrictModel):
+    """When the customer must have been told of a decision, counted from the decision: each
+    notice carries its due time, and the messaging backend delivers before it."""
+
+    # Regulation-style: an adverse decision (a decline, a cut, a freeze, a closure) is told
+    # within this many days (ECOA Regulation B gives 30).
+    adverse_within_days: int = Field(default=30, ge=0, le=90)
+    # Every other notice (an opening, an increase, a reopening stage).
+    other_within_days: int = Field(default=30, ge=0, le=90)
+
+
+class TreatmentAction(StrEnum):
+    """What early collections does at a days-past-due bucket."""
+
+    reminder = "reminder"
+    call = "call"
+    hardship_offer = "hardship_offer"  # an offer of EnrollHardship
+    formal_notice = "formal_notice"
+    agency_handoff = "agency_handoff"
+
+
+class ContactChannel(StrEnum):
+    push = "push"
+    sms = "sms"
+    phone = "phone"
+    email = "email"
+    letter = "letter"
+    agency = "agency"
+
+
+class Treatment(StrictModel):
+    """What happens from `from_days` to `to_days` past due (no end: from then on), through
+    which channel, at most every `every_days`."""
+
+    from_days: int = Field(ge=1)
+    to_days: int | None = Field(default=None, ge=1)
+    action: TreatmentAction
+    channel: ContactChannel
+    every_days: int = Field(ge=1)
+
+
+class QuietHours(StrictModel):
+    """No contact from `start` to `end`, in the customer's local time (may span midnight)."""
+
+    start: time
+    end: time
+
+
+class Collections(StrictModel):
+    """Early collections: contact the borrower early, offer flexible repayment, and stop on a
+    cure, a running hardship arrangement or an open appeal."""
+
+    # Contacts of any channel in any 7 days, at most.
+    contact_cap_per_week: int = Field(ge=1)
+    quiet_hours: QuietHours
+    # The customer's time zone when none is known for them (IANA name).
+    default_time_zone: str
+    # By days past due, from 1, contiguous, the last without an end.
+    treatments: list[Treatment] = Field(min_length=1)
+
+    @field_validator("default_time_zone")
+    @classmethod
+    def _known_time_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is no IANA time zone") from None
+        return name
+
+    @model_validator(mode="after")
+    def _buckets_cover_every_day(self) -> Self:
+        expected = 1
+        for i, treatment in enumerate(self.treatments):
+            if treatment.from_days != expected:
+                raise ValueError(f"treatments.{i}.from_days: expected {expected}")
+            last = i == len(self.treatments) - 1
+            if treatment.to_days is None:
+                if not last:
+                    raise ValueError(f"treatments.{i}.to_days: only the last has no end")
+                break
+            if treatment.to_days < treatment.from_days:
+                raise ValueError(f"treatments.{i}.to_days: before from_days")
+            if last:
+                raise ValueError(f"treatments.{i}.to_days: the last treatment has no end")
+            expected = treatment.to_days + 1
+        return self
+
+    def treatment_at(self, days_past_due: int) -> Treatment | None:
+        """The treatment of this many days past due (None when current)."""
+        for treatment in self.treatments:
+            if days_past_due >= treatment.from_days and (
+                treatment.to_days is None or days_past_due <= treatment.to_days
+            ):
+                return treatment
+        return None
+
+
 class Policy(StrictModel):
     """One complete, validated version of the credit policy."""
 
@@ -239,6 +338,10 @@ class Policy(StrictModel):
     signal_actions: list[SignalRule] = []
     reopening: Reopening
     hardship: Hardship
+    # A policy written before notices were delivered takes the defaults.
+    notices: Notices = Field(default_factory=Notices)
+    # No early collections where a policy has none.
+    collections: Collections | None = None
 
     @model_validator(mode="after")
     def _every_band_mapped_to_a_tier(self) -> Self:

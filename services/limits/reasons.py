@@ -186,6 +186,13 @@ def improvement(reason: Reason) -> Reason:
     return Reason(reason.code, {"en": en, "zh-CN": zh}, reason.source)
 
 
+def customer_improvements(reasons: tuple[Reason, ...]) -> tuple[Reason, ...]:
+    """What would change an adverse outcome, for the reasons the policy knows a way out of
+    (a model factor always has one: improve it)."""
+    found = (improvement(r) for r in reasons)
+    return tuple(r for r in found if r.texts["en"])
+
+
 def principal(reasons: list[Reason]) -> tuple[Reason, ...]:
     """At most four reasons, the first of each code kept, in the order given."""
     seen: dict[str, Reason] = {}

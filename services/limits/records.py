@@ -192,6 +192,58 @@ class LimitEvent:
     annual_rate_bp: int | None = None
 
 
+class NoticeType(StrEnum):
+    """What a notice tells the customer: every decision a customer is told of."""
+
+    opened = "opened"
+    declined = "declined"
+    increased = "increased"
+    increase_declined = "increase_declined"
+    reduced = "reduced"
+    watchlisted = "watchlisted"
+    frozen = "frozen"
+    unfrozen = "unfrozen"
+    closed = "closed"
+    reopened = "reopened"
+    reopen_declined = "reopen_declined"
+    reopening_stage_advanced = "reopening_stage_advanced"
+    hardship_enrolled = "hardship_enrolled"
+    appeal_reversed = "appeal_reversed"
+    appeal_upheld = "appeal_upheld"
+
+
+@dataclass(frozen=True)
+class CustomerNotice:
+    """A decision as the customer is told it, kept in the notice outbox with the decision.
+
+    `number` is its place in the outbox (the stream's cursor), given when it is stored; the
+    delivery is recorded when the messaging backend acknowledges it.
+    """
+
+    notice_id: str
+    account_id: str
+    type: NoticeType
+    adverse: bool
+    reasons: tuple[Reason, ...]
+    improvements: tuple[Reason, ...]
+    # How to appeal, by locale (adverse notices only; empty otherwise).
+    how_to_appeal: dict[str, str]
+    texts: dict[str, str]
+    created_at: datetime
+    due_at: datetime
+    templates_version: str
+    policy_version: str
+    event_id: str | None = None
+    appeal_id: str | None = None
+    number: int = 0
+    delivered_at: datetime | None = None
+    delivery_channel: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.delivered_at is not None
+
+
 class AppealStatus(StrEnum):
     open = "open"
     upheld = "upheld"

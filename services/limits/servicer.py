@@ -9,15 +9,17 @@ reply; the same id with other parameters is refused.
 
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
 from services.common.errors import FieldViolation, InvalidArgument, Violations
+from services.common.feeds import Heartbeat, StreamSlots, follow, parse_cursor
 from services.limits import application as app
 from services.limits import converters
 from services.limits.application import Idempotency, LimitsApplication, Respond
 from services.limits.decisions import Affordability, Signal
+from services.limits.notices import TemplatesHolder
 from services.limits.policy import (
     SIGNAL_TYPES,
     PolicyError,
@@ -30,6 +32,10 @@ from services.limits.scoring_client import ScoringClient
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MAX_ID_LENGTH = 128
+# Notices read from the store per round of a watch.
+WATCH_PAGE = 500
+# How far ahead of this server's clock a reported delivery may be (the sender's clock drifts).
+DELIVERY_CLOCK_SKEW = timedelta(minutes=5)
 SEVERITIES = {pb.SignalSeverity.Value(f"SIGNAL_SEVERITY_{s.name.upper()}"): s for s in Severity}
 
 
@@ -101,6 +107,18 @@ APPEAL_RESOLVED: Respond[app.Outcome, pb.ResolveAppealResponse] = Respond(
 )
 
 
+NOTICE_ACKNOWLEDGED: Respond[app.Outcome, pb.AcknowledgeNoticeResponse] = Respond(
+    lambda o: pb.AcknowledgeNoticeResponse(notice=converters.notice_message(_notice(o))),
+    pb.AcknowledgeNoticeResponse.FromString,
+)
+
+
+def _notice(outcome: app.Outcome):
+    if outcome.notice is None:
+        raise ValueError("an outcome without its notice")
+    return outcome.notice
+
+
 class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
     def __init__(
         self,
@@ -108,8 +126,16 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         policies: PolicyHolder,
         scoring: ScoringClient,
         clock: Callable[[], datetime] = utc_now,
+        *,
+        templates: TemplatesHolder | None = None,
+        max_streams: int = 2,
+        poll_seconds: float = 0.5,
+        heartbeat_seconds: float = 15.0,
     ) -> None:
-        self.app = LimitsApplication(store, policies, scoring, clock)
+        self.app = LimitsApplication(store, policies, scoring, clock, templates)
+        self._streams = StreamSlots(max_streams)
+        self.poll_seconds = poll_seconds
+        self.heartbeat_seconds = heartbeat_seconds
 
     @property
     def store(self):
@@ -388,6 +414,73 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
             key, request.appeal_id, request.reverse, request.resolution.strip()
         )
         return self.app.resolve_appeal(command, APPEAL_RESOLVED)
+
+    # -- notices and the customer's view ----------------------------------------------------
+
+    def WatchNotices(self, request: pb.WatchNoticesRequest, context):
+        violations = Violations()
+        after = parse_cursor(request.after_cursor, "after_cursor", violations)
+        violations.raise_if_any()
+        with self._streams.held():
+            if after is None:
+                after = self.app.last_notice_number()
+            for item in follow(
+                self.app.notices_after,
+                lambda notice: notice.number,
+                after,
+                self.app.notice_feed,
+                context.is_active,
+                page_size=WATCH_PAGE,
+                poll_seconds=self.poll_seconds,
+                heartbeat_seconds=self.heartbeat_seconds,
+            ):
+                if isinstance(item, Heartbeat):
+                    yield pb.WatchNoticesResponse(heartbeat_cursor=str(item.cursor))
+                else:
+                    yield pb.WatchNoticesResponse(notice=converters.notice_message(item))
+
+    def AcknowledgeNotice(
+        self, request: pb.AcknowledgeNoticeRequest, context
+    ) -> pb.AcknowledgeNoticeResponse:
+        violations = Violations()
+        key = _key("AcknowledgeNotice", request, violations)
+        _require_id(request.notice_id, "notice_id", violations)
+        channel = converters.NOTICE_CHANNELS.get(request.channel)
+        if channel is None:
+            violations.add("channel", "required: a NoticeChannel")
+        now = self.app.clock()
+        delivered_at = now
+        if request.HasField("delivery_time"):
+            delivered_at = converters.from_timestamp(request.delivery_time)
+            if delivered_at > now + DELIVERY_CLOCK_SKEW:
+                violations.add("delivery_time", "in the future")
+        violations.raise_if_any()
+        command = app.AcknowledgeNotice(key, request.notice_id, delivered_at, channel or "")
+        return self.app.acknowledge_notice(command, NOTICE_ACKNOWLEDGED)
+
+    def GetCustomerView(
+        self, request: pb.GetCustomerViewRequest, context
+    ) -> pb.GetCustomerViewResponse:
+        violations = Violations()
+        _require_id(request.customer_id, "customer_id", violations)
+        violations.raise_if_any()
+        views = self.app.customer_view(request.customer_id)
+        policy, now = self.app.policies.policy, self.app.clock()
+        return pb.GetCustomerViewResponse(
+            customer_id=request.customer_id,
+            accounts=[
+                pb.CustomerAccountView(
+                    account=converters.account_message(view.account, policy, now),
+                    decisions=[
+                        converters.customer_decision_message(e, view.account.currency_code)
+                        for e in view.decisions
+                    ],
+                    notices=[converters.notice_message(n) for n in view.notices],
+                    open_appeals=[converters.appeal_message(a) for a in view.open_appeals],
+                )
+                for view in views
+            ],
+        )
 
 
 def _key(method: str, request, violations: Violations) -> Idempotency:

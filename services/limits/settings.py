@@ -1,11 +1,13 @@
 """Settings of the limits service (environment variables prefixed CREDITLINE_LIMITS_)."""
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.limits.notices import DEFAULT_TEMPLATES
 from services.limits.policy import DEFAULT_POLICY
 
 
@@ -19,8 +21,15 @@ class LimitsSettings(ServiceSettings):
     )
     policy_file: Path = Field(DEFAULT_POLICY, description="The credit policy (YAML).")
     policy_reload_interval_seconds: float = Field(
-        2.0, ge=0, description="How often the policy file is checked; 0 turns reload off."
+        2.0,
+        ge=0,
+        description="How often the policy and notice templates files are checked; 0: never.",
     )
+    notice_templates_file: Path = Field(
+        DEFAULT_TEMPLATES, description="The texts of the notices (YAML), beside the policy."
+    )
+    # A WatchNotices stream holds a thread for as long as it is open.
+    max_streams: int = Field(2, ge=1, description="Open WatchNotices streams; below max_workers.")
     scoring_target: str = Field(
         "127.0.0.1:50051", description="Scoring service: host:port or dns:///name:port."
     )
@@ -32,3 +41,9 @@ class LimitsSettings(ServiceSettings):
         ge=0,
         description="How often the open lines' totals by tier are computed for /metrics; 0: never.",
     )
+
+    @model_validator(mode="after")
+    def _streams_leave_threads(self) -> Self:
+        if self.max_streams >= self.max_workers:
+            raise ValueError("max_streams must be below max_workers, to leave threads for calls")
+        return self

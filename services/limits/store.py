@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     and_,
     bindparam,
     func,
@@ -47,10 +48,12 @@ from services.limits.records import (
     ActorKind,
     Appeal,
     AppealStatus,
+    CustomerNotice,
     EventType,
     Hardship,
     LimitEvent,
     Notice,
+    NoticeType,
     Reason,
     ReasonSource,
     RiskState,
@@ -252,6 +255,51 @@ idempotency_records = Table(
 )
 
 
+# The outbox of notices (records.CustomerNotice), written with the decisions they tell of.
+# `number` is a notice's place in the outbox, taken from the `notices` counter (see
+# `add_notices`); the stream's cursor is a number.
+notices = Table(
+    "notices",
+    metadata,
+    Column(
+        "account_id",
+        String,
+        ForeignKey("accounts.account_id", name="fk_notices_account_id"),
+        primary_key=True,
+    ),
+    Column("notice_id", String, primary_key=True),
+    Column("number", BigInteger, nullable=False),
+    Column("type", String, nullable=False),
+    Column("event_id", String, ForeignKey("limit_events.event_id", name="fk_notices_event_id")),
+    Column("appeal_id", String),
+    Column("adverse", Boolean, nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("improvements", Text, nullable=False),
+    Column("how_to_appeal", Text, nullable=False),
+    Column("texts", Text, nullable=False),
+    Column("templates_version", String, nullable=False),
+    Column("policy_version", String, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("due_at", UtcDateTime, nullable=False),
+    Column("delivered_at", UtcDateTime),
+    Column("delivery_channel", String, nullable=False),
+    # One notice per decision, and one per appeal's outcome.
+    UniqueConstraint("account_id", "event_id", name="uq_notices_account_id_event_id"),
+    UniqueConstraint("account_id", "appeal_id", name="uq_notices_account_id_appeal_id"),
+    Index("ix_notices_number", "number"),
+    Index("ix_notices_notice_id", "notice_id"),
+    Index("ix_notices_account_id_number", "account_id", "number"),
+)
+
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+NOTICE_COUNTER = "notices"
+
+
 class LimitsStore:
     """The limits database: opened once at start, then one unit of work per change."""
 
@@ -288,8 +336,11 @@ class UnitOfWork:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        # The events this unit of work stored, for the metrics once it has committed.
+        # The events this unit of work stored, for the metrics once it has committed, and
+        # for the notices written with them.
         self.appended: list[LimitEvent] = []
+        # The appeals it resolved, for the notices of their outcomes.
+        self.resolved_appeals: list[Appeal] = []
 
     # Idempotency (AIP-155).
 
@@ -545,6 +596,8 @@ class UnitOfWork:
             raise NotFound(
                 f"appeal {appeal.appeal_id} not found", metadata={"appeal_id": appeal.appeal_id}
             )
+        if appeal.status is not AppealStatus.open:
+            self.resolved_appeals.append(appeal)
 
     def list_appeals(
         self,
@@ -562,6 +615,81 @@ class UnitOfWork:
             query = query.where(appeals.c.status == AppealStatus(status).value)
         query = _newest_first(query, appeals.c.created_at, appeals.c.appeal_id, before)
         return [_appeal_from_row(row) for row in self._all(query.limit(limit))]
+
+    # Notices: the outbox.
+
+    def add_notices(self, found: list[CustomerNotice]) -> list[CustomerNotice]:
+        """Stores the notices, numbered in order; returns them with their numbers.
+
+        Call it last in the transaction: it holds the notice counter's row until the commit,
+        so notices become visible in the order of their numbers and a stream that has seen
+        notice n has seen every one before it (services.common.feeds).
+        """
+        if not found:
+            return []
+        last = int(
+            self._connection.execute(
+                update(counters)
+                .where(counters.c.name == NOTICE_COUNTER)
+                .values(value=counters.c.value + len(found))
+                .returning(counters.c.value)
+            ).scalar_one()
+        )
+        numbered = [replace(n, number=last - len(found) + 1 + i) for i, n in enumerate(found)]
+        self._connection.execute(insert(notices), [_notice_values(n) for n in numbered])
+        return numbered
+
+    def last_notice_number(self) -> int:
+        query = select(counters.c.value).where(counters.c.name == NOTICE_COUNTER)
+        return int(self._connection.execute(query).scalar_one())
+
+    def notices_after(self, after: int, up_to: int, limit: int) -> list[CustomerNotice]:
+        """Notices numbered above `after` and up to `up_to`, oldest first."""
+        query = (
+            select(notices)
+            .where(notices.c.number > after, notices.c.number <= up_to)
+            .order_by(notices.c.number)
+            .limit(limit)
+        )
+        return [_customer_notice_from_row(row) for row in self._all(query)]
+
+    def get_notice(self, notice_id: str, *, lock: bool = False) -> CustomerNotice | None:
+        query = select(notices).where(notices.c.notice_id == notice_id)
+        row = self._one(query.with_for_update() if lock else query)
+        return None if row is None else _customer_notice_from_row(row)
+
+    def record_delivery(self, notice: CustomerNotice, delivered_at: datetime, channel: str):
+        """Records when and how the customer was told, once: a delivery already recorded
+        stands (the record shows when the customer was first told)."""
+        self._connection.execute(
+            update(notices)
+            .where(
+                notices.c.account_id == notice.account_id,
+                notices.c.notice_id == notice.notice_id,
+                notices.c.delivered_at.is_(None),
+            )
+            .values(delivered_at=delivered_at, delivery_channel=channel)
+        )
+
+    def notices_of_account(self, account_id: str, limit: int) -> list[CustomerNotice]:
+        """The account's notices, newest first."""
+        query = (
+            select(notices)
+            .where(notices.c.account_id == account_id)
+            .order_by(notices.c.number.desc())
+            .limit(limit)
+        )
+        return [_customer_notice_from_row(row) for row in self._all(query)]
+
+    def accounts_of_customer(self, customer_id: str) -> list[Account]:
+        """Every account of the customer (their line and any declined applications), oldest
+        first."""
+        query = (
+            select(accounts)
+            .where(accounts.c.customer_id == customer_id)
+            .order_by(accounts.c.opened_at, accounts.c.account_id)
+        )
+        return [_account_from_row(row) for row in self._all(query)]
 
     # Review runs.
 
@@ -913,6 +1041,50 @@ def _idempotency_from_row(row: Row) -> IdempotencyRecord:
 
 
 # Nested values <-> JSON.
+
+
+def _notice_values(notice: CustomerNotice) -> dict[str, Any]:
+    return {
+        "account_id": notice.account_id,
+        "notice_id": notice.notice_id,
+        "number": notice.number,
+        "type": NoticeType(notice.type).value,
+        "event_id": notice.event_id,
+        "appeal_id": notice.appeal_id,
+        "adverse": notice.adverse,
+        "reasons": _dumps([_reason_json(r) for r in notice.reasons]),
+        "improvements": _dumps([_reason_json(r) for r in notice.improvements]),
+        "how_to_appeal": _dumps(notice.how_to_appeal),
+        "texts": _dumps(notice.texts),
+        "templates_version": notice.templates_version,
+        "policy_version": notice.policy_version,
+        "created_at": notice.created_at,
+        "due_at": notice.due_at,
+        "delivered_at": notice.delivered_at,
+        "delivery_channel": notice.delivery_channel,
+    }
+
+
+def _customer_notice_from_row(row: Row) -> CustomerNotice:
+    return CustomerNotice(
+        notice_id=row.notice_id,
+        account_id=row.account_id,
+        type=NoticeType(row.type),
+        adverse=row.adverse,
+        reasons=tuple(_reason_from_json(r) for r in json.loads(row.reasons)),
+        improvements=tuple(_reason_from_json(r) for r in json.loads(row.improvements)),
+        how_to_appeal=json.loads(row.how_to_appeal),
+        texts=json.loads(row.texts),
+        created_at=row.created_at,
+        due_at=row.due_at,
+        templates_version=row.templates_version,
+        policy_version=row.policy_version,
+        event_id=row.event_id,
+        appeal_id=row.appeal_id,
+        number=row.number,
+        delivered_at=row.delivered_at,
+        delivery_channel=row.delivery_channel,
+    )
 
 
 def _reason_json(reason: Reason) -> dict[str, Any]:

@@ -234,16 +234,6 @@ def alert_query(message: pb.AlertFilter, v: Violations) -> AlertQuery:
     return AlertQuery(frozenset(severities), frozenset(message.types), message.account_id)
 
 
-def parse_cursor(cursor: str, field: str, v: Violations) -> int | None:
-    """A cursor is the number of an alert; empty means none."""
-    if not cursor:
-        return None
-    if not cursor.isdigit() or len(cursor) > 18:
-        v.add(field, "not a cursor this service gave out")
-        return None
-    return int(cursor)
-
-
 def alert_message(alert: AlertRecord) -> pb.Alert:
     return pb.Alert(
         signal_id=alert.signal_id,

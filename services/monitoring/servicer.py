@@ -6,22 +6,21 @@ are capped below the pool size: unary calls always find a thread, and a stream o
 is refused with RESOURCE_EXHAUSTED rather than left waiting.
 """
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from creditline.monitoring.v1 import monitoring_service_pb2_grpc
 from creditline.type.v1 import risk_pb2
-from services.common.errors import NotFound, ResourceExhausted, Unavailable, Violations
+from services.common.errors import NotFound, Unavailable, Violations
+from services.common.feeds import Heartbeat, NumberFeed, Page, StreamSlots, follow, parse_cursor
 from services.monitoring import converters, metrics
 from services.monitoring.ingestion import BatchResult, Outcome, ingest
 from services.monitoring.profile import features
 from services.monitoring.rescoring import BehaviourScorer
 from services.monitoring.rules import RulesHolder
-from services.monitoring.store import AlertQuery, MonitoringStore
+from services.monitoring.store import AlertQuery, AlertRecord, MonitoringStore
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 # Alerts read from the store per round of a watch.
@@ -31,36 +30,6 @@ LOCALES = ("en", "zh-CN")
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class AlertFeed:
-    """The number of the newest alert this process stored, for watchers to wait on. Alerts
-    stored by other replicas are found by polling."""
-
-    def __init__(self) -> None:
-        self._latest = 0
-        self._closed = False
-        self._condition = threading.Condition()
-
-    def publish(self, number: int) -> None:
-        with self._condition:
-            if number > self._latest:
-                self._latest = number
-                self._condition.notify_all()
-
-    def wait_beyond(self, number: int, timeout: float) -> None:
-        with self._condition:
-            self._condition.wait_for(lambda: self._latest > number or self._closed, timeout)
-
-    def close(self) -> None:
-        """Wakes every watcher for good: the server is stopping."""
-        with self._condition:
-            self._closed = True
-            self._condition.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
 
 class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
@@ -82,8 +51,8 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         self.poll_seconds = poll_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.clock = clock
-        self.feed = AlertFeed()
-        self._streams = threading.BoundedSemaphore(max_streams)
+        self.feed = NumberFeed()
+        self._streams = StreamSlots(max_streams)
         # Told after each commit that raised signals or flagged accounts for rescoring.
         self.on_signals: Callable[[], None] = lambda: None
         self.on_rescore_due: Callable[[], None] = lambda: None
@@ -151,7 +120,7 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
     def WatchAlerts(self, request: pb.WatchAlertsRequest, context):
         violations = Violations()
         query = converters.alert_query(request.filter, violations)
-        after = converters.parse_cursor(request.after_cursor, "after_cursor", violations)
+        after = parse_cursor(request.after_cursor, "after_cursor", violations)
         violations.raise_if_any()
         with self._stream():
             if after is None:
@@ -160,29 +129,32 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
             yield from self._watch(query, after, context)
 
     def _watch(self, query: AlertQuery, after: int, context) -> Iterator[pb.WatchAlertsResponse]:
-        quiet_since = time.monotonic()
-        while context.is_active() and not self.feed.closed:
+        def read(after: int, limit: int) -> Page[AlertRecord]:
             with self.store.read() as uow:
                 # The head first: every alert up to it is committed (see store), so after
                 # reading up to it nothing below it can still appear.
                 head = uow.last_alert_number()
-                found = uow.alerts_after(after, query, WATCH_PAGE, up_to=head)
-            for alert in found:
-                yield pb.WatchAlertsResponse(alert=converters.alert_message(alert))
-            after = found[-1].seq if len(found) == WATCH_PAGE else head
-            if found:
-                quiet_since = time.monotonic()
-                if len(found) == WATCH_PAGE:
-                    continue
-            elif time.monotonic() - quiet_since >= self.heartbeat_seconds:
-                yield pb.WatchAlertsResponse(heartbeat_cursor=str(after))
-                quiet_since = time.monotonic()
-            self.feed.wait_beyond(after, self.poll_seconds)
+                return Page(head, uow.alerts_after(after, query, limit, up_to=head))
+
+        for item in follow(
+            read,
+            lambda alert: alert.seq,
+            after,
+            self.feed,
+            context.is_active,
+            page_size=WATCH_PAGE,
+            poll_seconds=self.poll_seconds,
+            heartbeat_seconds=self.heartbeat_seconds,
+        ):
+            if isinstance(item, Heartbeat):
+                yield pb.WatchAlertsResponse(heartbeat_cursor=str(item.cursor))
+            else:
+                yield pb.WatchAlertsResponse(alert=converters.alert_message(item))
 
     def ListAlerts(self, request: pb.ListAlertsRequest, context) -> pb.ListAlertsResponse:
         violations = Violations()
         query = converters.alert_query(request.filter, violations)
-        before = converters.parse_cursor(request.page_token, "page_token", violations)
+        before = parse_cursor(request.page_token, "page_token", violations)
         if request.page_size < 0:
             violations.add("page_size", "must not be negative")
         violations.raise_if_any()
@@ -241,14 +213,5 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
             reasons.append(risk_pb2.Reason(code=code, feature=feature, text=text.get(locale, "")))
         return reasons
 
-    @contextmanager
     def _stream(self):
-        if not self._streams.acquire(blocking=False):
-            raise ResourceExhausted(
-                "too many open streams on this replica; retry later",
-                reason="TOO_MANY_STREAMS",
-            )
-        try:
-            yield
-        finally:
-            self._streams.release()
+        return self._streams.held()

@@ -55,7 +55,10 @@ ALLOWED = {
         # Beyond the issue's list: the customer's own history (to appeal) and own cap.
         L + "ListLimitEvents",
         L + "SetPreferences",
+        # Issue 11: the customer's own view.
+        L + "GetCustomerView",
     },
+    "messaging": {L + "WatchNotices", L + "AcknowledgeNotice"},
     "monitoring": {L + "ReportSignals", *SCORING_ALL},
     "limits": SCORING_ALL,
     "operator": set(PERMISSIONS),
@@ -559,7 +562,14 @@ def test_run_turns_authentication_on_with_tokens_shown_once(tmp_path):
             for fields in (line.split() for line in banner)
             if len(fields) == 3 and fields[1] in ALLOWED
         }
-        assert set(tokens) == {"loan-servicing", "app-backend", "monitoring", "limits", "operator"}
+        assert set(tokens) == {
+            "loan-servicing",
+            "app-backend",
+            "messaging",
+            "monitoring",
+            "limits",
+            "operator",
+        }
         dev = tmp_path / "data" / "dev"
         assert not any(token in (dev / "tokens.yaml").read_text() for token in tokens.values())
         assert (dev / "limits.token").read_text().strip() == tokens["limits"]

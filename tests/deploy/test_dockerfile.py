@@ -165,6 +165,7 @@ def test_the_build_context_holds_the_sources_and_no_secrets_or_venvs():
         "requirements/runtime.lock",
         "README.md",
         "services/limits/default_policy.yaml",
+        "services/limits/notice_templates.yaml",
         "services/cli.py",
         "creditline/scoring/v1/scoring_service_pb2.py",
         "models/application/1.1.0/model.onnx",

@@ -14,13 +14,18 @@ from tests.deploy.conftest import GRPC_PORTS, ROOT, SERVICES
 HEALTH_PORT = 8081
 SETTINGS = {"scoring": ScoringSettings, "limits": LimitsSettings, "monitoring": MonitoringSettings}
 
-# Each ConfigMap's source in the repository, the copy kustomize reads, and the setting that
-# points the service at the mounted file.
+# Each ConfigMap file's source in the repository, the copy kustomize reads, and the setting
+# that points the service at the mounted file.
 CONFIG_FILES = {
     "limits": (
         "services/limits/default_policy.yaml",
         "k8s/base/config/limits-policy.yaml",
         "CREDITLINE_LIMITS_POLICY_FILE",
+    ),
+    "limits-notice-templates": (
+        "services/limits/notice_templates.yaml",
+        "k8s/base/config/limits-notice-templates.yaml",
+        "CREDITLINE_LIMITS_NOTICE_TEMPLATES_FILE",
     ),
     "monitoring": (
         "services/monitoring/default_rules.yaml",
@@ -235,9 +240,10 @@ def test_every_file_a_setting_names_is_mounted(target, service):
             assert path.name in configmaps[volume["configMap"]["name"]]["data"], path
 
 
-@pytest.mark.parametrize("service", ["limits", "monitoring"])
-def test_configmaps_carry_the_repository_files_byte_for_byte(target, service):
-    source, copy, setting = CONFIG_FILES[service]
+@pytest.mark.parametrize("config", CONFIG_FILES)
+def test_configmaps_carry_the_repository_files_byte_for_byte(target, config):
+    service = config.split("-")[0]
+    source, copy, setting = CONFIG_FILES[config]
     assert (ROOT / copy).read_bytes() == (ROOT / source).read_bytes(), (
         f"{copy} differs from {source}: run `make k8s-config`"
     )

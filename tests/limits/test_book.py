@@ -141,11 +141,11 @@ def test_a_malformed_policy_file_is_refused_and_the_old_one_keeps_serving(
     limits = start_limits(
         scoring.port, policy_file=policy_file, policy_reload_interval_seconds=0.05
     )
-    assert open_account(limits).event.policy_version == "2026.12.4"
+    assert open_account(limits).event.policy_version == "2026.12.5"
 
     policy_file.write_text("tiers: [not, a, policy")
     time.sleep(0.3)  # several reload checks
-    assert open_account(limits).event.policy_version == "2026.12.4"
+    assert open_account(limits).event.policy_version == "2026.12.5"
 
     document = yaml.safe_load(DEFAULT_POLICY.read_text())
     document["version"] = "2027.1.1"

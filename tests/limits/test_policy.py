@@ -120,12 +120,12 @@ def test_a_bad_file_never_replaces_the_policy_in_force(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(DEFAULT_POLICY.read_text())
     holder = PolicyHolder(path)
-    assert holder.policy.version == "2026.12.4"
+    assert holder.policy.version == "2026.12.5"
 
     path.write_text("tiers: [this is not a policy")
     _touch_later(path)
     assert holder.reload_if_changed() is False
-    assert holder.policy.version == "2026.12.4"
+    assert holder.policy.version == "2026.12.5"
 
     document = default_document()
     document["version"] = "2027.1.1"

@@ -17,8 +17,12 @@ from tests.reflection_client import ReflectionClient
 README = Path(__file__).resolve().parents[2] / "README.md"
 LIMITS_ADDRESS = "127.0.0.1:50052"
 SERVICE = "creditline.limits.v1.LimitsService"
-# VARIABLE=$(grpcurl ... | jq -r .path.to.field)
-CAPTURE = re.compile(r"(?P<variable>\w+)=\$\((?P<command>grpcurl .+) \| jq -r (?P<path>\.[\w.]+)\)")
+# VARIABLE=$(grpcurl ... | jq -r .path.to.field), the path quoted where it indexes a list.
+CAPTURE = re.compile(
+    r"(?P<variable>\w+)=\$\((?P<command>grpcurl .+) \| jq -r '?(?P<path>\.[\w.\[\]]+)'?\)"
+)
+# A time-boxed watch: grpcurl's exit code 68 when its -max-time ends the stream is its end.
+WATCH_END = " || [ $? -eq 68 ]"
 
 
 @dataclass(frozen=True)
@@ -45,14 +49,16 @@ def readme_commands() -> list[Command]:
             argv = shlex.split(captured["command"])
             commands.append(Command(argv, captured["variable"], captured["path"]))
         elif line.startswith("grpcurl "):
-            commands.append(Command(shlex.split(line)))
+            commands.append(Command(shlex.split(line.removesuffix(WATCH_END))))
     return commands
 
 
-def jq(document: dict, path: str):
+def jq(document, path: str):
     # The path names proto fields, as grpcurl prints them; this client prints JSON names.
-    for key in path.strip(".").split("."):
+    for key, index in re.findall(r"\.(\w+)(?:\[(\d+)\])?", path):
         document = document[re.sub(r"_(\w)", lambda m: m[1].upper(), key)]
+        if index:
+            document = document[int(index)]
     return document
 
 
@@ -73,7 +79,10 @@ def run_readme(client: ReflectionClient) -> dict[str, dict]:
             answers["describe"] = {"methods": list(client.describe(command.method).methods_by_name)}
         else:
             assert command.method.startswith(f"{SERVICE}/"), command.method
-            response = client.call(command.method, command.body(variables))
+            if command.method.endswith("/WatchNotices"):  # the examples' two notices
+                response = {"items": client.stream(command.method, command.body(variables), 2)}
+            else:
+                response = client.call(command.method, command.body(variables))
             answers[command.method.rsplit("/", 1)[1]] = response
             if command.sets:
                 variables[command.sets] = jq(response, command.jq_path)
@@ -84,10 +93,15 @@ def test_readme_has_the_documented_commands():
     commands = readme_commands()
     verbs = [c.method.rsplit("/", 1)[-1] for c in commands]
     assert verbs[:2] == ["list", SERVICE]
-    assert verbs[2:] == ["OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount"]
+    assert verbs[2:] == [
+        "OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount",
+        "WatchNotices", "GetCustomerView", "AcknowledgeNotice", "GetCustomerView",
+    ]  # fmt: skip
     assert commands[2].sets == "ACCOUNT" and commands[2].jq_path == ".account.account_id"
-    for command in commands[3:]:
+    for command in commands[3:7]:
         assert '"account_id": "$ACCOUNT"' in command.body({"ACCOUNT": "$ACCOUNT"})
+    assert commands[8].sets == "NOTICE"
+    assert '"notice_id": "$NOTICE"' in commands[9].body({"NOTICE": "$NOTICE"})
 
 
 @pytest.fixture
@@ -143,9 +157,29 @@ def test_readme_commands_work_as_printed(reflection):
     assert minor_units(read["availableCredit"]) == line - 30_000
     assert not read["risk"].get("fresh", False) and "profileTime" not in read["risk"]
 
+    # The notices of the opening and the declined increase, in that order; the newest,
+    # acknowledged, shows its delivery in the customer's view.
+    notices = [item["notice"] for item in answers["WatchNotices"]["items"]]
+    assert [n["type"] for n in notices] == ["NOTICE_TYPE_OPENED", "NOTICE_TYPE_INCREASE_DECLINED"]
+    acknowledged = answers["AcknowledgeNotice"]["notice"]
+    assert acknowledged["noticeId"] == notices[1]["noticeId"]
+    assert acknowledged["deliveryChannel"] == "NOTICE_CHANNEL_SMS"
+    (seen,) = answers["GetCustomerView"]["accounts"]
+    assert seen["account"]["accountId"] == account["accountId"]
+    assert seen["notices"][0]["deliveryTime"] == acknowledged["deliveryTime"]
+    assert [d["eventId"] for d in seen["decisions"]] == [e["eventId"] for e in events]
+
 
 def test_pasting_the_readme_again_changes_nothing(reflection):
     first = run_readme(reflection)
     again = run_readme(reflection)
-    for method in ("OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount"):
+    for method in (
+        "OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount",
+        "AcknowledgeNotice", "GetCustomerView",
+    ):  # fmt: skip
         assert again[method] == first[method], method
+    # The same notices, no new one; the acknowledged one now with its delivery.
+    notice_ids = [
+        [i["notice"]["noticeId"] for i in a["WatchNotices"]["items"]] for a in (first, again)
+    ]
+    assert notice_ids[0] == notice_ids[1]

@@ -15,11 +15,14 @@ def test_the_demo_tells_the_customers_story(start_limits, scoring, start_monitor
     story = console.export_text()
     steps = [
         "limits: opened",
+        "notice to the customer: opened",
         "monitoring: on_time_repayment",
         "monitoring: days_past_due_1",
         "limits: watchlisted",
+        "notice to the customer: watchlisted",
         "monitoring: days_past_due_30",
         "POLICY_DAYS_PAST_DUE",
+        "notice to the customer: reduced",
         "monitoring: delinquency_cured",
         # The watchlist's exit: cured, then clean for the policy's 90 days.
         "day 190",
@@ -27,9 +30,11 @@ def test_the_demo_tells_the_customers_story(start_limits, scoring, start_monitor
         "POLICY_CLEAN_PERIOD",
         "monitoring: days_past_due_60",
         "limits: frozen",
+        "notice to the customer: frozen",
         "monitoring: delinquency_cured",
         # Reopened at stage 1 with the stage's own line, scored on what monitoring reported.
         "limits: reopened",
+        "notice to the customer: reopened",
         "stage 1 with the stage's own line of 200.00 yuan",
         "condition reopening_stage",
         "GetAccountRisk",

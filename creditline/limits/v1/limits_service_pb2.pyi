@@ -235,6 +235,88 @@ APPEAL_STATUS_UPHELD: AppealStatus.ValueType  # 2
 APPEAL_STATUS_REVERSED: AppealStatus.ValueType  # 3
 Global___AppealStatus: _TypeAlias = AppealStatus  # noqa: Y015
 
+class _NoticeType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NoticeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoticeType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTICE_TYPE_UNSPECIFIED: _NoticeType.ValueType  # 0
+    NOTICE_TYPE_OPENED: _NoticeType.ValueType  # 1
+    NOTICE_TYPE_DECLINED: _NoticeType.ValueType  # 2
+    """The application was declined."""
+    NOTICE_TYPE_INCREASED: _NoticeType.ValueType  # 3
+    NOTICE_TYPE_INCREASE_DECLINED: _NoticeType.ValueType  # 4
+    """A requested increase was declined, with what would change it."""
+    NOTICE_TYPE_REDUCED: _NoticeType.ValueType  # 5
+    NOTICE_TYPE_WATCHLISTED: _NoticeType.ValueType  # 6
+    """Increases paused after warning signs."""
+    NOTICE_TYPE_FROZEN: _NoticeType.ValueType  # 7
+    NOTICE_TYPE_UNFROZEN: _NoticeType.ValueType  # 8
+    NOTICE_TYPE_CLOSED: _NoticeType.ValueType  # 9
+    NOTICE_TYPE_REOPENED: _NoticeType.ValueType  # 10
+    """The line reopened at its first stage."""
+    NOTICE_TYPE_REOPEN_DECLINED: _NoticeType.ValueType  # 11
+    NOTICE_TYPE_REOPENING_STAGE_ADVANCED: _NoticeType.ValueType  # 12
+    NOTICE_TYPE_HARDSHIP_ENROLLED: _NoticeType.ValueType  # 13
+    NOTICE_TYPE_APPEAL_REVERSED: _NoticeType.ValueType  # 14
+    """An appeal succeeded; the decision was reversed."""
+    NOTICE_TYPE_APPEAL_UPHELD: _NoticeType.ValueType  # 15
+    """An appeal was heard; the decision stands."""
+
+class NoticeType(_NoticeType, metaclass=_NoticeTypeEnumTypeWrapper):
+    """What a notice tells the customer."""
+
+NOTICE_TYPE_UNSPECIFIED: NoticeType.ValueType  # 0
+NOTICE_TYPE_OPENED: NoticeType.ValueType  # 1
+NOTICE_TYPE_DECLINED: NoticeType.ValueType  # 2
+"""The application was declined."""
+NOTICE_TYPE_INCREASED: NoticeType.ValueType  # 3
+NOTICE_TYPE_INCREASE_DECLINED: NoticeType.ValueType  # 4
+"""A requested increase was declined, with what would change it."""
+NOTICE_TYPE_REDUCED: NoticeType.ValueType  # 5
+NOTICE_TYPE_WATCHLISTED: NoticeType.ValueType  # 6
+"""Increases paused after warning signs."""
+NOTICE_TYPE_FROZEN: NoticeType.ValueType  # 7
+NOTICE_TYPE_UNFROZEN: NoticeType.ValueType  # 8
+NOTICE_TYPE_CLOSED: NoticeType.ValueType  # 9
+NOTICE_TYPE_REOPENED: NoticeType.ValueType  # 10
+"""The line reopened at its first stage."""
+NOTICE_TYPE_REOPEN_DECLINED: NoticeType.ValueType  # 11
+NOTICE_TYPE_REOPENING_STAGE_ADVANCED: NoticeType.ValueType  # 12
+NOTICE_TYPE_HARDSHIP_ENROLLED: NoticeType.ValueType  # 13
+NOTICE_TYPE_APPEAL_REVERSED: NoticeType.ValueType  # 14
+"""An appeal succeeded; the decision was reversed."""
+NOTICE_TYPE_APPEAL_UPHELD: NoticeType.ValueType  # 15
+"""An appeal was heard; the decision stands."""
+Global___NoticeType: _TypeAlias = NoticeType  # noqa: Y015
+
+class _NoticeChannel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NoticeChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoticeChannel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTICE_CHANNEL_UNSPECIFIED: _NoticeChannel.ValueType  # 0
+    NOTICE_CHANNEL_IN_APP: _NoticeChannel.ValueType  # 1
+    """A message inside the app."""
+    NOTICE_CHANNEL_PUSH: _NoticeChannel.ValueType  # 2
+    NOTICE_CHANNEL_SMS: _NoticeChannel.ValueType  # 3
+    NOTICE_CHANNEL_EMAIL: _NoticeChannel.ValueType  # 4
+    NOTICE_CHANNEL_LETTER: _NoticeChannel.ValueType  # 5
+
+class NoticeChannel(_NoticeChannel, metaclass=_NoticeChannelEnumTypeWrapper):
+    """How a notice reached the customer."""
+
+NOTICE_CHANNEL_UNSPECIFIED: NoticeChannel.ValueType  # 0
+NOTICE_CHANNEL_IN_APP: NoticeChannel.ValueType  # 1
+"""A message inside the app."""
+NOTICE_CHANNEL_PUSH: NoticeChannel.ValueType  # 2
+NOTICE_CHANNEL_SMS: NoticeChannel.ValueType  # 3
+NOTICE_CHANNEL_EMAIL: NoticeChannel.ValueType  # 4
+NOTICE_CHANNEL_LETTER: NoticeChannel.ValueType  # 5
+Global___NoticeChannel: _TypeAlias = NoticeChannel  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     """A customer's revolving credit line."""
@@ -2112,3 +2194,382 @@ class SimulatePolicyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SimulatePolicyResponse: _TypeAlias = SimulatePolicyResponse  # noqa: Y015
+
+@_typing.final
+class Notice(_message.Message):
+    """What the customer is told of one decision, written with the decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HowToAppealEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TextsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ADVERSE_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    IMPROVEMENTS_FIELD_NUMBER: _builtins.int
+    HOW_TO_APPEAL_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    APPEAL_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DUE_TIME_FIELD_NUMBER: _builtins.int
+    DELIVERY_TIME_FIELD_NUMBER: _builtins.int
+    DELIVERY_CHANNEL_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    TEMPLATES_VERSION_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    notice_id: _builtins.str
+    account_id: _builtins.str
+    type: Global___NoticeType.ValueType
+    adverse: _builtins.bool
+    """Declines, cuts, freezes, closures: the customer is told how to appeal."""
+    event_id: _builtins.str
+    """The decision it tells of (none for an upheld appeal, which changed nothing)."""
+    appeal_id: _builtins.str
+    """The appeal whose outcome it tells, if any."""
+    delivery_channel: Global___NoticeChannel.ValueType
+    cursor: _builtins.str
+    """Its place in the outbox: resume a WatchNotices after it."""
+    templates_version: _builtins.str
+    policy_version: _builtins.str
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.DecisionReason]:
+        """The decision's principal reasons."""
+
+    @_builtins.property
+    def improvements(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.DecisionReason]:
+        """What would change the outcome, where the policy knows it."""
+
+    @_builtins.property
+    def how_to_appeal(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """How to appeal, by locale ("en", "zh-CN"); empty unless adverse."""
+
+    @_builtins.property
+    def texts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The full notice text by locale ("en", "zh-CN"), from the notice templates."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def due_time(self) -> _timestamp_pb2.Timestamp:
+        """By when the customer must have been told (the policy's `notices`)."""
+
+    @_builtins.property
+    def delivery_time(self) -> _timestamp_pb2.Timestamp:
+        """When the messaging backend reported it delivered; unset until then."""
+
+    def __init__(
+        self,
+        *,
+        notice_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        type: Global___NoticeType.ValueType = ...,
+        adverse: _builtins.bool = ...,
+        reasons: _abc.Iterable[_decision_pb2.DecisionReason] | None = ...,
+        improvements: _abc.Iterable[_decision_pb2.DecisionReason] | None = ...,
+        how_to_appeal: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        texts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        event_id: _builtins.str = ...,
+        appeal_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        due_time: _timestamp_pb2.Timestamp | None = ...,
+        delivery_time: _timestamp_pb2.Timestamp | None = ...,
+        delivery_channel: Global___NoticeChannel.ValueType = ...,
+        cursor: _builtins.str = ...,
+        templates_version: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delivery_time", b"delivery_time", "due_time", b"due_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "adverse", b"adverse", "appeal_id", b"appeal_id", "create_time", b"create_time", "cursor", b"cursor", "delivery_channel", b"delivery_channel", "delivery_time", b"delivery_time", "due_time", b"due_time", "event_id", b"event_id", "how_to_appeal", b"how_to_appeal", "improvements", b"improvements", "notice_id", b"notice_id", "policy_version", b"policy_version", "reasons", b"reasons", "templates_version", b"templates_version", "texts", b"texts", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Notice: _TypeAlias = Notice  # noqa: Y015
+
+@_typing.final
+class WatchNoticesRequest(_message.Message):
+    """A watch of the notice outbox (WatchNotices)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    after_cursor: _builtins.str
+    """Resume after this cursor (a notice's `cursor` or a heartbeat's); "0" from the first
+    notice; empty from now on.
+    """
+    def __init__(
+        self,
+        *,
+        after_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchNoticesRequest: _TypeAlias = WatchNoticesRequest  # noqa: Y015
+
+@_typing.final
+class WatchNoticesResponse(_message.Message):
+    """A notice, or a heartbeat when none came for a while."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_CURSOR_FIELD_NUMBER: _builtins.int
+    heartbeat_cursor: _builtins.str
+    """Nothing new; a watch resumed after this cursor misses nothing."""
+    @_builtins.property
+    def notice(self) -> Global___Notice: ...
+    def __init__(
+        self,
+        *,
+        notice: Global___Notice | None = ...,
+        heartbeat_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_cursor", b"heartbeat_cursor", "item", b"item", "notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_cursor", b"heartbeat_cursor", "item", b"item", "notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["notice", "heartbeat_cursor"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___WatchNoticesResponse: _TypeAlias = WatchNoticesResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeNoticeRequest(_message.Message):
+    """A delivery to record (AcknowledgeNotice)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_TIME_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    notice_id: _builtins.str
+    channel: Global___NoticeChannel.ValueType
+    @_builtins.property
+    def delivery_time(self) -> _timestamp_pb2.Timestamp:
+        """When the customer was told; now when unset. Not in the future, not before the notice."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        notice_id: _builtins.str = ...,
+        delivery_time: _timestamp_pb2.Timestamp | None = ...,
+        channel: Global___NoticeChannel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_time", b"delivery_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "delivery_time", b"delivery_time", "notice_id", b"notice_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeNoticeRequest: _TypeAlias = AcknowledgeNoticeRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeNoticeResponse(_message.Message):
+    """The notice with the delivery on record (the first one, if it was acknowledged before)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notice(self) -> Global___Notice: ...
+    def __init__(
+        self,
+        *,
+        notice: Global___Notice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeNoticeResponse: _TypeAlias = AcknowledgeNoticeResponse  # noqa: Y015
+
+@_typing.final
+class GetCustomerViewRequest(_message.Message):
+    """One customer's view (GetCustomerView)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCustomerViewRequest: _TypeAlias = GetCustomerViewRequest  # noqa: Y015
+
+@_typing.final
+class CustomerDecision(_message.Message):
+    """A decision as the customer sees it: what changed, why, and what would change it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    LINE_BEFORE_FIELD_NUMBER: _builtins.int
+    LINE_AFTER_FIELD_NUMBER: _builtins.int
+    STATUS_AFTER_FIELD_NUMBER: _builtins.int
+    ADVERSE_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    IMPROVEMENTS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    type: Global___LimitEventType.ValueType
+    status_after: Global___AccountStatus.ValueType
+    adverse: _builtins.bool
+    @_builtins.property
+    def line_before(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def line_after(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.DecisionReason]: ...
+    @_builtins.property
+    def improvements(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.DecisionReason]:
+        """What would change the outcome, for adverse decisions, where the policy knows it."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        type: Global___LimitEventType.ValueType = ...,
+        line_before: _money_pb2.Money | None = ...,
+        line_after: _money_pb2.Money | None = ...,
+        status_after: Global___AccountStatus.ValueType = ...,
+        adverse: _builtins.bool = ...,
+        reasons: _abc.Iterable[_decision_pb2.DecisionReason] | None = ...,
+        improvements: _abc.Iterable[_decision_pb2.DecisionReason] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "line_after", b"line_after", "line_before", b"line_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adverse", b"adverse", "create_time", b"create_time", "event_id", b"event_id", "improvements", b"improvements", "line_after", b"line_after", "line_before", b"line_before", "reasons", b"reasons", "status_after", b"status_after", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerDecision: _TypeAlias = CustomerDecision  # noqa: Y015
+
+@_typing.final
+class CustomerAccountView(_message.Message):
+    """One of the customer's accounts: their line, or a declined application."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
+    OPEN_APPEALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The line and what is available now, with its conditions and their exits."""
+
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustomerDecision]:
+        """The latest decisions, newest first (at most 100)."""
+
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notice]:
+        """The latest notices, newest first, with their delivery (at most 100)."""
+
+    @_builtins.property
+    def open_appeals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Appeal]:
+        """Appeals not yet resolved."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+        decisions: _abc.Iterable[Global___CustomerDecision] | None = ...,
+        notices: _abc.Iterable[Global___Notice] | None = ...,
+        open_appeals: _abc.Iterable[Global___Appeal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "decisions", b"decisions", "notices", b"notices", "open_appeals", b"open_appeals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerAccountView: _TypeAlias = CustomerAccountView  # noqa: Y015
+
+@_typing.final
+class GetCustomerViewResponse(_message.Message):
+    """Everything the customer may see, account by account, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustomerAccountView]: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        accounts: _abc.Iterable[Global___CustomerAccountView] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCustomerViewResponse: _TypeAlias = GetCustomerViewResponse  # noqa: Y015

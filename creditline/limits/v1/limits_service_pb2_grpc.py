@@ -140,6 +140,21 @@ class LimitsServiceStub:
                 request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyRequest.SerializeToString,
                 response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyResponse.FromString,
                 _registered_method=True)
+        self.WatchNotices = channel.unary_stream(
+                '/creditline.limits.v1.LimitsService/WatchNotices',
+                request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchNoticesRequest.SerializeToString,
+                response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchNoticesResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeNotice = channel.unary_unary(
+                '/creditline.limits.v1.LimitsService/AcknowledgeNotice',
+                request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeNoticeRequest.SerializeToString,
+                response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeNoticeResponse.FromString,
+                _registered_method=True)
+        self.GetCustomerView = channel.unary_unary(
+                '/creditline.limits.v1.LimitsService/GetCustomerView',
+                request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewRequest.SerializeToString,
+                response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewResponse.FromString,
+                _registered_method=True)
 
 
 class LimitsServiceServicer:
@@ -293,6 +308,32 @@ class LimitsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchNotices(self, request, context):
+        """Messaging backend: every notice to customers, in the order stored, from a cursor, then
+        each new one as it is decided. A watch resumed `after_cursor` misses none and repeats none,
+        across restarts and replicas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeNotice(self, request, context):
+        """Messaging backend: records when, and through which channel, a notice reached the
+        customer. Idempotent: the first delivery recorded stands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCustomerView(self, request, context):
+        """App backend: what one customer may see of their accounts (lines and availability,
+        decisions with reasons and what would change them, notices with their delivery, open
+        appeals), and nothing of anyone else's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LimitsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -395,6 +436,21 @@ def add_LimitsServiceServicer_to_server(servicer, server):
                     servicer.SimulatePolicy,
                     request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyRequest.FromString,
                     response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyResponse.SerializeToString,
+            ),
+            'WatchNotices': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNotices,
+                    request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchNoticesRequest.FromString,
+                    response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchNoticesResponse.SerializeToString,
+            ),
+            'AcknowledgeNotice': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeNotice,
+                    request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeNoticeRequest.FromString,
+                    response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeNoticeResponse.SerializeToString,
+            ),
+            'GetCustomerView': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomerView,
+                    request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewRequest.FromString,
+                    response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -943,6 +999,87 @@ class LimitsService:
             '/creditline.limits.v1.LimitsService/SimulatePolicy',
             creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyRequest.SerializeToString,
             creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNotices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/creditline.limits.v1.LimitsService/WatchNotices',
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchNoticesRequest.SerializeToString,
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchNoticesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeNotice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditline.limits.v1.LimitsService/AcknowledgeNotice',
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeNoticeRequest.SerializeToString,
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeNoticeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomerView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditline.limits.v1.LimitsService/GetCustomerView',
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewRequest.SerializeToString,
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewResponse.FromString,
             options,
             channel_credentials,
             insecure,

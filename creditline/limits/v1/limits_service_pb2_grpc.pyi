@@ -83,6 +83,20 @@ class LimitsServiceStub:
     """Reviews every open account under a candidate policy, as a dry-run review would, without
     writing anything.
     """
+    WatchNotices: _grpc.UnaryStreamMultiCallable[_limits_service_pb2.WatchNoticesRequest, _limits_service_pb2.WatchNoticesResponse]
+    """Messaging backend: every notice to customers, in the order stored, from a cursor, then
+    each new one as it is decided. A watch resumed `after_cursor` misses none and repeats none,
+    across restarts and replicas.
+    """
+    AcknowledgeNotice: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.AcknowledgeNoticeRequest, _limits_service_pb2.AcknowledgeNoticeResponse]
+    """Messaging backend: records when, and through which channel, a notice reached the
+    customer. Idempotent: the first delivery recorded stands.
+    """
+    GetCustomerView: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.GetCustomerViewRequest, _limits_service_pb2.GetCustomerViewResponse]
+    """App backend: what one customer may see of their accounts (lines and availability,
+    decisions with reasons and what would change them, notices with their delivery, open
+    appeals), and nothing of anyone else's.
+    """
 
 @_typing.type_check_only
 class LimitsServiceAsyncStub(LimitsServiceStub):
@@ -138,6 +152,20 @@ class LimitsServiceAsyncStub(LimitsServiceStub):
     SimulatePolicy: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.SimulatePolicyRequest, _limits_service_pb2.SimulatePolicyResponse]  # type: ignore[assignment]
     """Reviews every open account under a candidate policy, as a dry-run review would, without
     writing anything.
+    """
+    WatchNotices: _aio.UnaryStreamMultiCallable[_limits_service_pb2.WatchNoticesRequest, _limits_service_pb2.WatchNoticesResponse]  # type: ignore[assignment]
+    """Messaging backend: every notice to customers, in the order stored, from a cursor, then
+    each new one as it is decided. A watch resumed `after_cursor` misses none and repeats none,
+    across restarts and replicas.
+    """
+    AcknowledgeNotice: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.AcknowledgeNoticeRequest, _limits_service_pb2.AcknowledgeNoticeResponse]  # type: ignore[assignment]
+    """Messaging backend: records when, and through which channel, a notice reached the
+    customer. Idempotent: the first delivery recorded stands.
+    """
+    GetCustomerView: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.GetCustomerViewRequest, _limits_service_pb2.GetCustomerViewResponse]  # type: ignore[assignment]
+    """App backend: what one customer may see of their accounts (lines and availability,
+    decisions with reasons and what would change them, notices with their delivery, open
+    appeals), and nothing of anyone else's.
     """
 
 class LimitsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -311,6 +339,38 @@ class LimitsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_limits_service_pb2.SimulatePolicyResponse, _abc.Awaitable[_limits_service_pb2.SimulatePolicyResponse]]:
         """Reviews every open account under a candidate policy, as a dry-run review would, without
         writing anything.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchNotices(
+        self,
+        request: _limits_service_pb2.WatchNoticesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_limits_service_pb2.WatchNoticesResponse], _abc.AsyncIterator[_limits_service_pb2.WatchNoticesResponse]]:
+        """Messaging backend: every notice to customers, in the order stored, from a cursor, then
+        each new one as it is decided. A watch resumed `after_cursor` misses none and repeats none,
+        across restarts and replicas.
+        """
+
+    @_abc_1.abstractmethod
+    def AcknowledgeNotice(
+        self,
+        request: _limits_service_pb2.AcknowledgeNoticeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limits_service_pb2.AcknowledgeNoticeResponse, _abc.Awaitable[_limits_service_pb2.AcknowledgeNoticeResponse]]:
+        """Messaging backend: records when, and through which channel, a notice reached the
+        customer. Idempotent: the first delivery recorded stands.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCustomerView(
+        self,
+        request: _limits_service_pb2.GetCustomerViewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limits_service_pb2.GetCustomerViewResponse, _abc.Awaitable[_limits_service_pb2.GetCustomerViewResponse]]:
+        """App backend: what one customer may see of their accounts (lines and availability,
+        decisions with reasons and what would change them, notices with their delivery, open
+        appeals), and nothing of anyone else's.
         """
 
 def add_LimitsServiceServicer_to_server(servicer: LimitsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
