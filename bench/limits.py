@@ -7,6 +7,8 @@ synchronous=FULL), PostgreSQL with synchronous_commit on. The service runs as it
 (`python -m services.limits`), with a scoring process beside it for opening the accounts.
 """
 
+import contextlib
+import itertools
 import os
 import tempfile
 import threading
@@ -281,6 +283,74 @@ def review_rows(url: str, scoring_port: int, accounts: int) -> list[tuple]:
     ]
 
 
+REVIEW_SHARDS = 8
+
+
+@contextmanager
+def limits_servers(url: str, scoring_port: int, count: int) -> Iterator[list]:
+    """`count` limits processes on one database (replicas), and a stub for each."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(limits_server(url, scoring_port)) for _ in range(count)]
+
+
+def sharded_review_rate(url: str, scoring_port: int, accounts: int, workers: int) -> float:
+    """A seeded book reviewed by one sharded run that `workers` limits processes work at
+    once (each a RunReview call with the run's id), in accounts per second."""
+    seed_book(url, accounts)
+    with limits_servers(url, scoring_port, workers) as stubs:
+        request = pb.RunReviewRequest(request_id="bench-sharded", shards=REVIEW_SHARDS)
+        finals: list = [None] * workers
+
+        def work(i: int) -> None:
+            *_, finals[i] = stubs[i].RunReview(request, timeout=3600)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+    return finals[0].accounts_reviewed / elapsed
+
+
+def sharded_review_rows(name: str, urls, scoring_port: int, accounts: int) -> list[tuple]:
+    """The sharded review with one and with two workers, each on a fresh copy of the book
+    (`urls` yields a fresh database URL per run)."""
+    one = sharded_review_rate(next(urls), scoring_port, accounts, 1)
+    two = sharded_review_rate(next(urls), scoring_port, accounts, 2)
+    shards = f"{REVIEW_SHARDS} shards"
+    return [
+        (
+            f"{name}: sharded RunReview, {accounts:,} accounts, 1 worker",
+            f"{one:,.0f} accounts/s",
+            f"target {REVIEW_TARGET:,}/s",
+            one / REVIEW_TARGET,
+            f">= {REVIEW_TARGET:,} accounts/s",
+        ),
+        (
+            f"{name}: sharded RunReview, {accounts:,} accounts, 2 workers ({shards})",
+            f"{two:,.0f} accounts/s",
+            "1 worker",
+            two / one,
+            "> 1x (2x at best)",
+        ),
+    ]
+
+
+def _sqlite_urls(directory: str) -> Iterator[str]:
+    for i in itertools.count():
+        yield f"sqlite:///{Path(directory) / f'sharded-{i}.db'}"
+
+
+def _postgres_urls(stack: contextlib.ExitStack) -> Iterator[str]:
+    while True:
+        url = stack.enter_context(postgres_schema())
+        if url is None:
+            return
+        yield url
+
+
 def run(seconds: float, review_accounts: int = 100_000) -> list[tuple]:
     """SQLite, then PostgreSQL (skipped with a note when no server answers)."""
     seconds = min(seconds, 5.0) / 2  # four runs a database: keep the section near a minute
@@ -300,6 +370,9 @@ def run(seconds: float, review_accounts: int = 100_000) -> list[tuple]:
         if review_accounts:
             book = f"sqlite:///{Path(directory) / 'book.db'}"
             rows += review_rows(book, scoring_port, review_accounts)
+            rows += sharded_review_rows(
+                "SQLite", _sqlite_urls(directory), scoring_port, review_accounts
+            )
         with postgres_schema() as url:
             if url is None:
                 where = make_url(POSTGRES_URL)
@@ -307,6 +380,11 @@ def run(seconds: float, review_accounts: int = 100_000) -> list[tuple]:
                 rows.append(("PostgreSQL", note, "", "", ""))
             else:
                 rows += database_rows("PostgreSQL", url, scoring_port, seconds)
+        if review_accounts:
+            with contextlib.ExitStack() as schemas:
+                urls = _postgres_urls(schemas)
+                if next(urls, None) is not None:  # reachable (that first schema stays unused)
+                    rows += sharded_review_rows("PostgreSQL", urls, scoring_port, review_accounts)
     return rows
 
 

@@ -88,6 +88,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     _LIMITS + "ListAppeals": _roles(),
     _LIMITS + "ResolveAppeal": _roles(),
     _LIMITS + "SimulatePolicy": _roles(),
+    _LIMITS + "StreamSimulatePolicy": _roles(),
     # The messaging backend delivers the notices to customers and says when they arrived.
     _LIMITS + "WatchNotices": _roles("messaging"),
     _LIMITS + "AcknowledgeNotice": _roles("messaging"),

@@ -173,13 +173,33 @@ def migrate(engine: Engine, script_location: str | Path, revision: str = "head")
     config = Config()
     # The value goes through configparser interpolation, where "%" is special.
     config.set_main_option("script_location", str(script_location).replace("%", "%%"))
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-            )
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite changes a table's key by copying the table; with foreign keys enforced,
+            # dropping a table others refer to fails even when its copy takes its place. So
+            # the SQLite procedure: off outside the transaction, checked before the commit.
+            _sqlite_foreign_keys(connection, on=False)
+        try:
+            with connection.begin():
+                if not sqlite:
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RuntimeError("the migration left rows whose foreign keys fail")
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(connection, on=True)
+
+
+def _sqlite_foreign_keys(connection: Connection, *, on: bool) -> None:
+    """Foreign key enforcement on or off; a no-op inside a transaction, so outside one."""
+    sqlite_connection = connection.connection.driver_connection
+    assert sqlite_connection is not None  # a live connection, checked out of the pool
+    sqlite_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
 
 
 class UtcDateTime(TypeDecorator):

@@ -69,6 +69,12 @@ class ResourceExhausted(ServiceError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline came before the work was done (what was done stands)."""
+
+    default_reason = "DEADLINE_EXCEEDED"
+
+
 class Unauthenticated(ServiceError):
     default_reason = "UNAUTHENTICATED"
 
@@ -85,6 +91,7 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     Aborted: grpc.StatusCode.ABORTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }

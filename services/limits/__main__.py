@@ -1,5 +1,7 @@
 """Runs the limits service: `python -m services.limits` or `creditline serve limits`."""
 
+from datetime import timedelta
+
 import structlog
 
 from creditline.limits.v1 import limits_service_pb2, limits_service_pb2_grpc
@@ -10,6 +12,7 @@ from services.common.server import GrpcServer, ServiceBinding, catch_shutdown_si
 from services.common.settings import load_settings
 from services.common.tracing import configure_tracing
 from services.limits import metrics
+from services.limits.application import ReviewSharding
 from services.limits.notices import TemplatesError, TemplatesHolder
 from services.limits.policy import PolicyError, PolicyHolder
 from services.limits.scoring_client import ScoringClient
@@ -38,6 +41,12 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
         scoring,
         templates=templates,
         max_streams=settings.max_streams,
+        review=ReviewSharding(
+            default_shards=settings.review_shards,
+            lease=timedelta(seconds=settings.review_lease_seconds),
+            poll_seconds=settings.review_poll_seconds,
+            page_size=settings.review_page_size,
+        ),
         **servicer_options,
     )
 

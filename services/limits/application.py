@@ -7,17 +7,19 @@ Every mutation opens the account through `_open`, which brings it to the present
 that time or its state opened are recorded as events first), so no path forgets them.
 """
 
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from services.common.context import current_principal
 from services.common.errors import (
     Aborted,
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -48,7 +50,15 @@ from services.limits.records import (
     LimitEvent,
     Reason,
 )
-from services.limits.store import LimitsStore, ReviewRun, UnitOfWork, customer_has_line
+from services.limits.store import (
+    REVIEW_BUCKETS,
+    LimitsStore,
+    ReviewRun,
+    ReviewShard,
+    UnitOfWork,
+    customer_has_line,
+    review_bucket,
+)
 
 # Accounts a portfolio review scores in one BatchScore and applies in one transaction.
 REVIEW_PAGE = 500
@@ -83,6 +93,9 @@ class Idempotency:
     method: str
     request_id: str
     fingerprint: str
+    # What the request names, which keys its record with the request id: the account, or
+    # for a request that names none the customer, appeal or notice.
+    scope: str = ""
 
 
 @dataclass(frozen=True)
@@ -223,12 +236,25 @@ class SignalOutcome:
 
 @dataclass(frozen=True)
 class ReviewProgress:
-    """How far a review run got: the run, the accounts due when it started, and the accounts
-    the page just done left undecided, with why."""
+    """How far a review run got: the run, the accounts due when this call started, the
+    counts summed over its shards, and the accounts the page just done left undecided."""
 
     run: ReviewRun
     due: int
+    counts: dict[str, int] = field(default_factory=dict)
     undecided: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReviewSharding:
+    """How review runs share their work: shards of a new run when the caller names none, how
+    long a worker's claim on a shard lasts without progress, how often a caller waiting for
+    other workers' shards looks again, and accounts per page (REVIEW_PAGE when None)."""
+
+    default_shards: int = 8
+    lease: timedelta = timedelta(seconds=60)
+    poll_seconds: float = 0.5
+    page_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +262,16 @@ class TierImpact:
     accounts: int = 0
     counts: dict[str, int] = field(default_factory=dict)  # rise, fall, unchanged, undecided
     exposure_change: int = 0
+
+
+@dataclass(frozen=True)
+class SimulatedPage:
+    """A simulation's impact by tier so far, the accounts it covered and the last one."""
+
+    tiers: dict[str, TierImpact]
+    accounts: int
+    last_account_id: str
+    done: bool = False
 
 
 # -- the application -----------------------------------------------------------------------
@@ -249,8 +285,10 @@ class LimitsApplication:
         scoring: Scorer,
         clock: Callable[[], datetime],
         templates: TemplatesHolder | None = None,
+        review: ReviewSharding | None = None,
     ) -> None:
         self._store = store
+        self.review = review or ReviewSharding()
         self.policies = policies
         self.scoring = scoring
         self.clock = clock
@@ -480,59 +518,137 @@ class LimitsApplication:
     # -- the book ---------------------------------------------------------------------------
 
     def run_review(
-        self, run_id: str, as_of: datetime | None, dry_run: bool
+        self,
+        run_id: str,
+        as_of: datetime | None,
+        dry_run: bool,
+        shards: int | None = None,
+        active: Callable[[], bool] = lambda: True,
     ) -> Iterator[ReviewProgress]:
-        """Reviews every due account a page per transaction with the run's progress, so a run
-        resumed by its id after a crash applies nothing twice. An account whose risk state
-        cannot be scored is left as it is, recorded with why, and the run goes on."""
-        with self.store.unit_of_work() as uow:
-            run = uow.get_review_run(run_id)
-            if run is None:
-                run = ReviewRun(run_id, as_of or self.clock(), dry_run)
-                uow.save_review_run(run)
-            elif run.dry_run != dry_run or (as_of is not None and run.as_of != as_of):
-                raise AlreadyExists(
-                    "this request_id names a review run with other parameters",
-                    reason="REQUEST_ID_REUSED",
-                )
-        with self.store.read() as uow:
-            due = run.counts.get("reviewed", 0) + uow.count_accounts_due_for_review(
-                run.as_of, run.last_account_id
-            )
-        yield ReviewProgress(run, due)
-        with metrics.REVIEWS.tracking() as progressed:
-            yield from self._review_pages(run, due, progressed)
+        """Reviews every due account, split into `shards` by a hash of the account id (the
+        run's own count when resumed, `review.default_shards` when new).
 
-    def _review_pages(
-        self, run: ReviewRun, due: int, progressed: Callable[[], None]
+        Every call with the run's id works the run: it leases a shard no one else holds,
+        reviews it a page per transaction with the shard's cursor, so a shard resumed after a
+        crash applies nothing twice, and takes the next; once none is left to claim it waits
+        for the others' shards, streaming the progress of the whole run, until every shard is
+        done. A worker that dies leaves its shard to be claimed when the lease runs out. An
+        account whose risk state cannot be scored is left as it is, recorded with why.
+        """
+        run = self._start_review(run_id, as_of, dry_run, shards)
+        worker_id = _new_id()
+        with self.store.read() as uow:
+            due = sum(
+                shard.counts.get("reviewed", 0)
+                + (0 if shard.done else uow.count_accounts_due_in_shard(run.as_of, shard))
+                for shard in uow.review_shards(run.run_id)
+            )
+        yield self._review_progress(run, due)
+        with metrics.REVIEWS.tracking() as progressed:
+            try:
+                yield from self._work_review(run, due, worker_id, progressed, active)
+            finally:
+                with self.store.unit_of_work() as uow:
+                    uow.release_review_shards(run.run_id, worker_id)
+
+    def _start_review(
+        self, run_id: str, as_of: datetime | None, dry_run: bool, shards: int | None
+    ) -> ReviewRun:
+        """The run of this id, made with its shards if new; refused if its parameters differ."""
+        count = shards or self.review.default_shards
+        new = ReviewRun(run_id, as_of or self.clock(), dry_run, count)
+        with self.store.unit_of_work() as uow:
+            if uow.insert_review_run(new, _shards_of(new)):
+                return new
+            run = uow.get_review_run(run_id)
+        if run is None:  # inserted by a concurrent call, and never deleted
+            raise RuntimeError(f"review run {run_id} is gone")
+        if (
+            run.dry_run != dry_run
+            or (as_of is not None and run.as_of != as_of)
+            or (shards is not None and run.shards != shards)
+        ):
+            raise AlreadyExists(
+                "this request_id names a review run with other parameters",
+                reason="REQUEST_ID_REUSED",
+            )
+        return run
+
+    def _work_review(
+        self,
+        run: ReviewRun,
+        due: int,
+        worker_id: str,
+        progressed: Callable[[], None],
+        active: Callable[[], bool],
     ) -> Iterator[ReviewProgress]:
-        while not run.done:
+        last_counts: dict[str, int] | None = None
+        while active():
+            with self.store.unit_of_work() as uow:
+                now = _wall_clock()
+                shard = uow.claim_review_shard(run.run_id, worker_id, now, now + self.review.lease)
+                if shard is None and all(s.done for s in uow.review_shards(run.run_id)):
+                    uow.finish_review_run(run.run_id)
+                    run = replace(run, done=True)
+            if run.done:
+                yield self._review_progress(run, due)
+                return
+            if shard is not None:
+                for undecided in self._review_shard(run, shard, worker_id):
+                    progressed()
+                    yield self._review_progress(run, due, undecided)
+                continue
+            # The shards left are leased to other workers: report theirs as they go.
+            progress = self._review_progress(run, due)
+            if progress.counts != last_counts:
+                last_counts = progress.counts
+                yield progress
+            time.sleep(self.review.poll_seconds)
+
+    def _review_shard(
+        self, run: ReviewRun, shard: ReviewShard, worker_id: str
+    ) -> Iterator[list[tuple[str, str]]]:
+        """Reviews the shard page by page while this worker holds its lease; yields the
+        accounts each page left undecided."""
+        while not shard.done:
             policy = self.policies.policy
             with self.store.read() as uow:
-                page = uow.accounts_due_for_review(run.as_of, run.last_account_id, REVIEW_PAGE)
+                page = uow.accounts_due_in_shard(
+                    run.as_of, shard, self.review.page_size or REVIEW_PAGE
+                )
             scores = dict(
                 zip((a.account_id for a in page), self._score_accounts(policy, page), strict=True)
             )
-            undecided: list[tuple[str, str]] = []
             with self._writing(policy) as uow:
-                stored = uow.get_review_run(run.run_id, lock=True)
-                if stored is None:  # saved before the first page, and never deleted
-                    raise RuntimeError(f"review run {run.run_id} is gone")
-                if stored == run:
-                    run, undecided = self._review_page(uow, policy, run, page, scores)
-                    uow.save_review_run(run)
-                else:  # another call resumed this run meanwhile: carry on from where it is
-                    run = stored
-            progressed()
-            yield ReviewProgress(run, due, undecided)
+                stored = uow.get_review_shard(run.run_id, shard.shard, lock=True)
+                if stored.worker_id != worker_id or stored.after != shard.after or stored.done:
+                    return  # the lease ran out and another worker took the shard over
+                shard, undecided = self._review_page(uow, policy, run, shard, page, scores)
+                if shard.done:
+                    shard = replace(shard, worker_id=None, lease_until=None)
+                else:
+                    shard = replace(shard, lease_until=_wall_clock() + self.review.lease)
+                uow.save_review_shard(shard)
+            yield undecided
+
+    def _review_progress(
+        self, run: ReviewRun, due: int, undecided: list[tuple[str, str]] | None = None
+    ) -> ReviewProgress:
+        """The whole run's counts, summed over its shards."""
+        counts: dict[str, int] = {}
+        with self.store.read() as uow:
+            for shard in uow.review_shards(run.run_id):
+                for name, count in shard.counts.items():
+                    counts[name] = counts.get(name, 0) + count
+        return ReviewProgress(run, due, counts, undecided or [])
 
     def _review_page(
-        self, uow, policy, run: ReviewRun, page, scores
-    ) -> tuple[ReviewRun, list[tuple[str, str]]]:
-        """Reviews one page; returns the run moved on, and the accounts it left undecided."""
+        self, uow, policy, run: ReviewRun, shard: ReviewShard, page, scores
+    ) -> tuple[ReviewShard, list[tuple[str, str]]]:
+        """Reviews one page; returns the shard moved on, and the accounts it left undecided."""
         if not page:
-            return replace(run, done=True), []
-        counts = dict(run.counts)
+            return replace(shard, done=True), []
+        counts = dict(shard.counts)
         ctx = self._context(policy, run.run_id, ActorKind.review)
         # The page was read before scoring, outside this transaction: lock its rows, and read
         # again only the accounts that changed since (a signal may have closed one).
@@ -563,19 +679,33 @@ class LimitsApplication:
         if not run.dry_run:
             uow.save_accounts(accounts)
             uow.append_events(events)
-        return replace(run, last_account_id=page[-1].account_id, counts=counts), undecided
+        last = page[-1].account_id
+        return replace(shard, after=(review_bucket(last), last), counts=counts), undecided
 
-    def simulate(self, candidate: Policy) -> dict[str, TierImpact]:
+    def simulate(
+        self, candidate: Policy, after: str = "", stop: Callable[[], bool] = lambda: False
+    ) -> Iterator[SimulatedPage]:
         """What a review of every open account under `candidate` would do now, through the
-        same steps as a review run, writing nothing."""
+        same steps as a review run, writing nothing: a page at a time, in account id order
+        after `after`, each with the impact so far. Before each page `stop` is asked whether
+        the caller's time is up: DeadlineExceeded then, the pages yielded standing (the last
+        one's `last_account_id` resumes the simulation)."""
         ctx = self._context(candidate, "simulation", ActorKind.policy)
         tiers: dict[str, TierImpact] = {}
-        after = ""
+        accounts = 0
         while True:
+            if stop():
+                raise DeadlineExceeded(
+                    "the deadline came before the simulation was done; resume it from the "
+                    "last page it reported",
+                    reason="SIMULATION_DEADLINE",
+                    metadata={"after_account_id": after},
+                )
             with self.store.read() as uow:
                 page = uow.accounts_due_for_review(None, after, REVIEW_PAGE)
             if not page:
-                return tiers
+                yield SimulatedPage(tiers, accounts, after, done=True)
+                return
             after = page[-1].account_id
             scores = dict(
                 zip(
@@ -597,6 +727,8 @@ class LimitsApplication:
                     counts={**impact.counts, outcome: impact.counts.get(outcome, 0) + 1},
                     exposure_change=impact.exposure_change + change,
                 )
+            accounts += len(page)
+            yield SimulatedPage(dict(tiers), accounts, after)
 
     # -- signals from monitoring ------------------------------------------------------------
 
@@ -613,11 +745,11 @@ class LimitsApplication:
         return outcomes
 
     def _apply_signal(self, uow, policy, signal: Signal, account_id: str) -> SignalOutcome:
-        seen = uow.find_signal(signal.signal_id)
+        seen = uow.find_signal(account_id, signal.signal_id)
         ctx = self._context(policy, signal.signal_id, ActorKind.monitoring)
         if seen is not None:
             account = self._read(uow, policy, account_id)
-            event = uow.get_event(seen.event_id) if seen.event_id else None
+            event = uow.get_event(account_id, seen.event_id) if seen.event_id else None
             return SignalOutcome(signal.signal_id, account.currency_code, event, duplicate=True)
         # Exits that time opens are judged at the signal's own event time: a backlog delivered
         # late lifts no watchlist before its clean period ran out in the customer's history.
@@ -679,8 +811,8 @@ class LimitsApplication:
     def file_appeal(self, command: FileAppeal, respond: Respond[Outcome, M]) -> M:
         def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
             self._read(uow, ctx.policy, command.account_id)
-            event = uow.get_event(command.event_id)
-            if event is None or event.account_id != command.account_id:
+            event = uow.get_event(command.account_id, command.event_id)
+            if event is None:
                 raise NotFound("no such decision on this account", reason="EVENT_NOT_FOUND")
             if not event.adverse:
                 raise FailedPrecondition(
@@ -710,7 +842,7 @@ class LimitsApplication:
             account, event = None, None
             if command.reverse:
                 account = self._open(uow, ctx, appeal.account_id, "")
-                appealed = uow.get_event(appeal.event_id)
+                appealed = uow.get_event(appeal.account_id, appeal.event_id)
                 if appealed is None:  # FileAppeal found it, and events are never deleted
                     raise NotFound("no such decision on this account", reason="EVENT_NOT_FOUND")
                 decision = decisions.reverse(
@@ -752,7 +884,7 @@ class LimitsApplication:
             outcome = replace(decide(uow, ctx), policy=ctx.policy, decided_at=ctx.now)
             answer = respond.message(outcome)
             uow.save_idempotent(
-                key.request_id, key.method, key.fingerprint, answer.SerializeToString()
+                key.scope, key.request_id, key.method, key.fingerprint, answer.SerializeToString()
             )
             return answer
 
@@ -784,7 +916,7 @@ class LimitsApplication:
             # A reversed appeal is told by its reversal's notice, among the events above.
             if appeal.status is not AppealStatus.upheld:
                 continue
-            appealed = uow.get_event(appeal.event_id)
+            appealed = uow.get_event(appeal.account_id, appeal.event_id)
             if appealed is not None:  # FileAppeal found it, and events are never deleted
                 at = appeal.resolved_at or self.clock()
                 found.append(
@@ -854,7 +986,7 @@ def _reviewed(
 
 
 def _replay(uow: UnitOfWork, key: Idempotency, respond: Respond[Any, M]) -> M | None:
-    record = uow.find_idempotent(key.request_id)
+    record = uow.find_idempotent(key.scope, key.request_id)
     if record is None:
         return None
     if record.method != key.method or record.fingerprint != key.fingerprint:
@@ -881,6 +1013,25 @@ def _outcome(decision: Decision, account: Account | None = None) -> Outcome:
         improvements=decision.improvements,
         next_eligible_at=decision.next_eligible_at,
     )
+
+
+def _shards_of(run: ReviewRun) -> list[ReviewShard]:
+    """The run's shards: consecutive ranges of the review buckets, as even as they divide."""
+    return [
+        ReviewShard(
+            run.run_id,
+            i,
+            first_bucket=i * REVIEW_BUCKETS // run.shards,
+            end_bucket=(i + 1) * REVIEW_BUCKETS // run.shards,
+        )
+        for i in range(run.shards)
+    ]
+
+
+def _wall_clock() -> datetime:
+    """The time leases are measured in: this machine's, whatever clock decisions are made by
+    (replicas' clocks must agree to well within a lease)."""
+    return datetime.now(UTC)
 
 
 def _new_id() -> str:

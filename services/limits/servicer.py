@@ -7,7 +7,11 @@ the same transaction, so a retry gets the first answer even after a crash betwee
 reply; the same id with other parameters is refused.
 """
 
+import base64
+import binascii
 import hashlib
+import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +21,13 @@ from services.common.errors import FieldViolation, InvalidArgument, Violations
 from services.common.feeds import Heartbeat, StreamSlots, follow, parse_cursor
 from services.limits import application as app
 from services.limits import converters
-from services.limits.application import Idempotency, LimitsApplication, Respond
+from services.limits.application import (
+    Idempotency,
+    LimitsApplication,
+    Respond,
+    ReviewSharding,
+    SimulatedPage,
+)
 from services.limits.decisions import Affordability, Signal
 from services.limits.notices import TemplatesHolder
 from services.limits.policy import (
@@ -36,6 +46,14 @@ MAX_ID_LENGTH = 128
 WATCH_PAGE = 500
 # How far ahead of this server's clock a reported delivery may be (the sender's clock drifts).
 DELIVERY_CLOCK_SKEW = timedelta(minutes=5)
+# Shards a review run may be split into: each holds at least 4 of the 1,024 review buckets.
+MAX_REVIEW_SHARDS = 256
+# What a request's idempotency record is scoped by, where it is not the account it names.
+IDEMPOTENCY_SCOPES = {
+    "OpenAccount": "customer_id",
+    "ResolveAppeal": "appeal_id",
+    "AcknowledgeNotice": "notice_id",
+}
 SEVERITIES = {pb.SignalSeverity.Value(f"SIGNAL_SEVERITY_{s.name.upper()}"): s for s in Severity}
 
 
@@ -131,8 +149,9 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         max_streams: int = 2,
         poll_seconds: float = 0.5,
         heartbeat_seconds: float = 15.0,
+        review: ReviewSharding | None = None,
     ) -> None:
-        self.app = LimitsApplication(store, policies, scoring, clock, templates)
+        self.app = LimitsApplication(store, policies, scoring, clock, templates, review)
         self._streams = StreamSlots(max_streams)
         self.poll_seconds = poll_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -251,14 +270,18 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
     def RunReview(self, request: pb.RunReviewRequest, context):
         violations = Violations()
         _require_id(request.request_id, "request_id", violations)
+        if not 0 <= request.shards <= MAX_REVIEW_SHARDS:
+            violations.add("shards", f"from 1 to {MAX_REVIEW_SHARDS}, or 0 for the default")
         violations.raise_if_any()
         as_of = (
             converters.from_timestamp(request.as_of_time)
             if request.HasField("as_of_time")
             else None
         )
-        for progress in self.app.run_review(request.request_id, as_of, request.dry_run):
-            counts = progress.run.counts
+        for progress in self.app.run_review(
+            request.request_id, as_of, request.dry_run, request.shards or None, context.is_active
+        ):
+            counts = progress.counts
             yield pb.RunReviewResponse(
                 accounts_due=progress.due,
                 accounts_reviewed=counts.get("reviewed", 0),
@@ -276,30 +299,22 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
     def SimulatePolicy(
         self, request: pb.SimulatePolicyRequest, context
     ) -> pb.SimulatePolicyResponse:
-        try:
-            candidate = parse_policy(request.policy, "policy")
-        except PolicyError as error:
-            raise InvalidArgument([FieldViolation("policy", str(error))]) from None
-        tiers = self.app.simulate(candidate)
-        currency = candidate.currency_code
-        return pb.SimulatePolicyResponse(
-            policy_version=candidate.version,
-            tiers=[
-                pb.TierImpact(
-                    tier=name,
-                    accounts=impact.accounts,
-                    rise=impact.counts.get("rise", 0),
-                    fall=impact.counts.get("fall", 0),
-                    unchanged=impact.counts.get("unchanged", 0),
-                    undecided=impact.counts.get("undecided", 0),
-                    exposure_change=converters.money(impact.exposure_change, currency),
-                )
-                for name, impact in sorted(tiers.items())
-            ],
-            exposure_change=converters.money(
-                sum(impact.exposure_change for impact in tiers.values()), currency
-            ),
-        )
+        candidate = _candidate_policy(request.policy)
+        *_, last = self.app.simulate(candidate, stop=_deadline_near(context))
+        return _impact(candidate, last)
+
+    def StreamSimulatePolicy(self, request: pb.StreamSimulatePolicyRequest, context):
+        candidate = _candidate_policy(request.policy)
+        after = _parse_simulation_token(request.page_token, candidate.version)
+        for page in self.app.simulate(candidate, after, stop=_deadline_near(context)):
+            yield pb.StreamSimulatePolicyResponse(
+                impact=_impact(candidate, page),
+                accounts_simulated=page.accounts,
+                next_page_token=""
+                if page.done
+                else _simulation_token(candidate.version, page.last_account_id),
+                done=page.done,
+            )
 
     # -- signals from monitoring ---------------------------------------------------------
 
@@ -485,7 +500,77 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
 
 def _key(method: str, request, violations: Violations) -> Idempotency:
     _require_id(request.request_id, "request_id", violations)
-    return Idempotency(method, request.request_id, _fingerprint(request))
+    scope = getattr(request, IDEMPOTENCY_SCOPES.get(method, "account_id"))
+    return Idempotency(method, request.request_id, _fingerprint(request), scope)
+
+
+def _candidate_policy(document: str):
+    try:
+        return parse_policy(document, "policy")
+    except PolicyError as error:
+        raise InvalidArgument([FieldViolation("policy", str(error))]) from None
+
+
+def _impact(candidate, page: SimulatedPage) -> pb.SimulatePolicyResponse:
+    currency = candidate.currency_code
+    return pb.SimulatePolicyResponse(
+        policy_version=candidate.version,
+        tiers=[
+            pb.TierImpact(
+                tier=name,
+                accounts=impact.accounts,
+                rise=impact.counts.get("rise", 0),
+                fall=impact.counts.get("fall", 0),
+                unchanged=impact.counts.get("unchanged", 0),
+                undecided=impact.counts.get("undecided", 0),
+                exposure_change=converters.money(impact.exposure_change, currency),
+            )
+            for name, impact in sorted(page.tiers.items())
+        ],
+        exposure_change=converters.money(
+            sum(impact.exposure_change for impact in page.tiers.values()), currency
+        ),
+    )
+
+
+def _deadline_near(context) -> Callable[[], bool]:
+    """Asked before each page: has the call ended, or would its deadline pass during a page
+    as long as the last one took (twice that, to leave the answer time to get back)?"""
+    last_asked = time.monotonic()
+
+    def near() -> bool:
+        nonlocal last_asked
+        now = time.monotonic()
+        page_seconds, last_asked = now - last_asked, now
+        remaining = context.time_remaining()
+        if not context.is_active():
+            return True
+        return remaining is not None and remaining < max(2 * page_seconds, 0.05)
+
+    return near
+
+
+def _simulation_token(policy_version: str, after_account_id: str) -> str:
+    document = json.dumps({"policy_version": policy_version, "after": after_account_id})
+    return base64.urlsafe_b64encode(document.encode()).decode()
+
+
+def _parse_simulation_token(token: str, policy_version: str) -> str:
+    """The account a simulation resumes after ("" without a token)."""
+    if not token:
+        return ""
+    try:
+        document = json.loads(base64.urlsafe_b64decode(token.encode()))
+        version, after = document["policy_version"], document["after"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidArgument(
+            [FieldViolation("page_token", "not a token from a previous response")]
+        ) from None
+    if version != policy_version or not isinstance(after, str):
+        raise InvalidArgument(
+            [FieldViolation("page_token", "from a simulation of another policy version")]
+        )
+    return after
 
 
 def _fingerprint(request) -> str:

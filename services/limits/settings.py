@@ -42,6 +42,25 @@ class LimitsSettings(ServiceSettings):
         description="How often the open lines' totals by tier are computed for /metrics; 0: never.",
     )
 
+    review_shards: int = Field(
+        8, ge=1, le=256, description="Shards of a new review run when the caller names none."
+    )
+    review_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long a worker's claim on a review shard lasts without progress; a "
+        "replica that dies leaves its shard to others after this.",
+    )
+    review_page_size: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Accounts a review scores and applies per transaction (unset: 500).",
+    )
+    review_poll_seconds: float = Field(
+        0.5, gt=0, description="How often a review caller waiting on others' shards looks again."
+    )
+
     @model_validator(mode="after")
     def _streams_leave_threads(self) -> Self:
         if self.max_streams >= self.max_workers:

@@ -6,6 +6,7 @@ are JSON text. Money is BIGINT fen; times are stored in UTC and read back timezo
 """
 
 import json
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -36,6 +38,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -63,6 +66,14 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 REVIEWABLE_STATUSES = (AccountStatus.active.value, AccountStatus.watchlist.value)
 OPEN_STATUSES = (*REVIEWABLE_STATUSES, AccountStatus.frozen.value)
+# A review run's shards split these buckets of account ids between them (at most one shard a
+# bucket); an account's bucket is fixed at opening (see `review_bucket`).
+REVIEW_BUCKETS = 1024
+
+
+def review_bucket(account_id: str) -> int:
+    """The account's review bucket: a hash of its id that every process computes alike."""
+    return zlib.crc32(account_id.encode()) % REVIEW_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -87,14 +98,38 @@ class SignalRecord:
 
 @dataclass(frozen=True)
 class ReviewRun:
-    """How far a review run got: it resumes after `last_account_id`."""
+    """A review run: what it reviews, into how many shards it is split, whether it is done."""
 
     run_id: str
     as_of: datetime
     dry_run: bool
-    last_account_id: str = ""
+    shards: int = 1
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class ReviewShard:
+    """One shard of a run: the accounts of buckets [first_bucket, end_bucket), how far it got
+    (it resumes after the account `after`, a (bucket, account_id) position), and the worker
+    holding its lease, if any."""
+
+    run_id: str
+    shard: int
+    first_bucket: int
+    end_bucket: int
+    after: tuple[int, str] = (-1, "")
     counts: dict[str, int] = field(default_factory=dict)
     done: bool = False
+    worker_id: str | None = None
+    lease_until: datetime | None = None
+
+
+def _event_reference(table: str) -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(
+        ["account_id", "event_id"],
+        ["limit_events.account_id", "limit_events.event_id"],
+        name=f"fk_{table}_event_id",
+    )
 
 
 # The tables as the migrations in MIGRATIONS leave them; a test checks that the two agree.
@@ -138,8 +173,11 @@ accounts = Table(
     Column("annual_rate_bp", Integer),
     Column("declared_monthly_income", BigInteger),
     Column("declared_monthly_debt_payments", BigInteger, nullable=False, server_default="0"),
+    # Which review shard reviews the account (`review_bucket`), fixed at opening.
+    Column("review_bucket", Integer, nullable=False),
     Index("ix_accounts_next_review_at", "next_review_at"),
     Index("ix_accounts_customer_id_opened_at", "customer_id", "opened_at"),
+    Index("ix_accounts_review_bucket_account_id", "review_bucket", "account_id"),
 )
 
 # One customer, one line: the account that is the customer's line, in whatever state.
@@ -155,16 +193,18 @@ customer_lines = Table(
     ),
 )
 
+# The account id leads every key of the per-account tables below, so that they can be
+# partitioned (or distributed) by account; what refers to an event refers to it by both.
 limit_events = Table(
     "limit_events",
     metadata,
-    Column("event_id", String, primary_key=True),
     Column(
         "account_id",
         String,
         ForeignKey("accounts.account_id", name="fk_limit_events_account_id"),
-        nullable=False,
+        primary_key=True,
     ),
+    Column("event_id", String, primary_key=True),
     Column("type", String, nullable=False),
     Column("line_before", BigInteger, nullable=False),
     Column("line_after", BigInteger, nullable=False),
@@ -195,17 +235,13 @@ appeals = Table(
         ForeignKey("accounts.account_id", name="fk_appeals_account_id"),
         nullable=False,
     ),
-    Column(
-        "event_id",
-        String,
-        ForeignKey("limit_events.event_id", name="fk_appeals_event_id"),
-        nullable=False,
-    ),
+    Column("event_id", String, nullable=False),
     Column("statement", Text, nullable=False),
     Column("status", String, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("resolution", Text, nullable=False),
     Column("resolved_at", UtcDateTime),
+    _event_reference("appeals"),
     Index("ix_appeals_account_id_created_at", "account_id", "created_at", "appeal_id"),
     Index("ix_appeals_status_created_at", "status", "created_at", "appeal_id"),
 )
@@ -213,15 +249,16 @@ appeals = Table(
 signals = Table(
     "signals",
     metadata,
-    Column("signal_id", String, primary_key=True),
     Column(
         "account_id",
         String,
         ForeignKey("accounts.account_id", name="fk_signals_account_id"),
-        nullable=False,
+        primary_key=True,
     ),
-    Column("event_id", String, ForeignKey("limit_events.event_id", name="fk_signals_event_id")),
+    Column("signal_id", String, primary_key=True),
+    Column("event_id", String),
     Column("applied_at", UtcDateTime, nullable=False),
+    _event_reference("signals"),
 )
 
 review_runs = Table(
@@ -230,9 +267,29 @@ review_runs = Table(
     Column("run_id", String, primary_key=True),
     Column("as_of", UtcDateTime, nullable=False),
     Column("dry_run", Boolean, nullable=False),
+    Column("shards", Integer, nullable=False),
+    Column("done", Boolean, nullable=False),
+)
+
+# A run's shards (ReviewShard): each its own cursor, counts and lease.
+review_shards = Table(
+    "review_shards",
+    metadata,
+    Column(
+        "run_id",
+        String,
+        ForeignKey("review_runs.run_id", name="fk_review_shards_run_id"),
+        primary_key=True,
+    ),
+    Column("shard", Integer, primary_key=True),
+    Column("first_bucket", Integer, nullable=False),
+    Column("end_bucket", Integer, nullable=False),
+    Column("last_bucket", Integer, nullable=False),
     Column("last_account_id", String, nullable=False),
     Column("counts", Text, nullable=False),
     Column("done", Boolean, nullable=False),
+    Column("worker_id", String),
+    Column("lease_until", UtcDateTime),
 )
 
 # The accounts a review run could not decide (their risk state could not be scored), and why.
@@ -244,9 +301,12 @@ review_run_exceptions = Table(
     Column("reason", Text, nullable=False),
 )
 
+# Keyed by what the request names (`Idempotency.scope`: its account, or the customer, appeal
+# or notice of a request that names no account) and the request id.
 idempotency_records = Table(
     "idempotency_records",
     metadata,
+    Column("scope", String, primary_key=True),
     Column("request_id", String, primary_key=True),
     Column("method", String, nullable=False),
     Column("fingerprint", String, nullable=False),
@@ -270,7 +330,7 @@ notices = Table(
     Column("notice_id", String, primary_key=True),
     Column("number", BigInteger, nullable=False),
     Column("type", String, nullable=False),
-    Column("event_id", String, ForeignKey("limit_events.event_id", name="fk_notices_event_id")),
+    Column("event_id", String),
     Column("appeal_id", String),
     Column("adverse", Boolean, nullable=False),
     Column("reasons", Text, nullable=False),
@@ -283,6 +343,7 @@ notices = Table(
     Column("due_at", UtcDateTime, nullable=False),
     Column("delivered_at", UtcDateTime),
     Column("delivery_channel", String, nullable=False),
+    _event_reference("notices"),
     # One notice per decision, and one per appeal's outcome.
     UniqueConstraint("account_id", "event_id", name="uq_notices_account_id_event_id"),
     UniqueConstraint("account_id", "appeal_id", name="uq_notices_account_id_appeal_id"),
@@ -298,6 +359,8 @@ counters = Table(
     Column("value", BigInteger, nullable=False),
 )
 NOTICE_COUNTER = "notices"
+# The scope of the idempotency records stored before requests had scopes (migration 0008).
+LEGACY_SCOPE = ""
 
 
 class LimitsStore:
@@ -344,17 +407,26 @@ class UnitOfWork:
 
     # Idempotency (AIP-155).
 
-    def find_idempotent(self, request_id: str) -> IdempotencyRecord | None:
+    def find_idempotent(self, scope: str, request_id: str) -> IdempotencyRecord | None:
+        """The answer stored for `request_id` in `scope`, or under the scope '' of the records
+        stored before requests had scopes."""
         row = self._one(
-            select(idempotency_records).where(idempotency_records.c.request_id == request_id)
+            select(idempotency_records)
+            .where(
+                idempotency_records.c.scope.in_([scope, LEGACY_SCOPE]),
+                idempotency_records.c.request_id == request_id,
+            )
+            .order_by(idempotency_records.c.scope.desc())
+            .limit(1)
         )
         return None if row is None else _idempotency_from_row(row)
 
     def save_idempotent(
-        self, request_id: str, method: str, fingerprint: str, response: bytes
+        self, scope: str, request_id: str, method: str, fingerprint: str, response: bytes
     ) -> None:
         """Stores the first answer to `request_id`; Aborted if a concurrent call stored one."""
         values = {
+            "scope": scope,
             "request_id": request_id,
             "method": method,
             "fingerprint": fingerprint,
@@ -542,8 +614,12 @@ class UnitOfWork:
         )
         return list(self._connection.execute(query).scalars())
 
-    def get_event(self, event_id: str) -> LimitEvent | None:
-        row = self._one(select(limit_events).where(limit_events.c.event_id == event_id))
+    def get_event(self, account_id: str, event_id: str) -> LimitEvent | None:
+        row = self._one(
+            select(limit_events).where(
+                limit_events.c.account_id == account_id, limit_events.c.event_id == event_id
+            )
+        )
         return None if row is None else _event_from_row(row)
 
     def list_events(
@@ -557,8 +633,12 @@ class UnitOfWork:
 
     # Signals, applied once each.
 
-    def find_signal(self, signal_id: str) -> SignalRecord | None:
-        row = self._one(select(signals).where(signals.c.signal_id == signal_id))
+    def find_signal(self, account_id: str, signal_id: str) -> SignalRecord | None:
+        row = self._one(
+            select(signals).where(
+                signals.c.account_id == account_id, signals.c.signal_id == signal_id
+            )
+        )
         return None if row is None else _signal_from_row(row)
 
     def save_signal(self, signal_id: str, account_id: str, event_id: str | None) -> None:
@@ -691,21 +771,99 @@ class UnitOfWork:
         )
         return [_account_from_row(row) for row in self._all(query)]
 
-    # Review runs.
+    # Review runs and their shards.
 
     def get_review_run(self, run_id: str, *, lock: bool = False) -> ReviewRun | None:
-        """The run, or None; `lock` keeps a second worker on the same run waiting."""
         query = select(review_runs).where(review_runs.c.run_id == run_id)
         row = self._one(query.with_for_update() if lock else query)
         return None if row is None else _review_run_from_row(row)
 
-    def save_review_run(self, run: ReviewRun) -> None:
-        """Inserts the run, or updates it if it exists."""
-        values = _review_run_values(run)
-        insert = _insert_statement(self._connection, review_runs).values(values)
+    def insert_review_run(self, run: ReviewRun, shards: list[ReviewShard]) -> bool:
+        """Stores a new run with its shards; False (and nothing stored) if the run exists."""
+        if not self._insert_new(review_runs, _review_run_values(run)):
+            return False
+        if shards:
+            self._connection.execute(insert(review_shards), [_shard_values(s) for s in shards])
+        return True
+
+    def finish_review_run(self, run_id: str) -> None:
         self._connection.execute(
-            insert.on_conflict_do_update(index_elements=[review_runs.c.run_id], set_=values)
+            update(review_runs).where(review_runs.c.run_id == run_id).values(done=True)
         )
+
+    def review_shards(self, run_id: str) -> list[ReviewShard]:
+        query = (
+            select(review_shards)
+            .where(review_shards.c.run_id == run_id)
+            .order_by(review_shards.c.shard)
+        )
+        return [_shard_from_row(row) for row in self._all(query)]
+
+    def get_review_shard(self, run_id: str, shard: int, *, lock: bool = False) -> ReviewShard:
+        query = select(review_shards).where(
+            review_shards.c.run_id == run_id, review_shards.c.shard == shard
+        )
+        row = self._one(query.with_for_update() if lock else query)
+        if row is None:  # made with the run, and never deleted
+            raise RuntimeError(f"review run {run_id} has no shard {shard}")
+        return _shard_from_row(row)
+
+    def claim_review_shard(
+        self, run_id: str, worker_id: str, now: datetime, lease_until: datetime
+    ) -> ReviewShard | None:
+        """Leases to `worker_id` the first unfinished shard of the run that no live lease holds,
+        or None. On PostgreSQL, shards another worker is claiming at this moment are skipped,
+        not waited for; on SQLite the write lock serialises the claims."""
+        query = (
+            select(review_shards)
+            .where(
+                review_shards.c.run_id == run_id,
+                review_shards.c.done == False,  # noqa: E712 - SQL, not Python
+                or_(
+                    review_shards.c.lease_until.is_(None),
+                    review_shards.c.lease_until < now,
+                    review_shards.c.worker_id == worker_id,
+                ),
+            )
+            .order_by(review_shards.c.shard)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        row = self._one(query)
+        if row is None:
+            return None
+        claimed = replace(_shard_from_row(row), worker_id=worker_id, lease_until=lease_until)
+        self.save_review_shard(claimed)
+        return claimed
+
+    def save_review_shard(self, shard: ReviewShard) -> None:
+        self._connection.execute(
+            update(review_shards)
+            .where(review_shards.c.run_id == shard.run_id, review_shards.c.shard == shard.shard)
+            .values(_shard_values(shard))
+        )
+
+    def release_review_shards(self, run_id: str, worker_id: str) -> None:
+        """Gives up the worker's leases on the run's unfinished shards, for others to claim."""
+        self._connection.execute(
+            update(review_shards)
+            .where(review_shards.c.run_id == run_id, review_shards.c.worker_id == worker_id)
+            .values(worker_id=None, lease_until=None)
+        )
+
+    def accounts_due_in_shard(self, as_of: datetime, shard: ReviewShard, limit: int) -> list:
+        """The shard's accounts due by `as_of` after its cursor, in (bucket, id) order."""
+        query = (
+            select(accounts)
+            .where(*_due_in_shard(as_of, shard))
+            .order_by(accounts.c.review_bucket, accounts.c.account_id)
+            .limit(limit)
+        )
+        return [_account_from_row(row) for row in self._all(query)]
+
+    def count_accounts_due_in_shard(self, as_of: datetime, shard: ReviewShard) -> int:
+        query = select(func.count()).select_from(accounts).where(*_due_in_shard(as_of, shard))
+        return self._connection.execute(query).scalar_one()
 
     def add_review_exceptions(self, run_id: str, undecided: list[tuple[str, str]]) -> None:
         """Records accounts the run could not decide, with why (once per run and account)."""
@@ -795,7 +953,9 @@ def _answered_concurrently(kind: str, key: str) -> Aborted:
 # What an account keeps from its opening. They stay out of the UPDATE's SET: SQLite rewrites
 # the index entries of every column written (customer_id, opened_at) even when the value stays,
 # and checks every table that refers to a parent key written (customer_lines, by a full scan).
-_FIXED_AT_OPENING = frozenset({"account_id", "customer_id", "currency_code", "opened_at"})
+_FIXED_AT_OPENING = frozenset(
+    {"account_id", "customer_id", "currency_code", "opened_at", "review_bucket"}
+)
 # Built once: a statement made per call costs more than the database's own work for a draw.
 _UPDATE_ACCOUNT = (
     update(accounts)
@@ -825,6 +985,20 @@ def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
     }
 
 
+def _due_in_shard(as_of: datetime, shard: ReviewShard) -> tuple:
+    return (
+        accounts.c.status.in_(REVIEWABLE_STATUSES),
+        accounts.c.next_review_at <= as_of,
+        accounts.c.review_bucket >= shard.first_bucket,
+        accounts.c.review_bucket < shard.end_bucket,
+        tuple_(accounts.c.review_bucket, accounts.c.account_id)
+        > tuple_(
+            bindparam("after_bucket", shard.after[0]),
+            bindparam("after_account_id", shard.after[1]),
+        ),
+    )
+
+
 def _due_for_review(as_of: datetime | None, after_account_id: str) -> tuple:
     due = () if as_of is None else (accounts.c.next_review_at <= as_of,)
     return (
@@ -843,6 +1017,7 @@ def _account_values(account: Account) -> dict[str, Any]:
         "account_id": account.account_id,
         "customer_id": account.customer_id,
         "currency_code": account.currency_code,
+        "review_bucket": review_bucket(account.account_id),
         "credit_line": line.credit_line,
         "drawn": line.drawn,
         "status": AccountStatus(line.status).value,
@@ -1005,20 +1180,43 @@ def _review_run_values(run: ReviewRun) -> dict[str, Any]:
         "run_id": run.run_id,
         "as_of": run.as_of,
         "dry_run": run.dry_run,
-        "last_account_id": run.last_account_id,
-        "counts": _dumps(run.counts),
+        "shards": run.shards,
         "done": run.done,
     }
 
 
 def _review_run_from_row(row: Row) -> ReviewRun:
     return ReviewRun(
+        run_id=row.run_id, as_of=row.as_of, dry_run=row.dry_run, shards=row.shards, done=row.done
+    )
+
+
+def _shard_values(shard: ReviewShard) -> dict[str, Any]:
+    return {
+        "run_id": shard.run_id,
+        "shard": shard.shard,
+        "first_bucket": shard.first_bucket,
+        "end_bucket": shard.end_bucket,
+        "last_bucket": shard.after[0],
+        "last_account_id": shard.after[1],
+        "counts": _dumps(shard.counts),
+        "done": shard.done,
+        "worker_id": shard.worker_id,
+        "lease_until": shard.lease_until,
+    }
+
+
+def _shard_from_row(row: Row) -> ReviewShard:
+    return ReviewShard(
         run_id=row.run_id,
-        as_of=row.as_of,
-        dry_run=row.dry_run,
-        last_account_id=row.last_account_id,
+        shard=row.shard,
+        first_bucket=row.first_bucket,
+        end_bucket=row.end_bucket,
+        after=(row.last_bucket, row.last_account_id),
         counts=json.loads(row.counts),
         done=row.done,
+        worker_id=row.worker_id,
+        lease_until=row.lease_until,
     )
 
 

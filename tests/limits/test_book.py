@@ -68,7 +68,7 @@ def test_a_dry_run_counts_and_a_real_run_applies_once(limits, clock):
 def test_an_interrupted_run_resumes_where_it_stopped(limits, clock, monkeypatch):
     monkeypatch.setattr(application, "REVIEW_PAGE", 2)
     ids = book(limits, clock)
-    stream = limits.RunReview(pb.RunReviewRequest(request_id="run-2"), timeout=30)
+    stream = limits.RunReview(pb.RunReviewRequest(request_id="run-2", shards=1), timeout=30)
     next(stream)  # the plan
     first_page = next(stream)
     stream.cancel()  # the caller goes away mid-run
@@ -190,7 +190,7 @@ def test_a_review_finishes_past_accounts_it_cannot_decide_and_says_why(limits, c
     assert untouched.next_review_time.ToDatetime(UTC) <= clock.now  # still due: tried again
     with limits.server.bindings[0].servicer.store.read() as uow:
         assert uow.review_exceptions("odd") == [(ids[1], undecided[0].reason)]
-        event = uow.get_event(reviewed.event_id)
+        event = uow.get_event(ids[0], reviewed.event_id)
     assert set(event.details["clamped_features"].split(",")) == {
         "partial_payments_6m",
         "utilisation",

@@ -1,6 +1,7 @@
 """The limits store on SQLite and on PostgreSQL: round trips of every record, pagination,
 compare-and-set, concurrent updates, migrations and durability settings."""
 
+import importlib
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -8,6 +9,7 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -15,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, make_url
 
-from services.common.database import create_engine, migrate
+from services.common.database import UtcDateTime, create_engine, migrate
 from services.common.errors import Aborted, AlreadyExists, NotFound, Unavailable
 from services.limits.ledger import AccountStatus, Line
 from services.limits.records import (
@@ -31,7 +33,15 @@ from services.limits.records import (
     ReasonSource,
     RiskState,
 )
-from services.limits.store import MIGRATIONS, LimitsStore, ReviewRun, metadata
+from services.limits.store import (
+    MIGRATIONS,
+    REVIEW_BUCKETS,
+    LimitsStore,
+    ReviewRun,
+    ReviewShard,
+    metadata,
+    review_bucket,
+)
 
 T0 = datetime(2026, 11, 1, 9, 30, 15, 123456, tzinfo=UTC)
 BEIJING = timezone(timedelta(hours=8))
@@ -234,11 +244,11 @@ def test_save_account_is_compare_and_set(store):
 def test_a_unit_of_work_that_fails_changes_nothing(store):
     with pytest.raises(Rollback), store.unit_of_work() as uow:
         uow.insert_account(make_account())
-        uow.save_idempotent("req-1", "OpenAccount", "fp", b"answer")
+        uow.save_idempotent("cust-1", "req-1", "OpenAccount", "fp", b"answer")
         raise Rollback
     with store.read() as uow:
         assert uow.get_account("acct-1") is None
-        assert uow.find_idempotent("req-1") is None
+        assert uow.find_idempotent("acct-1", "req-1") is None
 
 
 def test_accounts_due_for_review_are_active_or_watchlisted_and_due(store):
@@ -363,7 +373,7 @@ def test_history_queries_by_purpose_read_the_whole_history(store):
             minutes=7
         )
         assert uow.last_event_time("acct-1", (EventType.opened,)) is None
-        later = uow.events_after(uow.get_event("ev-0597"))
+        later = uow.events_after(uow.get_event("acct-1", "ev-0597"))
     assert [e.event_id for e in later] == ["ev-0598", "ev-0599"]
 
 
@@ -397,11 +407,11 @@ def test_events_round_trip(store):
         uow.append_event(event)
         uow.append_event(replace(event, event_id="ev-2", notice=None, details={}, reasons=()))
     with store.read() as uow:
-        assert uow.get_event("ev-1") == event
-        assert uow.get_event("ev-2") == replace(
+        assert uow.get_event("acct-1", "ev-1") == event
+        assert uow.get_event("acct-1", "ev-2") == replace(
             event, event_id="ev-2", notice=None, details={}, reasons=()
         )
-        assert uow.get_event("missing") is None
+        assert uow.get_event("acct-1", "missing") is None
     with pytest.raises(AlreadyExists), store.unit_of_work() as uow:
         uow.append_event(event)
 
@@ -430,10 +440,10 @@ def test_events_page_newest_first_with_a_cursor(store):
 
 def test_idempotency_records_keep_the_first_answer(store):
     with store.unit_of_work() as uow:
-        assert uow.find_idempotent("req-1") is None
-        uow.save_idempotent("req-1", "Draw", "fp-1", b"\x00first answer\xff")
+        assert uow.find_idempotent("acct-1", "req-1") is None
+        uow.save_idempotent("acct-1", "req-1", "Draw", "fp-1", b"\x00first answer\xff")
     with store.read() as uow:
-        record = uow.find_idempotent("req-1")
+        record = uow.find_idempotent("acct-1", "req-1")
     assert (record.method, record.fingerprint, record.response) == (
         "Draw",
         "fp-1",
@@ -442,10 +452,10 @@ def test_idempotency_records_keep_the_first_answer(store):
     assert record.created_at.tzinfo == UTC
 
     with pytest.raises(Aborted) as aborted, store.unit_of_work() as uow:
-        uow.save_idempotent("req-1", "Draw", "fp-2", b"second answer")
+        uow.save_idempotent("acct-1", "req-1", "Draw", "fp-2", b"second answer")
     assert aborted.value.reason == "CONCURRENT_MODIFICATION"
     with store.read() as uow:
-        assert uow.find_idempotent("req-1") == record
+        assert uow.find_idempotent("acct-1", "req-1") == record
 
 
 def test_signals_are_recorded_once(store):
@@ -455,29 +465,73 @@ def test_signals_are_recorded_once(store):
         uow.save_signal("sig-1", "acct-1", "ev-1")
         uow.save_signal("sig-2", "acct-1", None)
     with store.read() as uow:
-        first, second = uow.find_signal("sig-1"), uow.find_signal("sig-2")
-        assert uow.find_signal("sig-3") is None
+        first, second = uow.find_signal("acct-1", "sig-1"), uow.find_signal("acct-1", "sig-2")
+        assert uow.find_signal("acct-1", "sig-3") is None
     assert (first.signal_id, first.account_id, first.event_id) == ("sig-1", "acct-1", "ev-1")
     assert (second.event_id, second.applied_at.tzinfo) == (None, UTC)
     with pytest.raises(Aborted), store.unit_of_work() as uow:
         uow.save_signal("sig-1", "acct-1", None)
 
 
-def test_review_runs_are_inserted_then_updated(store):
-    run = ReviewRun("run-1", as_of=T0, dry_run=True)
+def test_review_runs_are_stored_with_their_shards_and_leased_one_worker_at_a_time(store):
+    run = ReviewRun("run-1", as_of=T0, dry_run=True, shards=2)
+    shards = [ReviewShard("run-1", 0, 0, 512), ReviewShard("run-1", 1, 512, 1024)]
     with store.unit_of_work() as uow:
         assert uow.get_review_run("run-1") is None
-        uow.save_review_run(run)
+        assert uow.insert_review_run(run, shards)
+        assert not uow.insert_review_run(run, shards)  # once
     with store.read() as uow:
         assert uow.get_review_run("run-1") == run
+        assert uow.review_shards("run-1") == shards
 
-    progressed = replace(
-        run, last_account_id="acct-42", counts={"reviewed": 42, "reduced": 3}, done=True
-    )
+    lease = T0 + timedelta(seconds=60)
     with store.unit_of_work() as uow:
-        uow.save_review_run(progressed)
+        first = uow.claim_review_shard("run-1", "worker-a", T0, lease)
+        second = uow.claim_review_shard("run-1", "worker-b", T0, lease)
+        assert uow.claim_review_shard("run-1", "worker-c", T0, lease) is None
+    assert (first.shard, first.worker_id, second.shard) == (0, "worker-a", 1)
+    # A lease that ran out is claimed by another worker.
+    later = lease + timedelta(seconds=1)
+    with store.unit_of_work() as uow:
+        taken = uow.claim_review_shard("run-1", "worker-c", later, later + timedelta(seconds=60))
+    assert (taken.shard, taken.worker_id) == (0, "worker-c")
+
+    progressed = replace(taken, after=(300, "acct-42"), counts={"reviewed": 42}, done=True)
+    with store.unit_of_work() as uow:
+        uow.save_review_shard(progressed)
+        uow.release_review_shards("run-1", "worker-b")
+        uow.finish_review_run("run-1")
     with store.read() as uow:
-        assert uow.get_review_run("run-1") == progressed
+        assert uow.review_shards("run-1") == [
+            progressed,
+            replace(second, worker_id=None, lease_until=None),
+        ]
+        assert uow.get_review_run("run-1").done
+
+
+def test_a_shard_lists_its_own_due_accounts_after_its_cursor(store):
+    due_at = T0 - timedelta(days=1)
+    with store.unit_of_work() as uow:
+        for i in range(40):
+            uow.insert_account(make_account(f"acct-{i:02d}", next_review_at=due_at))
+    halves = [ReviewShard("r", 0, 0, 512), ReviewShard("r", 1, 512, 1024)]
+    seen = []
+    with store.read() as uow:
+        for shard in halves:
+            page = uow.accounts_due_in_shard(T0, shard, 100)
+            assert uow.count_accounts_due_in_shard(T0, shard) == len(page)
+            assert all(
+                shard.first_bucket <= review_bucket(a.account_id) < shard.end_bucket for a in page
+            )
+            assert page == uow.accounts_due_in_shard(T0, shard, 3) + uow.accounts_due_in_shard(
+                T0, replace(shard, after=_position(page[2])), 100
+            )
+            seen += [a.account_id for a in page]
+    assert sorted(seen) == [f"acct-{i:02d}" for i in range(40)]
+
+
+def _position(account) -> tuple[int, str]:
+    return review_bucket(account.account_id), account.account_id
 
 
 # -- appeals -------------------------------------------------------------------------------
@@ -552,12 +606,12 @@ def test_times_read_back_in_utc_whatever_the_session_time_zone(database_url):
             uow.insert_account(make_account(opened_at=local, next_review_at=local))
             uow.append_event(replace(make_event("ev-1"), created_at=local))
             uow.insert_appeal(make_appeal("ap-1", "acct-1", "ev-1", local))
-            uow.save_review_run(ReviewRun("run-1", as_of=local, dry_run=False))
+            uow.insert_review_run(ReviewRun("run-1", as_of=local, dry_run=False), [])
         with store.read() as uow:
             loaded = [
                 uow.get_account("acct-1").opened_at,
                 uow.get_account("acct-1").next_review_at,
-                uow.get_event("ev-1").created_at,
+                uow.get_event("acct-1", "ev-1").created_at,
                 uow.list_events("acct-1", 1, (local + timedelta(seconds=1), ""))[0].created_at,
                 uow.get_appeal("ap-1").created_at,
                 uow.get_review_run("run-1").as_of,
@@ -700,3 +754,126 @@ def test_a_sqlite_database_gets_its_directory(tmp_path):
     store = LimitsStore.open(f"sqlite:///{tmp_path}/data/limits/limits.db")
     store.close()
     assert (tmp_path / "data" / "limits" / "limits.db").is_file()
+
+
+def test_the_partition_key_migration_carries_the_rows_of_revision_0006(database_url):
+    """Events, signals, appeals, notices, idempotency records and review runs written at
+    revision 0006 read back after 0008 under their new keys: events and signals by account,
+    idempotency records found by their request id in any scope, each account in its review
+    bucket, each run as one shard."""
+    engine = create_engine(database_url)
+    try:
+        migrate(engine, MIGRATIONS, revision="0006")
+        with engine.begin() as connection:
+            for account_id in ("acct-1", "acct-2"):
+                connection.execute(sa.insert(_at_0006_accounts), _account_columns(account_id))
+            for table, rows in _rows_at_0006().items():
+                connection.execute(sa.insert(table), rows)
+    finally:
+        engine.dispose()
+
+    store = LimitsStore.open(database_url)
+    try:
+        with store.read() as uow:
+            assert uow.get_event("acct-1", "ev-1").request_id == "req-ev-1"
+            assert uow.get_event("acct-2", "ev-1") is None
+            assert uow.find_signal("acct-1", "sig-1").event_id == "ev-1"
+            assert uow.get_appeal("ap-1").event_id == "ev-1"
+            assert uow.notices_of_account("acct-1", 10)[0].event_id == "ev-1"
+            assert uow.find_idempotent("acct-1", "req-old").response == b"first answer"
+            finished, unfinished = uow.get_review_run("run-done"), uow.get_review_run("run-dry")
+            assert (finished.shards, finished.done, unfinished.done) == (1, True, False)
+            (done_shard,) = uow.review_shards("run-done")
+            (dry_shard,) = uow.review_shards("run-dry")
+            assert (done_shard.counts, done_shard.done) == ({"reviewed": 2}, True)
+            # An unfinished dry run starts again from the first bucket, its counts afresh.
+            assert (dry_shard.first_bucket, dry_shard.end_bucket) == (0, 1024)
+            assert (dry_shard.after, dry_shard.counts, dry_shard.done) == ((-1, ""), {}, False)
+            due = uow.accounts_due_in_shard(T0 + timedelta(days=1), dry_shard, 10)
+            assert [a.account_id for a in due] == sorted(
+                ["acct-1", "acct-2"], key=lambda i: (review_bucket(i), i)
+            )
+        # The new keys are in force: the same event id on another account is another event.
+        with store.unit_of_work() as uow:
+            uow.append_event(make_event("ev-1", account_id="acct-2"))
+            uow.save_idempotent("acct-2", "req-new", "Draw", "fp", b"answer")
+    finally:
+        store.close()
+
+
+def test_the_migration_buckets_accounts_as_the_store_does():
+    bucketed = importlib.import_module(
+        "services.limits.migrations.versions.0008_partition_keys_review_shards"
+    )
+    assert bucketed.REVIEW_BUCKETS == REVIEW_BUCKETS
+    for account_id in ("acct-1", "学生-7", uuid.uuid4().hex):
+        assert bucketed.review_bucket(account_id) == review_bucket(account_id)
+
+
+_at_0006_accounts = sa.table(
+    "accounts",
+    *(
+        sa.column(name, UtcDateTime if name in ("opened_at", "next_review_at") else None)
+        for name in (
+            "account_id", "customer_id", "currency_code", "credit_line", "drawn", "status",
+            "in_hardship", "opened_at", "reopening_stage", "automatic_increases",
+            "on_time_streak", "days_past_due", "version", "next_review_at",
+            "declared_monthly_debt_payments",
+        )
+    ),
+)  # fmt: skip
+
+
+def _account_columns(account_id: str) -> dict:
+    return {
+        "account_id": account_id, "customer_id": f"cust-{account_id}", "currency_code": "CNY",
+        "credit_line": 500_000, "drawn": 0, "status": "active", "in_hardship": False,
+        "opened_at": T0, "reopening_stage": 0, "automatic_increases": True,
+        "on_time_streak": 0, "days_past_due": 0, "version": 1, "next_review_at": T0,
+        "declared_monthly_debt_payments": 0,
+    }  # fmt: skip
+
+
+def _table(name: str, *columns: str) -> sa.TableClause:
+    times = {"created_at", "applied_at", "as_of", "due_at"}
+    return sa.table(name, *(sa.column(c, UtcDateTime if c in times else None) for c in columns))
+
+
+def _rows_at_0006() -> dict:
+    event = {
+        "event_id": "ev-1", "account_id": "acct-1", "type": "reduced", "line_before": 500_000,
+        "line_after": 300_000, "status_before": "active", "status_after": "active",
+        "adverse": True, "reasons": "[]", "policy_version": "p", "actor_kind": "monitoring",
+        "actor_id": "", "created_at": T0, "request_id": "req-ev-1", "model_name": "",
+        "model_version": "", "details": "{}",
+    }  # fmt: skip
+    notice = {
+        "account_id": "acct-1", "notice_id": "n-1", "number": 1, "type": "reduced",
+        "event_id": "ev-1", "adverse": True, "reasons": "[]", "improvements": "[]",
+        "how_to_appeal": "{}", "texts": "{}", "templates_version": "t", "policy_version": "p",
+        "created_at": T0, "due_at": T0, "delivery_channel": "",
+    }  # fmt: skip
+    return {
+        _table("limit_events", *event): [event],
+        _table("signals", "signal_id", "account_id", "event_id", "applied_at"): [
+            {"signal_id": "sig-1", "account_id": "acct-1", "event_id": "ev-1", "applied_at": T0}
+        ],
+        _table("appeals", "appeal_id", "account_id", "event_id", "statement", "status",
+               "created_at", "resolution"): [
+            {"appeal_id": "ap-1", "account_id": "acct-1", "event_id": "ev-1", "statement": "s",
+             "status": "open", "created_at": T0, "resolution": ""}
+        ],
+        _table("notices", *notice): [notice],
+        _table("idempotency_records", "request_id", "method", "fingerprint", "response",
+               "created_at"): [
+            {"request_id": "req-old", "method": "Draw", "fingerprint": "fp",
+             "response": b"first answer", "created_at": T0}
+        ],
+        _table("review_runs", "run_id", "as_of", "dry_run", "last_account_id", "counts",
+               "done"): [
+            {"run_id": "run-done", "as_of": T0, "dry_run": False, "last_account_id": "acct-2",
+             "counts": '{"reviewed": 2}', "done": True},
+            {"run_id": "run-dry", "as_of": T0, "dry_run": True, "last_account_id": "acct-1",
+             "counts": '{"reviewed": 1}', "done": False},
+        ],
+    }  # fmt: skip

@@ -1194,10 +1194,15 @@ class RunReviewRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     AS_OF_TIME_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Identifies the run: a repeated request_id resumes it where it stopped."""
     dry_run: _builtins.bool
     """Computes every decision without applying any."""
+    shards: _builtins.int
+    """Shards a new run is split into, each reviewed by one worker at a time (default: the
+    service's setting; at most 256). A resumed run keeps its own; naming another is refused.
+    """
     @_builtins.property
     def as_of_time(self) -> _timestamp_pb2.Timestamp:
         """Reviews accounts due at this time (default now)."""
@@ -1208,10 +1213,11 @@ class RunReviewRequest(_message.Message):
         request_id: _builtins.str = ...,
         as_of_time: _timestamp_pb2.Timestamp | None = ...,
         dry_run: _builtins.bool = ...,
+        shards: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "dry_run", b"dry_run", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "dry_run", b"dry_run", "request_id", b"request_id", "shards", b"shards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1219,7 +1225,9 @@ Global___RunReviewRequest: _TypeAlias = RunReviewRequest  # noqa: Y015
 
 @_typing.final
 class RunReviewResponse(_message.Message):
-    """The progress of a review run: counts so far, with `done` set on the last message."""
+    """The progress of a review run, summed over its shards: counts so far, with `done` set on the
+    last message.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2194,6 +2202,69 @@ class SimulatePolicyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SimulatePolicyResponse: _TypeAlias = SimulatePolicyResponse  # noqa: Y015
+
+@_typing.final
+class StreamSimulatePolicyRequest(_message.Message):
+    """A candidate policy to try on the book a page at a time (StreamSimulatePolicy)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    policy: _builtins.str
+    """The candidate policy document (YAML), validated like a policy file."""
+    page_token: _builtins.str
+    """Resumes after the page that returned this `next_page_token` (same policy version); the
+    impact reported then covers the accounts from there on: add it to what came before.
+    """
+    def __init__(
+        self,
+        *,
+        policy: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_token", b"page_token", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSimulatePolicyRequest: _TypeAlias = StreamSimulatePolicyRequest  # noqa: Y015
+
+@_typing.final
+class StreamSimulatePolicyResponse(_message.Message):
+    """The impact of the pages simulated by this call so far."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMPACT_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_SIMULATED_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    accounts_simulated: _builtins.int
+    next_page_token: _builtins.str
+    """Resumes the simulation after this page; empty on the last message."""
+    done: _builtins.bool
+    """Every open account is simulated: `impact` is final."""
+    @_builtins.property
+    def impact(self) -> Global___SimulatePolicyResponse:
+        """By tier and in total, over `accounts_simulated` accounts."""
+
+    def __init__(
+        self,
+        *,
+        impact: Global___SimulatePolicyResponse | None = ...,
+        accounts_simulated: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["impact", b"impact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_simulated", b"accounts_simulated", "done", b"done", "impact", b"impact", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSimulatePolicyResponse: _TypeAlias = StreamSimulatePolicyResponse  # noqa: Y015
 
 @_typing.final
 class Notice(_message.Message):

@@ -140,6 +140,11 @@ class LimitsServiceStub:
                 request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyRequest.SerializeToString,
                 response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyResponse.FromString,
                 _registered_method=True)
+        self.StreamSimulatePolicy = channel.unary_stream(
+                '/creditline.limits.v1.LimitsService/StreamSimulatePolicy',
+                request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.StreamSimulatePolicyRequest.SerializeToString,
+                response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.StreamSimulatePolicyResponse.FromString,
+                _registered_method=True)
         self.WatchNotices = channel.unary_stream(
                 '/creditline.limits.v1.LimitsService/WatchNotices',
                 request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchNoticesRequest.SerializeToString,
@@ -216,7 +221,10 @@ class LimitsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RunReview(self, request, context):
-        """Reviews every account that is due, streaming progress; resumable by request_id.
+        """Reviews every account that is due, streaming progress; resumable by request_id. A run is
+        split into shards by a hash of the account id: every call with the run's request_id (on
+        any replica) works the shards no one else holds, then reports the others' progress until
+        the whole run is done.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -302,7 +310,17 @@ class LimitsServiceServicer:
 
     def SimulatePolicy(self, request, context):
         """Reviews every open account under a candidate policy, as a dry-run review would, without
-        writing anything.
+        writing anything. Ends with DEADLINE_EXCEEDED when the caller's deadline comes first; on
+        a large book use StreamSimulatePolicy, which reports each page and resumes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamSimulatePolicy(self, request, context):
+        """SimulatePolicy a page at a time: the impact so far after each page, with a token that
+        resumes after it; the last message is the whole impact, with `done`. Stops with
+        DEADLINE_EXCEEDED before the caller's deadline passes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -436,6 +454,11 @@ def add_LimitsServiceServicer_to_server(servicer, server):
                     servicer.SimulatePolicy,
                     request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyRequest.FromString,
                     response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyResponse.SerializeToString,
+            ),
+            'StreamSimulatePolicy': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamSimulatePolicy,
+                    request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.StreamSimulatePolicyRequest.FromString,
+                    response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.StreamSimulatePolicyResponse.SerializeToString,
             ),
             'WatchNotices': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchNotices,
@@ -999,6 +1022,33 @@ class LimitsService:
             '/creditline.limits.v1.LimitsService/SimulatePolicy',
             creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyRequest.SerializeToString,
             creditline_dot_limits_dot_v1_dot_limits__service__pb2.SimulatePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSimulatePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/creditline.limits.v1.LimitsService/StreamSimulatePolicy',
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.StreamSimulatePolicyRequest.SerializeToString,
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.StreamSimulatePolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

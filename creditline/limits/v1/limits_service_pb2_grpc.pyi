@@ -54,7 +54,11 @@ class LimitsServiceStub:
     ReviewAccount: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.ReviewAccountRequest, _limits_service_pb2.ReviewAccountResponse]
     """Reviews one account now."""
     RunReview: _grpc.UnaryStreamMultiCallable[_limits_service_pb2.RunReviewRequest, _limits_service_pb2.RunReviewResponse]
-    """Reviews every account that is due, streaming progress; resumable by request_id."""
+    """Reviews every account that is due, streaming progress; resumable by request_id. A run is
+    split into shards by a hash of the account id: every call with the run's request_id (on
+    any replica) works the shards no one else holds, then reports the others' progress until
+    the whole run is done.
+    """
     ReportSignals: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.ReportSignalsRequest, _limits_service_pb2.ReportSignalsResponse]
     """Monitoring's warning and positive signals; idempotent by signal id."""
     FreezeAccount: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.FreezeAccountRequest, _limits_service_pb2.FreezeAccountResponse]
@@ -81,7 +85,13 @@ class LimitsServiceStub:
     """Operator: upholds or reverses an appealed decision."""
     SimulatePolicy: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.SimulatePolicyRequest, _limits_service_pb2.SimulatePolicyResponse]
     """Reviews every open account under a candidate policy, as a dry-run review would, without
-    writing anything.
+    writing anything. Ends with DEADLINE_EXCEEDED when the caller's deadline comes first; on
+    a large book use StreamSimulatePolicy, which reports each page and resumes.
+    """
+    StreamSimulatePolicy: _grpc.UnaryStreamMultiCallable[_limits_service_pb2.StreamSimulatePolicyRequest, _limits_service_pb2.StreamSimulatePolicyResponse]
+    """SimulatePolicy a page at a time: the impact so far after each page, with a token that
+    resumes after it; the last message is the whole impact, with `done`. Stops with
+    DEADLINE_EXCEEDED before the caller's deadline passes.
     """
     WatchNotices: _grpc.UnaryStreamMultiCallable[_limits_service_pb2.WatchNoticesRequest, _limits_service_pb2.WatchNoticesResponse]
     """Messaging backend: every notice to customers, in the order stored, from a cursor, then
@@ -124,7 +134,11 @@ class LimitsServiceAsyncStub(LimitsServiceStub):
     ReviewAccount: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.ReviewAccountRequest, _limits_service_pb2.ReviewAccountResponse]  # type: ignore[assignment]
     """Reviews one account now."""
     RunReview: _aio.UnaryStreamMultiCallable[_limits_service_pb2.RunReviewRequest, _limits_service_pb2.RunReviewResponse]  # type: ignore[assignment]
-    """Reviews every account that is due, streaming progress; resumable by request_id."""
+    """Reviews every account that is due, streaming progress; resumable by request_id. A run is
+    split into shards by a hash of the account id: every call with the run's request_id (on
+    any replica) works the shards no one else holds, then reports the others' progress until
+    the whole run is done.
+    """
     ReportSignals: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.ReportSignalsRequest, _limits_service_pb2.ReportSignalsResponse]  # type: ignore[assignment]
     """Monitoring's warning and positive signals; idempotent by signal id."""
     FreezeAccount: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.FreezeAccountRequest, _limits_service_pb2.FreezeAccountResponse]  # type: ignore[assignment]
@@ -151,7 +165,13 @@ class LimitsServiceAsyncStub(LimitsServiceStub):
     """Operator: upholds or reverses an appealed decision."""
     SimulatePolicy: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.SimulatePolicyRequest, _limits_service_pb2.SimulatePolicyResponse]  # type: ignore[assignment]
     """Reviews every open account under a candidate policy, as a dry-run review would, without
-    writing anything.
+    writing anything. Ends with DEADLINE_EXCEEDED when the caller's deadline comes first; on
+    a large book use StreamSimulatePolicy, which reports each page and resumes.
+    """
+    StreamSimulatePolicy: _aio.UnaryStreamMultiCallable[_limits_service_pb2.StreamSimulatePolicyRequest, _limits_service_pb2.StreamSimulatePolicyResponse]  # type: ignore[assignment]
+    """SimulatePolicy a page at a time: the impact so far after each page, with a token that
+    resumes after it; the last message is the whole impact, with `done`. Stops with
+    DEADLINE_EXCEEDED before the caller's deadline passes.
     """
     WatchNotices: _aio.UnaryStreamMultiCallable[_limits_service_pb2.WatchNoticesRequest, _limits_service_pb2.WatchNoticesResponse]  # type: ignore[assignment]
     """Messaging backend: every notice to customers, in the order stored, from a cursor, then
@@ -239,7 +259,11 @@ class LimitsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _limits_service_pb2.RunReviewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_limits_service_pb2.RunReviewResponse], _abc.AsyncIterator[_limits_service_pb2.RunReviewResponse]]:
-        """Reviews every account that is due, streaming progress; resumable by request_id."""
+        """Reviews every account that is due, streaming progress; resumable by request_id. A run is
+        split into shards by a hash of the account id: every call with the run's request_id (on
+        any replica) works the shards no one else holds, then reports the others' progress until
+        the whole run is done.
+        """
 
     @_abc_1.abstractmethod
     def ReportSignals(
@@ -338,7 +362,19 @@ class LimitsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_limits_service_pb2.SimulatePolicyResponse, _abc.Awaitable[_limits_service_pb2.SimulatePolicyResponse]]:
         """Reviews every open account under a candidate policy, as a dry-run review would, without
-        writing anything.
+        writing anything. Ends with DEADLINE_EXCEEDED when the caller's deadline comes first; on
+        a large book use StreamSimulatePolicy, which reports each page and resumes.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamSimulatePolicy(
+        self,
+        request: _limits_service_pb2.StreamSimulatePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_limits_service_pb2.StreamSimulatePolicyResponse], _abc.AsyncIterator[_limits_service_pb2.StreamSimulatePolicyResponse]]:
+        """SimulatePolicy a page at a time: the impact so far after each page, with a token that
+        resumes after it; the last message is the whole impact, with `done`. Stops with
+        DEADLINE_EXCEEDED before the caller's deadline passes.
         """
 
     @_abc_1.abstractmethod
