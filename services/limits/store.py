@@ -359,7 +359,7 @@ counters = Table(
     Column("value", BigInteger, nullable=False),
 )
 NOTICE_COUNTER = "notices"
-# The scope of the idempotency records stored before requests had scopes (migration 0008).
+# The scope of the idempotency records stored before requests had scopes (migration 0007).
 LEGACY_SCOPE = ""
 
 

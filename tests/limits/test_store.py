@@ -758,7 +758,7 @@ def test_a_sqlite_database_gets_its_directory(tmp_path):
 
 def test_the_partition_key_migration_carries_the_rows_of_revision_0006(database_url):
     """Events, signals, appeals, notices, idempotency records and review runs written at
-    revision 0006 read back after 0008 under their new keys: events and signals by account,
+    revision 0006 read back after 0007 under their new keys: events and signals by account,
     idempotency records found by their request id in any scope, each account in its review
     bucket, each run as one shard."""
     engine = create_engine(database_url)
@@ -803,7 +803,7 @@ def test_the_partition_key_migration_carries_the_rows_of_revision_0006(database_
 
 def test_the_migration_buckets_accounts_as_the_store_does():
     bucketed = importlib.import_module(
-        "services.limits.migrations.versions.0008_partition_keys_review_shards"
+        "services.limits.migrations.versions.0007_partition_keys_review_shards"
     )
     assert bucketed.REVIEW_BUCKETS == REVIEW_BUCKETS
     for account_id in ("acct-1", "学生-7", uuid.uuid4().hex):

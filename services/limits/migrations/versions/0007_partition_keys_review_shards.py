@@ -14,7 +14,7 @@ progress is carried as one shard over every bucket: its cursor starts again (the
 order changed), so a real run's reviewed accounts, no longer due, are not reviewed twice, and
 an unfinished dry run counts afresh.
 
-Revision ID: 0008
+Revision ID: 0007
 Revises: 0006 (re-chained after 0007 when the branches merge)
 Create Date: 2026-12-08
 """
@@ -24,7 +24,7 @@ import zlib
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
