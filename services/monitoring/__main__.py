@@ -83,8 +83,8 @@ def build_server(
     rescorer = Rescorer(
         store, scorer, rules, utc_now, on_alerts=_after_rescoring(servicer, delivery)
     )
-    servicer.on_signals = delivery.wake
-    servicer.on_rescore_due = rescorer.wake
+    servicer.ingestor.on_signals = delivery.wake
+    servicer.ingestor.on_rescore_due = rescorer.wake
     workers.extend([delivery.start(), rescorer.start()])
     if settings.event_retention_days > 0:
         workers.append(EventRetention(store, settings.event_retention_days, utc_now).start())
