@@ -11,6 +11,7 @@ Without a NATS server the test is skipped with the reason, unless CREDITLINE_TES
 """
 
 import asyncio
+import contextlib
 import functools
 import os
 import uuid
@@ -120,10 +121,8 @@ class TestStream:
     def delete(self) -> None:
         async def delete(js) -> None:
             for name in (self.stream, self.dead_letter_stream):
-                try:
+                with contextlib.suppress(NotFoundError):
                     await js.delete_stream(name)
-                except NotFoundError:
-                    pass
 
         _run(self.url, delete)
 

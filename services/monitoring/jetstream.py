@@ -213,28 +213,28 @@ class JetStreamConsumer:
         self.on_health(consuming)
 
     async def _connect_and_consume(self) -> None:
+        # The client's own reconnecting is off: this loop reconnects, with backoff, and binds
+        # the consumer again, and a stop is never stuck in a connect that retries forever.
+        connection: list[nats.NATS] = []
+
         async def disconnected() -> None:
             self._set_consuming(False)
             if self._stopping is not None and not self._stopping.is_set():
                 log.warning("jetstream.disconnected")
 
-        async def reconnected() -> None:
-            self._set_consuming(True)
-            log.info("jetstream.reconnected")
-
         async def error(problem: Exception) -> None:
-            log.warning("jetstream.error", error=type(problem).__name__)
+            if connection and connection[0].is_connected:  # a failed connect is logged below
+                log.warning("jetstream.error", error=type(problem).__name__)
 
         nc = await nats.connect(
             servers=self.servers,
             name="creditline-monitoring",
             connect_timeout=2,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
+            allow_reconnect=False,
             disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
             error_cb=error,
         )
+        connection.append(nc)
         try:
             js = nc.jetstream()
             if self.settings.jetstream_create:
@@ -297,23 +297,30 @@ class JetStreamConsumer:
         self, nc: nats.NATS, js: JetStreamContext, subscription: JetStreamContext.PullSubscription
     ) -> None:
         assert self._stopping is not None
-        lag_refreshed = 0.0
-        loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            try:
-                messages = await subscription.fetch(
-                    self.settings.jetstream_batch_size, timeout=FETCH_SECONDS
-                )
-            except nats.errors.TimeoutError:
-                messages = []
-            if messages:
+        # Apart from the batches, so the lag is reported while a slow batch holds the loop up.
+        lag = asyncio.create_task(self._report_lag(subscription))
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = await subscription.fetch(
+                        self.settings.jetstream_batch_size, timeout=FETCH_SECONDS
+                    )
+                except nats.errors.TimeoutError:
+                    continue
                 await self._settle(js, messages)
                 await nc.flush()
-            if loop.time() - lag_refreshed >= LAG_REFRESH_SECONDS:
+        finally:
+            lag.cancel()
+
+    async def _report_lag(self, subscription: JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
                 info = await subscription.consumer_info()
                 metrics.JETSTREAM_PENDING.set(info.num_pending or 0)
                 metrics.JETSTREAM_UNACKNOWLEDGED.set(info.num_ack_pending or 0)
-                lag_refreshed = loop.time()
+            except Exception as error:  # noqa: BLE001 - the next round tries again
+                log.warning("jetstream.lag_unknown", error=type(error).__name__)
+            await asyncio.sleep(LAG_REFRESH_SECONDS)
 
     async def _settle(self, js: JetStreamContext, messages: list[Msg]) -> None:
         deliveries = [Delivery(m.data, m.metadata.num_delivered) for m in messages]
