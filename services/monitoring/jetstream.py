@@ -231,6 +231,11 @@ class JetStreamConsumer:
             name="creditline-monitoring",
             connect_timeout=2,
             allow_reconnect=False,
+            user_credentials=(
+                str(self.settings.jetstream_credentials_file)
+                if self.settings.jetstream_credentials_file
+                else None
+            ),
             disconnected_cb=disconnected,
             error_cb=error,
         )

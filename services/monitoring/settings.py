@@ -59,6 +59,9 @@ class MonitoringSettings(ServiceSettings):
         description="NATS server(s), e.g. nats://nats.nats:4222 (comma-separated for a "
         "cluster); unset: no JetStream consumer, events arrive over gRPC only.",
     )
+    jetstream_credentials_file: Path | None = Field(
+        None, description="A NATS .creds file (user JWT and seed), where NATS asks for one."
+    )
     jetstream_stream: str = Field(
         "CREDITLINE_REPAYMENTS", pattern=NAME, description="The stream of repayment events."
     )
