@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import nats
 import pytest
-from nats.js.api import ConsumerInfo, RetentionPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, RetentionPolicy
 from nats.js.errors import NotFoundError
 
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
@@ -74,6 +74,23 @@ class TestStream:
                 retention=RetentionPolicy.LIMITS,
                 duplicate_window=120,
             )
+
+        _run(self.url, create)
+
+    def create_consumer(self) -> None:
+        """The durable consumer, as an operator managing the streams would create it."""
+
+        async def create(js) -> None:
+            await js.add_consumer(
+                self.stream,
+                ConsumerConfig(
+                    durable_name=self.consumer,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=2.0,
+                    filter_subject=f"{self.subject}.*",
+                ),
+            )
+            await js.add_stream(name=self.dead_letter_stream, subjects=[self.dead_letter_subject])
 
         _run(self.url, create)
 

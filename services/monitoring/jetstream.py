@@ -244,6 +244,9 @@ class JetStreamConsumer:
             js = nc.jetstream()
             if self.settings.jetstream_create:
                 await self._create_missing(js)
+            # Binding checks nothing: a missing stream or consumer must fail here, not look
+            # like an empty stream.
+            await js.consumer_info(self.settings.jetstream_stream, self.settings.jetstream_consumer)
             subscription = await js.pull_subscribe_bind(
                 durable=self.settings.jetstream_consumer, stream=self.settings.jetstream_stream
             )

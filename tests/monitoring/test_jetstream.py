@@ -247,6 +247,20 @@ def test_an_unreachable_nats_is_reported_and_grpc_ingestion_still_works(start_mo
     assert publish(monitoring, customer.opened(), customer.drawn(10)).applied == 2
 
 
+def test_streams_managed_elsewhere_are_waited_for(start_monitoring, jetstream: TestStream):
+    monitoring = start_monitoring(**jetstream.settings(jetstream_create=False))
+    health = health_pb2_grpc.HealthStub(monitoring.channel)
+    request = health_pb2.HealthCheckRequest(service=JETSTREAM_HEALTH)
+    assert health.Check(request, timeout=10).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    jetstream.create_stream()
+    jetstream.create_consumer()
+
+    _consuming(monitoring)
+    customer = Customer("acct-js-managed")
+    jetstream.publish(customer.opened(), customer.drawn(10))
+    eventually(lambda: _at_sequence(monitoring, customer.account_id, 2), "the events applied")
+
+
 # -- a replica killed mid-stream ----------------------------------------------------------------
 
 ACCOUNTS = 20
