@@ -50,7 +50,6 @@ SOURCE_SEQUENCE_HEADER = "Creditline-Source-Sequence"
 MSG_ID_HEADER = "Nats-Msg-Id"
 DUPLICATE_WINDOW_SECONDS = 120.0
 FETCH_SECONDS = 1.0  # how long one fetch waits for messages; also how soon a stop is noticed
-LAG_REFRESH_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -305,30 +304,20 @@ class JetStreamConsumer:
         self, nc: nats.NATS, js: JetStreamContext, subscription: JetStreamContext.PullSubscription
     ) -> None:
         assert self._stopping is not None
-        # Apart from the batches, so the lag is reported while a slow batch holds the loop up.
-        lag = asyncio.create_task(self._report_lag(subscription))
-        try:
-            while not self._stopping.is_set():
-                try:
-                    messages = await subscription.fetch(
-                        self.settings.jetstream_batch_size, timeout=FETCH_SECONDS
-                    )
-                except nats.errors.TimeoutError:
-                    continue
-                await self._settle(js, messages)
-                await nc.flush()
-        finally:
-            lag.cancel()
-
-    async def _report_lag(self, subscription: JetStreamContext.PullSubscription) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
-                info = await subscription.consumer_info()
-                metrics.JETSTREAM_PENDING.set(info.num_pending or 0)
-                metrics.JETSTREAM_UNACKNOWLEDGED.set(info.num_ack_pending or 0)
-            except Exception as error:  # noqa: BLE001 - the next round tries again
-                log.warning("jetstream.lag_unknown", error=type(error).__name__)
-            await asyncio.sleep(LAG_REFRESH_SECONDS)
+                messages = await subscription.fetch(
+                    self.settings.jetstream_batch_size, timeout=FETCH_SECONDS
+                )
+            except nats.errors.TimeoutError:
+                metrics.JETSTREAM_PENDING.set(0)  # nothing was waiting to be delivered
+                continue
+            # The lag comes with every message: how many were still undelivered behind it.
+            # (No consumer-info requests: in a long run, nats-py's fetches stopped getting
+            # messages once they were interleaved with them.)
+            metrics.JETSTREAM_PENDING.set(messages[-1].metadata.num_pending)
+            await self._settle(js, messages)
+            await nc.flush()
 
     async def _settle(self, js: JetStreamContext, messages: list[Msg]) -> None:
         deliveries = [Delivery(m.data, m.metadata.num_delivered) for m in messages]

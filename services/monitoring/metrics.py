@@ -8,7 +8,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_INGESTED = Counter(
     "creditline_monitoring_events_total",
-    "Events received, by outcome (applied, duplicate, out_of_sequence).",
+    "Events received, by outcome (applied, duplicate, out_of_sequence; unknown_account from "
+    "JetStream, where such an event is dead-lettered alone).",
     ["outcome"],
 )
 EVENT_LAG_SECONDS = Histogram(
@@ -74,11 +75,8 @@ JETSTREAM_DEAD_LETTERS = Counter(
 )
 JETSTREAM_PENDING = Gauge(
     "creditline_monitoring_jetstream_pending_messages",
-    "Consumer lag: messages in the stream not yet delivered to monitoring's durable consumer.",
-)
-JETSTREAM_UNACKNOWLEDGED = Gauge(
-    "creditline_monitoring_jetstream_unacknowledged_messages",
-    "Messages delivered to the consumer and not yet acknowledged (in hand, or due again).",
+    "Consumer lag: messages in the stream not yet delivered to monitoring's durable consumer, "
+    "as of the last fetch.",
 )
 JETSTREAM_CONNECTED = Gauge(
     "creditline_monitoring_jetstream_connected",
