@@ -238,7 +238,7 @@ async def _drain_rate(stream: str, consumer: str, events: int) -> float:
                 started = started or now
                 if info.ack_floor and info.ack_floor.stream_seq >= events:
                     return events / (now - started)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.25)
     finally:
         await nc.close()
 

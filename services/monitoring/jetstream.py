@@ -51,6 +51,7 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 DUPLICATE_WINDOW_SECONDS = 120.0
 FETCH_SECONDS = 1.0  # how long one fetch waits for messages; also how soon a stop is noticed
 MAX_BACKOFF_SECONDS = 30.0
+STALL_SECONDS = 10  # a NATS round trip taking longer is taken for a broken connection
 
 
 # -- what becomes of each message -------------------------------------------------------------
@@ -306,10 +307,15 @@ class JetStreamConsumer:
         assert self._stopping is not None
         while not self._stopping.is_set():
             try:
-                messages = await subscription.fetch(
-                    self.settings.jetstream_batch_size, timeout=FETCH_SECONDS
+                # Bounded from outside as well: a fetch that never returns must not stall
+                # the consumer for good (the connection is then made again).
+                messages = await asyncio.wait_for(
+                    subscription.fetch(self.settings.jetstream_batch_size, timeout=FETCH_SECONDS),
+                    FETCH_SECONDS + STALL_SECONDS,
                 )
             except nats.errors.TimeoutError:
+                messages = []
+            if not messages:
                 metrics.JETSTREAM_PENDING.set(0)  # nothing was waiting to be delivered
                 continue
             # The lag comes with every message: how many were still undelivered behind it.
@@ -317,7 +323,7 @@ class JetStreamConsumer:
             # messages once they were interleaved with them.)
             metrics.JETSTREAM_PENDING.set(messages[-1].metadata.num_pending)
             await self._settle(js, messages)
-            await nc.flush()
+            await nc.flush(timeout=STALL_SECONDS)
 
     async def _settle(self, js: JetStreamContext, messages: list[Msg]) -> None:
         deliveries = [Delivery(m.data, m.metadata.num_delivered) for m in messages]
