@@ -38,6 +38,7 @@ LATENCY_RATE = 1_000  # events per second while event-to-alert latency is measur
 LATENCY_TARGET_MS = 100.0
 NATS_URL = "nats://127.0.0.1:4222"
 JETSTREAM_EVENTS = 20_000  # waiting in the stream before the consumer starts
+DRAIN_DEADLINE_SECONDS = 300
 START = 1_767_600_000  # 2026-01-05, in epoch seconds
 
 
@@ -223,15 +224,15 @@ async def _fill_stream(stream: str, subject: str, events: list[pb.RepaymentEvent
         await nc.close()
 
 
-async def _drain_rate(stream: str, consumer: str, events: int) -> float:
+async def _drain_rate(stream: str, consumer: str, events: int) -> float | str:
     nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
     try:
         js = nc.jetstream()
-        started = None
-        while True:
+        started, deadline = None, time.perf_counter() + DRAIN_DEADLINE_SECONDS
+        while time.perf_counter() < deadline:
             try:
                 info = await js.consumer_info(stream, consumer)
-            except nats.js.errors.NotFoundError:
+            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
                 info = None
             now = time.perf_counter()
             if info is not None and info.delivered and info.delivered.stream_seq > 0:
@@ -239,6 +240,7 @@ async def _drain_rate(stream: str, consumer: str, events: int) -> float:
                 if info.ack_floor and info.ack_floor.stream_seq >= events:
                     return events / (now - started)
             await asyncio.sleep(0.25)
+        return f"not drained within {DRAIN_DEADLINE_SECONDS} s"
     finally:
         await nc.close()
 
