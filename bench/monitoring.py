@@ -1,21 +1,26 @@
 """Monitoring: events ingested per second by one process, durably, in batches of 100 and 1,000,
-and the time from an event to its alert at 1,000 events per second, on SQLite and PostgreSQL,
-next to each database's raw one-row commit rate measured in the same run.
+over gRPC and from a NATS JetStream stream, and the time from an event to its alert at 1,000
+events per second, on SQLite and PostgreSQL, next to each database's raw one-row commit rate
+measured in the same run.
 
 The service runs as its own process (`python -m services.monitoring`). Limits and scoring are
 not running: signals wait in the outbox and rescoring waits with backoff, so what is measured
 is ingestion itself (rules, profiles, alerts and outbox rows, all committed before the ack).
 """
 
+import asyncio
+import contextlib
 import itertools
 import random
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import nats
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import make_url
@@ -25,11 +30,15 @@ from bench.limits import POSTGRES_URL, postgres_schema, raw_commits
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from creditline.monitoring.v1 import monitoring_service_pb2_grpc
 from creditline.type.v1.money_pb2 import Money
+from services.monitoring.jetstream import DUPLICATE_WINDOW_SECONDS
 
 ACCOUNTS = 10_000
 RATE_TARGET = 20_000  # events per second with batches of 1,000
 LATENCY_RATE = 1_000  # events per second while event-to-alert latency is measured
 LATENCY_TARGET_MS = 100.0
+NATS_URL = "nats://127.0.0.1:4222"
+JETSTREAM_EVENTS = 20_000  # waiting in the stream before the consumer starts
+DRAIN_DEADLINE_SECONDS = 300
 START = 1_767_600_000  # 2026-01-05, in epoch seconds
 
 
@@ -159,6 +168,94 @@ def alert_latency(stub, book: Book, seconds: float) -> tuple[float, float]:
     return float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99))
 
 
+def jetstream_rate(url: str, book: Book) -> float | str:
+    """Events per second one monitoring process applies from a stream already holding
+    JETSTREAM_EVENTS ordinary events, in batches of 1,000: from the first delivery to the last
+    acknowledgement. Why not, when no NATS server answers."""
+    token = uuid.uuid4().hex[:12]
+    stream, subject = f"BENCH_REPAYMENTS_{token}", f"bench.{token}.repayments"
+    events = list(itertools.islice(book.ordinary(), JETSTREAM_EVENTS))
+    try:
+        asyncio.run(_fill_stream(stream, subject, events))
+    except (OSError, TimeoutError, nats.errors.Error) as error:
+        return f"skipped: NATS JetStream not reachable at {NATS_URL} ({type(error).__name__})"
+    settings = {
+        "DATABASE_URL": url,
+        "RULES_RELOAD_INTERVAL_SECONDS": "0",
+        "LIMITS_TARGET": "127.0.0.1:1",
+        "SCORING_TARGET": "127.0.0.1:1",
+        "LOG_LEVEL": "warning",
+        "JETSTREAM_URL": NATS_URL,
+        "JETSTREAM_STREAM": stream,
+        "JETSTREAM_SUBJECT": subject,
+        "JETSTREAM_CONSUMER": f"bench-{token}",
+        "JETSTREAM_DEAD_LETTER_STREAM": f"{stream}_DEAD",
+        "JETSTREAM_DEAD_LETTER_SUBJECT": f"bench.{token}.deadletter",
+        "JETSTREAM_BATCH_SIZE": "1000",
+    }
+    try:
+        with service_stub(
+            "monitoring", monitoring_service_pb2_grpc.MonitoringServiceStub, settings
+        ):
+            return asyncio.run(_drain_rate(stream, f"bench-{token}", len(events)))
+    finally:
+        asyncio.run(_delete_streams(stream, f"{stream}_DEAD"))
+
+
+async def _fill_stream(stream: str, subject: str, events: list[pb.RepaymentEvent]) -> None:
+    nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            name=stream, subjects=[f"{subject}.*"], duplicate_window=DUPLICATE_WINDOW_SECONDS
+        )
+        # Core publishes on one connection keep their order; the stream's count says when
+        # all are stored.
+        for event in events:
+            await nc.publish(
+                f"{subject}.{event.account_id}",
+                event.SerializeToString(),
+                headers={"Nats-Msg-Id": event.event_id},
+            )
+        await nc.flush()
+        while (await js.stream_info(stream)).state.messages < len(events):
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+
+
+async def _drain_rate(stream: str, consumer: str, events: int) -> float | str:
+    nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
+    try:
+        js = nc.jetstream()
+        started, deadline = None, time.perf_counter() + DRAIN_DEADLINE_SECONDS
+        while time.perf_counter() < deadline:
+            try:
+                info = await js.consumer_info(stream, consumer)
+            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+                info = None
+            now = time.perf_counter()
+            if info is not None and info.delivered and info.delivered.stream_seq > 0:
+                started = started or now
+                if info.ack_floor and info.ack_floor.stream_seq >= events:
+                    return events / (now - started)
+            await asyncio.sleep(0.25)
+        return f"not drained within {DRAIN_DEADLINE_SECONDS} s"
+    finally:
+        await nc.close()
+
+
+async def _delete_streams(*names: str) -> None:
+    nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
+    try:
+        js = nc.jetstream()
+        for name in names:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
 def database_rows(name: str, url: str, seconds: float) -> list[tuple]:
     raw = raw_commits(url, 1, seconds)
     rows = [(f"{name}: raw one-row commits, 1 writer", f"{raw.rate:,.0f} /s", "", "", "")]
@@ -168,7 +265,7 @@ def database_rows(name: str, url: str, seconds: float) -> list[tuple]:
         ingest_rate(stub, book.batches(opened, 1_000, ACCOUNTS // 1_000))
         ordinary = book.ordinary()
         for size, count in ((100, 300), (1_000, 60)):
-            rate = ingest_rate(stub, book.batches(ordinary, size, count))
+            rate = grpc_rate = ingest_rate(stub, book.batches(ordinary, size, count))
             rows.append(
                 (
                     f"{name}: Ingest, batches of {size:,}",
@@ -187,6 +284,15 @@ def database_rows(name: str, url: str, seconds: float) -> list[tuple]:
                 p99 / raw.p99_ms,
                 f"p99 < {LATENCY_TARGET_MS:.0f} ms",
             )
+        )
+    # One replica, with the gRPC server above stopped: the same database, the accounts opened.
+    rate = jetstream_rate(url, book)
+    measure = f"{name}: JetStream ingestion, 1 replica, batches of 1,000"
+    if isinstance(rate, str):
+        rows.append((measure, rate, "", "", ""))
+    else:
+        rows.append(
+            (measure, f"{rate:,.0f} events/s", "Ingest, batches of 1,000", rate / grpc_rate, "")
         )
     return rows
 

@@ -195,6 +195,12 @@ class GrpcServer:
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("server.serving", port=self.port)
 
+    def set_part_health(self, name: str, serving: bool) -> None:
+        """The health of one part of the service under a name of its own (a consumer, say),
+        apart from the service's: probes of the service are not moved by it."""
+        status = health_pb2.HealthCheckResponse
+        self.health.set(name, status.SERVING if serving else status.NOT_SERVING)
+
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING at once, then lets in-flight calls finish for up to `grace` seconds."""
         if self._stopped.is_set():

@@ -13,6 +13,7 @@ from services.common.server import GrpcServer, ServiceBinding, catch_shutdown_si
 from services.common.settings import load_settings
 from services.common.tracing import configure_tracing
 from services.monitoring.delivery import SignalDelivery
+from services.monitoring.jetstream import JetStreamConsumer
 from services.monitoring.rescoring import BehaviourScorer, Rescorer
 from services.monitoring.retention import EventRetention
 from services.monitoring.rules import RulesError, RulesHolder
@@ -21,6 +22,9 @@ from services.monitoring.settings import MonitoringSettings
 from services.monitoring.store import MonitoringStore
 
 SERVICE_NAME = monitoring_service_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name
+# The health entry of the JetStream consumer: SERVING while it consumes. The service's own
+# health does not follow it: reads and gRPC ingestion still work while NATS is away.
+JETSTREAM_HEALTH = "creditline.monitoring.jetstream"
 
 
 def build_server(
@@ -83,13 +87,22 @@ def build_server(
     rescorer = Rescorer(
         store, scorer, rules, utc_now, on_alerts=_after_rescoring(servicer, delivery)
     )
-    servicer.on_signals = delivery.wake
-    servicer.on_rescore_due = rescorer.wake
+    servicer.ingestor.on_signals = delivery.wake
+    servicer.ingestor.on_rescore_due = rescorer.wake
     workers.extend([delivery.start(), rescorer.start()])
     if settings.event_retention_days > 0:
         workers.append(EventRetention(store, settings.event_retention_days, utc_now).start())
     if settings.rules_reload_interval_seconds > 0:
         watcher.start()
+    if settings.jetstream_url:
+        server.set_part_health(JETSTREAM_HEALTH, False)
+        consumer = JetStreamConsumer(
+            settings,
+            servicer.ingestor,
+            on_health=lambda consuming: server.set_part_health(JETSTREAM_HEALTH, consuming),
+        )
+        # First among the workers to stop: no batch is applied after the store closes.
+        workers.insert(0, consumer.start())
     server.mark_ready()
     return server
 

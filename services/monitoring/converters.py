@@ -52,11 +52,12 @@ def events_of(batch: pb.EventBatch, currency: str, violations: Violations) -> li
     return [
         event
         for i, message in enumerate(batch.events)
-        if (event := _event(message, f"batch.events[{i}]", currency, violations)) is not None
+        if (event := event_of(message, f"batch.events[{i}]", currency, violations)) is not None
     ]
 
 
-def _event(message: pb.RepaymentEvent, path: str, currency: str, v: Violations) -> Event | None:
+def event_of(message: pb.RepaymentEvent, path: str, currency: str, v: Violations) -> Event | None:
+    """The event, or None with its problems added to `v` (fields named under `path`)."""
     require_id(message.event_id, f"{path}.event_id", v)
     require_id(message.account_id, f"{path}.account_id", v)
     if message.sequence < 1:

@@ -1,28 +1,34 @@
 """One batch of events in one transaction: de-duplicated, put in order per account, folded into
 the profiles, and the signals it raises stored as alerts (and as the outbox for limits).
 
-The caller commits; nothing of a batch is acknowledged before that commit, and nothing of it
-is applied at all when it holds an event for an account monitoring has never seen opened.
+The caller commits; nothing of a batch is acknowledged before that commit. A batch holding an
+event for an account monitoring has never seen opened is refused whole, unless the caller asks
+for such events to be set aside (the JetStream consumer, which dead-letters them alone).
+`Ingestor` is the one path every transport takes: apply, commit, then count and notify.
 """
 
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
 
 from services.common.errors import Violations
+from services.monitoring import metrics
 from services.monitoring.detection import Raised, new_account, process
 from services.monitoring.profile import AccountState, Event, EventKind, features, moved_materially
-from services.monitoring.rules import Rules
-from services.monitoring.store import UnitOfWork
+from services.monitoring.rules import Rules, RulesHolder
+from services.monitoring.store import MonitoringStore, UnitOfWork
 
 
 class Outcome(StrEnum):
     applied = "applied"
     duplicate = "duplicate"
     out_of_sequence = "out_of_sequence"
+    # Only when set aside (see `ingest`): an event of an account never opened.
+    unknown_account = "unknown_account"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +53,19 @@ class BatchResult:
         return Counter(r.outcome for r in self.results)
 
 
-def ingest(uow: UnitOfWork, batch: Sequence[Event], rules: Rules, now: datetime) -> BatchResult:
-    """Applies `batch` inside `uow`'s transaction; the caller commits, then acknowledges."""
+def ingest(
+    uow: UnitOfWork,
+    batch: Sequence[Event],
+    rules: Rules,
+    now: datetime,
+    *,
+    set_aside_unknown_accounts: bool = False,
+) -> BatchResult:
+    """Applies `batch` inside `uow`'s transaction; the caller commits, then acknowledges.
+
+    An event of an account never opened refuses the whole batch (InvalidArgument), or, with
+    `set_aside_unknown_accounts`, gets the outcome `unknown_account` while the rest apply; the
+    results then hold one entry per event of the batch, in its order."""
     seen = uow.seen_event_ids(e.event_id for e in batch)
     states = uow.account_states({e.account_id for e in batch if e.event_id not in seen}, lock=True)
     stored = set(states)
@@ -65,6 +82,9 @@ def ingest(uow: UnitOfWork, batch: Sequence[Event], rules: Rules, now: datetime)
             continue
         state = states.get(event.account_id)
         if state is None and event.kind is not EventKind.account_opened:
+            if set_aside_unknown_accounts:
+                results[i] = EventResult(event.event_id, Outcome.unknown_account)
+                continue
             unknown.add(
                 f"batch.events[{i}].account_id",
                 "unknown account: an account's first event must be account_opened",
@@ -95,3 +115,48 @@ def ingest(uow: UnitOfWork, batch: Sequence[Event], rules: Rules, now: datetime)
     uow.save_states(touched.values(), stored, now)
     last_alert = uow.add_alerts(raised, rules.version, now)
     return BatchResult([r for r in results if r is not None], raised, last_alert, rescore_due)
+
+
+class Ingestor:
+    """Applies batches of checked events, each in one transaction, and after its commit counts
+    them and tells those waiting on it: watchers of new alerts, signal delivery, rescoring.
+    The gRPC calls and the JetStream consumer both apply events through it."""
+
+    def __init__(
+        self,
+        store: Callable[[], MonitoringStore],
+        rules: RulesHolder,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._store = store  # a callable: the store is attached once migrated
+        self.rules = rules
+        self.clock = clock
+        self.on_alerts: Callable[[int], None] = lambda _last_alert: None
+        self.on_signals: Callable[[], None] = lambda: None
+        self.on_rescore_due: Callable[[], None] = lambda: None
+
+    def apply(
+        self, events: Sequence[Event], *, set_aside_unknown_accounts: bool = False
+    ) -> BatchResult:
+        """Applies `events` durably (see `ingest`); returns once they are committed."""
+        rules = self.rules.rules
+        with metrics.BATCH_SECONDS.time(), self._store().unit_of_work() as uow:
+            result = ingest(
+                uow,
+                events,
+                rules,
+                self.clock(),
+                set_aside_unknown_accounts=set_aside_unknown_accounts,
+            )
+        metrics.observe_event_lag(events, result.results, time.time())
+        for outcome in Outcome:
+            if count := result.count(outcome):
+                metrics.EVENTS_INGESTED.labels(outcome.value).inc(count)
+        metrics.count_signals(result.raised)
+        if result.last_alert:
+            self.on_alerts(result.last_alert)
+            if any(r.report for r in result.raised):
+                self.on_signals()
+        if result.rescore_due:
+            self.on_rescore_due()
+        return result

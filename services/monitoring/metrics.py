@@ -8,7 +8,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_INGESTED = Counter(
     "creditline_monitoring_events_total",
-    "Events received, by outcome (applied, duplicate, out_of_sequence).",
+    "Events received, by outcome (applied, duplicate, out_of_sequence; unknown_account from "
+    "JetStream, where such an event is dead-lettered alone).",
     ["outcome"],
 )
 EVENT_LAG_SECONDS = Histogram(
@@ -58,3 +59,26 @@ def count_signals(raised: Iterable) -> None:
     """Counts raised signals by type and severity: one update per pair, not per signal."""
     for (kind, severity), count in Tally((r.type, r.severity.name) for r in raised).items():
         SIGNALS_RAISED.labels(kind, severity).inc(count)
+
+
+# The JetStream consumer (services.monitoring.jetstream), when configured.
+JETSTREAM_MESSAGES = Counter(
+    "creditline_monitoring_jetstream_messages_total",
+    "Messages from the JetStream stream settled, by result (applied, duplicate, dead_lettered, "
+    "retried: delivered again later).",
+    ["result"],
+)
+JETSTREAM_DEAD_LETTERS = Counter(
+    "creditline_monitoring_jetstream_dead_letters_total",
+    "Messages set aside on the dead-letter subject, by reason.",
+    ["reason"],
+)
+JETSTREAM_PENDING = Gauge(
+    "creditline_monitoring_jetstream_pending_messages",
+    "Consumer lag: messages in the stream not yet delivered to monitoring's durable consumer, "
+    "as of the last fetch.",
+)
+JETSTREAM_CONNECTED = Gauge(
+    "creditline_monitoring_jetstream_connected",
+    "1 while the consumer is connected and bound to its stream, else 0.",
+)

@@ -6,7 +6,6 @@ are capped below the pool size: unary calls always find a thread, and a stream o
 is refused with RESOURCE_EXHAUSTED rather than left waiting.
 """
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -15,8 +14,8 @@ from creditline.monitoring.v1 import monitoring_service_pb2_grpc
 from creditline.type.v1 import risk_pb2
 from services.common.errors import NotFound, Unavailable, Violations
 from services.common.feeds import Heartbeat, NumberFeed, Page, StreamSlots, follow, parse_cursor
-from services.monitoring import converters, metrics
-from services.monitoring.ingestion import BatchResult, Outcome, ingest
+from services.monitoring import converters
+from services.monitoring.ingestion import Ingestor
 from services.monitoring.profile import features
 from services.monitoring.rescoring import BehaviourScorer
 from services.monitoring.rules import RulesHolder
@@ -53,9 +52,9 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         self.clock = clock
         self.feed = NumberFeed()
         self._streams = StreamSlots(max_streams)
-        # Told after each commit that raised signals or flagged accounts for rescoring.
-        self.on_signals: Callable[[], None] = lambda: None
-        self.on_rescore_due: Callable[[], None] = lambda: None
+        # Applies what arrives; its other hooks (signals, rescoring) are the workers'.
+        self.ingestor = Ingestor(lambda: self.store, rules, clock)
+        self.ingestor.on_alerts = self.feed.publish
 
     @property
     def store(self) -> MonitoringStore:
@@ -96,24 +95,7 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
             violations.add("batch.batch_id", f"at most {converters.MAX_ID_LENGTH} characters")
         events = converters.events_of(batch, self.currency_code, violations)
         violations.raise_if_any()
-        rules = self.rules.rules
-        with metrics.BATCH_SECONDS.time(), self.store.unit_of_work() as uow:
-            result = ingest(uow, events, rules, self.clock())
-        metrics.observe_event_lag(events, result.results, time.time())
-        self._after_commit(result)
-        return converters.ack_message(batch.batch_id, result)
-
-    def _after_commit(self, result: BatchResult) -> None:
-        for outcome in Outcome:
-            if count := result.count(outcome):
-                metrics.EVENTS_INGESTED.labels(outcome.value).inc(count)
-        metrics.count_signals(result.raised)
-        if result.last_alert:
-            self.feed.publish(result.last_alert)
-            if any(r.report for r in result.raised):
-                self.on_signals()
-        if result.rescore_due:
-            self.on_rescore_due()
+        return converters.ack_message(batch.batch_id, self.ingestor.apply(events))
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -9,6 +9,10 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import ServiceSettings
 from services.monitoring.rules import DEFAULT_RULES
 
+# NATS names: streams and consumers, and dot-separated subjects without wildcards.
+NAME = r"^[A-Za-z0-9_-]{1,64}$"
+SUBJECT = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+
 
 class MonitoringSettings(ServiceSettings):
     model_config = SettingsConfigDict(
@@ -49,9 +53,82 @@ class MonitoringSettings(ServiceSettings):
     delivery_batch_size: int = Field(
         100, ge=1, le=1000, description="Signals sent to limits in one ReportSignals call."
     )
+    # Repayment events from NATS JetStream (services.monitoring.jetstream): off unless a URL.
+    jetstream_url: str | None = Field(
+        None,
+        description="NATS server(s), e.g. nats://nats.nats:4222 (comma-separated for a "
+        "cluster); unset: no JetStream consumer, events arrive over gRPC only.",
+    )
+    jetstream_credentials_file: Path | None = Field(
+        None, description="A NATS .creds file (user JWT and seed), where NATS asks for one."
+    )
+    jetstream_stream: str = Field(
+        "CREDITLINE_REPAYMENTS", pattern=NAME, description="The stream of repayment events."
+    )
+    jetstream_subject: str = Field(
+        "creditline.repayments",
+        pattern=SUBJECT,
+        description="Events are published on <subject>.<account key>, one subject per account.",
+    )
+    jetstream_consumer: str = Field(
+        "creditline-monitoring", pattern=NAME, description="The durable pull consumer's name."
+    )
+    jetstream_dead_letter_subject: str = Field(
+        "creditline.deadletter.repayments",
+        pattern=SUBJECT,
+        description="Where events that can never apply are published, with the reason.",
+    )
+    jetstream_dead_letter_stream: str = Field(
+        "CREDITLINE_REPAYMENTS_DEAD", pattern=NAME, description="The stream keeping dead letters."
+    )
+    jetstream_create: bool = Field(
+        True,
+        description="Create the two streams and the consumer at start when missing (existing "
+        "ones are used as they are).",
+    )
+    jetstream_max_age_days: float = Field(
+        7.0, gt=0, description="How long created streams keep messages, acknowledged or not."
+    )
+    jetstream_batch_size: int = Field(
+        100, ge=1, le=5000, description="Messages fetched and applied in one transaction."
+    )
+    jetstream_ack_wait_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A created consumer redelivers a message not acknowledged within this "
+        "(after a crash).",
+    )
+    jetstream_retry_delay_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Delay before a message is delivered again: an event ahead of its "
+        "account's sequence, or a batch that failed to commit.",
+    )
+    jetstream_max_deliveries: int = Field(
+        30,
+        ge=2,
+        description="Deliveries after which an event still ahead of its account's sequence "
+        "is dead-lettered.",
+    )
 
     @model_validator(mode="after")
     def _streams_leave_threads(self) -> Self:
         if self.max_streams >= self.max_workers:
             raise ValueError("max_streams must be below max_workers, to leave threads for calls")
+        return self
+
+    @model_validator(mode="after")
+    def _jetstream_consistent(self) -> Self:
+        if self.jetstream_dead_letter_subject.startswith(self.jetstream_subject + "."):
+            raise ValueError(
+                "jetstream_dead_letter_subject must lie outside jetstream_subject's subjects"
+            )
+        # A gap left by a crash closes when the unacknowledged messages come back (ack wait):
+        # the events behind it must be retried for longer than that before they are given up.
+        waited = self.jetstream_retry_delay_seconds * (self.jetstream_max_deliveries - 1)
+        if waited <= 2 * self.jetstream_ack_wait_seconds:
+            raise ValueError(
+                "jetstream_retry_delay_seconds * (jetstream_max_deliveries - 1) must exceed "
+                "twice jetstream_ack_wait_seconds"
+            )
         return self

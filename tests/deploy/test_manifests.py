@@ -334,3 +334,18 @@ def test_the_tracing_component_points_every_service_at_the_collector(rendered):
     for name in ("staging", "production"):
         for service in SERVICES:
             assert f"CREDITLINE_{service.upper()}_OTLP_ENDPOINT" not in rendered[name].env(service)
+
+
+def test_the_jetstream_component_turns_the_consumer_on_for_monitoring_alone(rendered):
+    env = rendered["with-components"].env("monitoring")
+    assert env["CREDITLINE_MONITORING_JETSTREAM_URL"]["value"] == "nats://nats.nats:4222"
+    settings = MonitoringSettings(
+        **{
+            name.removeprefix("CREDITLINE_MONITORING_").lower(): entry["value"]
+            for name, entry in env.items()
+            if name.startswith("CREDITLINE_MONITORING_JETSTREAM_")
+        }
+    )
+    assert settings.jetstream_subject == "creditline.repayments"
+    for name in ("staging", "production"):
+        assert not any("JETSTREAM" in variable for variable in rendered[name].env("monitoring"))

@@ -40,6 +40,8 @@ CLIENT = outsider("app-backend", {"app": "backend"}, {"creditline.io/client": "t
 STRANGER = outsider("someone-else", {"app": "backend"})
 PROMETHEUS = outsider("monitoring", {"app.kubernetes.io/name": "prometheus"})
 KUBE_DNS = outsider("kube-system", {"k8s-app": "kube-dns"})
+NATS = outsider("nats", {"app.kubernetes.io/name": "nats"})
+NATS_PORT = 4222
 # An address outside the cluster, such as a managed PostgreSQL.
 EXTERNAL = None
 
@@ -189,3 +191,12 @@ def test_every_service_resolves_names_and_only_the_stateful_reach_postgresql(net
         assert not policies.allows(pod, STRANGER, 53, "UDP"), service
         assert policies.allows(pod, EXTERNAL, DATABASE_PORT) is (service != "scoring"), service
         assert not policies.allows(pod, EXTERNAL, 443), f"{service} reaches the internet"
+
+
+def test_only_monitoring_reaches_nats_and_only_with_the_jetstream_component(network, target):
+    policies, pods = network
+    opted_in = target.name == "with-components"
+    for service, pod in pods.items():
+        expected = opted_in and service == "monitoring"
+        assert policies.allows(pod, NATS, NATS_PORT) is expected, service
+        assert not policies.allows(pod, STRANGER, NATS_PORT), service

@@ -7,6 +7,7 @@ from creditline.monitoring.v1 import monitoring_service_pb2_grpc
 from services.monitoring.__main__ import build_server
 from services.monitoring.settings import MonitoringSettings
 from tests.databases import database_url  # noqa: F401
+from tests.jetstream import jetstream  # noqa: F401
 from tests.limits.conftest import clock, start_limits  # noqa: F401
 from tests.servers import start_scoring
 
