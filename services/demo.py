@@ -12,6 +12,12 @@ nothing here decides anything.
 The story spans more than a year, so its events are replayed dated in the past (day 0 is
 STORY_DAYS ago), as a backfill from loan servicing would be; limits judges the time that passed
 by the events' own dates, and the reopening request is today's.
+
+Early collections decides as of now, counting the days past due from the date the payment was
+missed, so the story runs it (RunCollections, one short line per treatment step) only in its
+last chapter, today: the customer misses an instalment of the reopened line, is reminded, pays,
+and the treatment stops. The customer lives where it is daytime now, so that the policy's quiet
+hours do not hold the reminder back.
 """
 
 import time
@@ -63,6 +69,7 @@ class Demo:
     sequence: int = 0
     seen_events: set[str] = field(default_factory=set)
     seen_notices: set[str] = field(default_factory=set)
+    seen_steps: set[str] = field(default_factory=set)
     day: int = 0
     loan: str = "demo-loan"
     # Day 0 of the story: STORY_DAYS ago, so that its last day is today.
@@ -81,6 +88,7 @@ class Demo:
                 customer_id=self.customer_id,
                 monthly_income=cny(MONTHLY_INCOME_FEN),
                 features={name: _value(v) for name, v in APPLICANT.items()},
+                time_zone=daytime_zone(datetime.now(UTC)),
             )
         )
         self.account_id = opened.account.account_id
@@ -141,6 +149,20 @@ class Demo:
             self.console.print(f"  not yet: eligible from [bold]{when}[/bold]")
         self.show_conditions()
         self.show_risk()
+        if reopen.reopened:
+            self.late_again(reopen.account.available_credit.minor_units // 2)
+
+    def late_again(self, fen: int) -> None:
+        """Today: a missed instalment of the reopened line, early collections, a cure."""
+        self.step(
+            STORY_DAYS, "draws on the reopened line and misses an instalment (today)", "demo-loan-3"
+        )
+        self.draw(fen)
+        self.missed(fen // 3, 1)
+        self.run_collections()
+        self.step(STORY_DAYS, "pays what is overdue (today)", "demo-loan-3")
+        self.repay(fen, mpb.REPAYMENT_TIMING_LATE)
+        self.run_collections()
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -238,6 +260,24 @@ class Demo:
             first_sentence = notice.texts["en"].split(". ")[0].rstrip(".")
             self.console.print(f"  notice to the customer: {kind} (due {due}): {first_sentence}")
 
+    def run_collections(self) -> None:
+        """Early collections run now; the customer's new treatment steps, one short line each."""
+        self.limits.RunCollections(lpb.RunCollectionsRequest(request_id=uuid.uuid4().hex))
+        view = self.limits.GetCustomerView(lpb.GetCustomerViewRequest(customer_id=self.customer_id))
+        steps = [s for account in view.accounts for s in account.treatment_steps]
+        for step in sorted(steps, key=lambda s: int(s.cursor)):
+            if step.step_id in self.seen_steps:
+                continue
+            self.seen_steps.add(step.step_id)
+            if step.kind == lpb.TREATMENT_STEP_KIND_CONTACT:
+                action = lpb.TreatmentAction.Name(step.action).removeprefix("TREATMENT_ACTION_")
+                channel = lpb.ContactChannel.Name(step.channel).removeprefix("CONTACT_CHANNEL_")
+                what = f"{action.lower()} by {channel.lower()}"
+            else:
+                why = lpb.TreatmentStopReason.Name(step.stop_reason)
+                what = f"stopped ({why.removeprefix('TREATMENT_STOP_REASON_').lower()})"
+            self.console.print(f"  collections: {what}: {step.reason.texts['en']}")
+
     def show_conditions(self) -> None:
         account = self.limits.GetAccount(lpb.GetAccountRequest(account_id=self.account_id)).account
         for condition in account.risk.conditions:
@@ -271,6 +311,12 @@ class Demo:
             if not pending or time.monotonic() > deadline:
                 return list(reversed(alerts))
             time.sleep(0.1)
+
+
+def daytime_zone(now: datetime) -> str:
+    """A time zone where it is about noon at `now` (Etc/GMT-8 is eight hours ahead of UTC)."""
+    offset = 12 - now.hour  # from -11 to +12 hours, all of which exist
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
 
 
 def _value(number: float | str) -> struct_pb2.Value:

@@ -27,6 +27,7 @@ DEV_PRINCIPALS = (
     ("loan-servicing", "loan_servicing"),
     ("app-backend", "app_backend"),
     ("messaging", "messaging"),
+    ("collections", "collections"),
     ("monitoring", "monitoring"),
     ("limits", "limits"),
     ("operator", "operator"),

@@ -250,7 +250,7 @@ def test_the_readme_grpcurl_commands_work_pasted_as_printed(tmp_path):
 
     # Limits: the captured id is a real one, and the answers show that account, band C with an
     # 800-yuan line in tier `emerging`, 500 left after the 300-yuan draw.
-    (opening,) = [c for c in first if c.method == "OpenAccount"]
+    opening = next(c for c in first if c.sets == "ACCOUNT")
     account_id = opening.captured["ACCOUNT"]
     assert re.fullmatch(r"[\w-]+", account_id) and account_id != "null", account_id
     drawn = answer(first, "Draw")["account"]
@@ -269,7 +269,7 @@ def test_the_readme_grpcurl_commands_work_pasted_as_printed(tmp_path):
     ]
     assert answer(first, "GetAccount")["account"]["account_id"] == account_id
     # Pasted again, the same request ids return the same answers and change nothing.
-    (reopening,) = [c for c in again if c.method == "OpenAccount"]
+    reopening = next(c for c in again if c.sets == "ACCOUNT")
     assert reopening.captured["ACCOUNT"] == account_id
     for method in ("Draw", "RequestIncrease", "ListLimitEvents", "GetAccount"):
         assert answer(again, method) == answer(first, method), method
@@ -288,6 +288,19 @@ def test_the_readme_grpcurl_commands_work_pasted_as_printed(tmp_path):
     assert line["account"]["account_id"] == account_id
     assert line["notices"][0]["delivery_time"] == acknowledged["delivery_time"]
     assert answer(again, "AcknowledgeNotice") == answer(first, "AcknowledgeNotice")
+
+    # Early collections: customer-2 is 1 day past due; the run examines the account and sends
+    # a reminder by push, unless it ran in Shanghai's quiet hours (the suite runs on the wall
+    # clock). The watch replays what the run decided; pasted again, nothing is added.
+    account_2 = next(c for c in first if c.sets == "ACCOUNT2").captured["ACCOUNT2"]
+    run = answer(first, "RunCollections")
+    assert run["accounts_examined"] == 1 and run.get("contacts", 0) <= 1
+    steps = [w["step"] for w in answer(first, "WatchTreatmentSteps") if "step" in w]
+    assert [(s["account_id"], s["action"], s["channel"]) for s in steps] == [
+        (account_2, "TREATMENT_ACTION_REMINDER", "CONTACT_CHANNEL_PUSH")
+    ] * run.get("contacts", 0)
+    assert answer(again, "RunCollections") == run
+    assert answer(again, "WatchTreatmentSteps") == answer(first, "WatchTreatmentSteps")
 
     # Monitoring: the batch raises days_past_due_1 (low) and days_past_due_30 (medium), open
     # signals of the account; the watch replays the medium one.

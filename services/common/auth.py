@@ -36,7 +36,9 @@ from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.handlers import wrap_handler
 from services.common.settings import ServiceSettings
 
-Role = Literal["loan_servicing", "app_backend", "messaging", "monitoring", "limits", "operator"]
+Role = Literal[
+    "loan_servicing", "app_backend", "messaging", "collections", "monitoring", "limits", "operator"
+]
 ROLES: tuple[str, ...] = get_args(Role)
 
 AUTHORIZATION_HEADER = "authorization"
@@ -92,6 +94,10 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     # The messaging backend delivers the notices to customers and says when they arrived.
     _LIMITS + "WatchNotices": _roles("messaging"),
     _LIMITS + "AcknowledgeNotice": _roles("messaging"),
+    # The collections system carries out the early collections steps and says when it did.
+    _LIMITS + "WatchTreatmentSteps": _roles("collections"),
+    _LIMITS + "AcknowledgeTreatmentStep": _roles("collections"),
+    _LIMITS + "RunCollections": _roles(),
     # An app backend builds the customer's "why did my line change" page from it.
     _LIMITS + "GetCustomerView": _roles("app_backend"),
     # ScoringService: read-only; the services that decide call it.

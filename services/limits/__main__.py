@@ -62,10 +62,16 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
         "book-metrics",
         immediately=True,
     )
+    # Early collections on a schedule; each replica runs it, and the account's lock and the
+    # steps' keys make every step once.
+    collections = Periodic(
+        settings.collections_interval_seconds, servicer.app.collections_pass, "collections"
+    )
 
     def on_stop() -> None:
         watcher.stop()
         book.stop()
+        collections.stop()
         servicer.close()
 
     server = GrpcServer(
@@ -76,8 +82,8 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
             )
         ],
         domain="limits.creditline",
-        # Notice watches end at once (clients resume from their cursor elsewhere).
-        on_stopping=servicer.app.notice_feed.close,
+        # Notice and treatment watches end at once (clients resume from their cursor elsewhere).
+        on_stopping=servicer.app.close_feeds,
         on_stop=on_stop,
     ).start()
     # Health answers NOT_SERVING while the schema is migrated.
@@ -86,6 +92,8 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
         watcher.start()
     if settings.book_metrics_interval_seconds > 0:
         book.start()
+    if settings.collections_interval_seconds > 0:
+        collections.start()
     server.mark_ready()
     return server
 

@@ -27,7 +27,8 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.feeds import NumberFeed, Page
-from services.limits import decisions, ledger, metrics
+from services.limits import collections, decisions, ledger, metrics
+from services.limits.collections import StepKind, TreatmentStep
 from services.limits.decisions import (
     SIMULATED_OUTCOMES,
     Affordability,
@@ -63,7 +64,9 @@ from services.limits.store import (
 # Accounts a portfolio review scores in one BatchScore and applies in one transaction.
 REVIEW_PAGE = 500
 # What the customer's view holds of each account at most: the latest decisions and notices.
-VIEW_DECISIONS = VIEW_NOTICES = VIEW_APPEALS = 100
+VIEW_DECISIONS = VIEW_NOTICES = VIEW_APPEALS = VIEW_TREATMENT_STEPS = 100
+# Accounts in collections read per page of a run (each is then treated in its own transaction).
+COLLECTIONS_PAGE = 500
 NAMED_ACTORS = frozenset({ActorKind.operator, ActorKind.monitoring})
 
 
@@ -115,6 +118,7 @@ class OpenAccount:
     customer_id: str
     application_features: Mapping[str, object]  # the application model's inputs, as given
     affordability: Affordability
+    time_zone: str | None = None  # IANA, validated; None: not given
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,24 @@ class AcknowledgeNotice:
 
 
 @dataclass(frozen=True)
+class AcknowledgeTreatmentStep:
+    """The collections system tells when it carried out a treatment step."""
+
+    key: Idempotency
+    step_id: str
+    carried_out_at: datetime
+
+
+@dataclass(frozen=True)
+class CollectionsRun:
+    """What a run of early collections did: the accounts it examined, the steps it stored."""
+
+    accounts_examined: int = 0
+    contacts: int = 0
+    stops: int = 0
+
+
+@dataclass(frozen=True)
 class AccountView:
     """What a customer may see of one of their accounts (a line, or a declined application)."""
 
@@ -207,6 +229,7 @@ class AccountView:
     decisions: list[LimitEvent]  # newest first
     notices: list[CustomerNotice]  # newest first, with their delivery
     open_appeals: list[Appeal]
+    treatment: list[TreatmentStep]  # newest first
 
 
 @dataclass(frozen=True)
@@ -221,6 +244,7 @@ class Outcome:
     next_eligible_at: datetime | None = None
     appeal: Appeal | None = None
     notice: CustomerNotice | None = None
+    step: TreatmentStep | None = None
     # The policy and time it was decided under (the account's conditions are told by them).
     policy: Policy | None = None
     decided_at: datetime | None = None
@@ -293,8 +317,10 @@ class LimitsApplication:
         self.scoring = scoring
         self.clock = clock
         self.templates = templates or TemplatesHolder()
-        # The number of the newest notice this process stored, for the notice streams.
+        # The number of the newest notice (treatment step) this process stored, for the
+        # streams.
         self.notice_feed = NumberFeed()
+        self.treatment_feed = NumberFeed()
 
     @property
     def store(self) -> LimitsStore:
@@ -306,9 +332,15 @@ class LimitsApplication:
         self._store = store
         with store.read() as uow:
             self.notice_feed.publish(uow.last_notice_number())
+            self.treatment_feed.publish(uow.last_treatment_step_number())
+
+    def close_feeds(self) -> None:
+        """Ends every stream: the server is stopping (clients resume from their cursor)."""
+        self.notice_feed.close()
+        self.treatment_feed.close()
 
     def close(self) -> None:
-        self.notice_feed.close()
+        self.close_feeds()
         self.scoring.close()
         if self._store is not None:
             self._store.close()
@@ -346,6 +378,7 @@ class LimitsApplication:
                     open_appeals=uow.list_appeals(
                         account.account_id, AppealStatus.open, VIEW_APPEALS
                     ),
+                    treatment=uow.treatment_of_account(account.account_id, VIEW_TREATMENT_STEPS),
                 )
                 for account in accounts
             ]
@@ -394,7 +427,12 @@ class LimitsApplication:
         def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
             self._may_apply(uow, policy, command.customer_id)
             decision = decisions.open_account(
-                ctx, _new_id(), command.customer_id, score, command.affordability
+                ctx,
+                _new_id(),
+                command.customer_id,
+                score,
+                command.affordability,
+                time_zone=command.time_zone,
             )
             uow.insert_account(decision.account)
             uow.append_event(_recorded(decision))
@@ -761,6 +799,100 @@ class LimitsApplication:
         )
         return SignalOutcome(signal.signal_id, account.currency_code, decision.event)
 
+    # -- early collections -----------------------------------------------------------------
+
+    def run_collections(self, key: Idempotency, respond: Respond[CollectionsRun, M]) -> M:
+        """A run now, answered once per request id. A run repeated adds no step, so one cut
+        short by a crash is simply run again by the retry."""
+        if (replayed := self._replayed(key, respond)) is not None:
+            return replayed
+        answer = respond.message(self.collections_pass())
+        with self.store.unit_of_work() as uow:
+            if (replayed := _replay(uow, key, respond)) is not None:
+                return replayed
+            uow.save_idempotent(
+                key.scope, key.request_id, key.method, key.fingerprint, answer.SerializeToString()
+            )
+        return answer
+
+    def collections_pass(self) -> CollectionsRun:
+        """Every account in collections through the engine, each in its own transaction: the
+        scheduled worker and RunCollections both run this."""
+        policy = self.policies.policy
+        run, after = CollectionsRun(), ""
+        if policy.collections is None:  # a policy without early collections
+            return run
+        while True:
+            with self.store.read() as uow:
+                page = uow.accounts_in_collections(after, COLLECTIONS_PAGE)
+            for account_id in page:
+                steps = self._treat(policy, account_id)
+                run = CollectionsRun(
+                    accounts_examined=run.accounts_examined + 1,
+                    contacts=run.contacts + sum(s.kind is StepKind.contact for s in steps),
+                    stops=run.stops + sum(s.kind is StepKind.stopped for s in steps),
+                )
+            if len(page) < COLLECTIONS_PAGE:
+                return run
+            after = page[-1]
+
+    def _treat(self, policy: Policy, account_id: str) -> list[TreatmentStep]:
+        """The account's next treatment step, if the engine finds one due, stored; the
+        account's row is locked meanwhile, so replicas running at once decide it once."""
+        with self._writing(policy) as uow:
+            account = uow.get_account(account_id, lock=True)
+            if account is None:
+                return []
+            now = self.clock()
+            account = decisions.current(account, policy, now)
+            rules = policy.collections
+            if rules is None:
+                return []
+            step = collections.next_step(
+                rules,
+                account,
+                uow.treatment_of_account(account_id),
+                appeal_open=bool(uow.list_appeals(account_id, AppealStatus.open, 1)),
+                now=now,
+                time_zone=account.time_zone,
+            )
+            if step is not None:
+                uow.treatment.append(
+                    replace(
+                        step,
+                        step_id=_new_id(),
+                        time_zone=account.time_zone or rules.default_time_zone,
+                        policy_version=policy.version,
+                    )
+                )
+        return uow.treatment
+
+    def last_treatment_step_number(self) -> int:
+        with self.store.read() as uow:
+            return uow.last_treatment_step_number()
+
+    def treatment_steps_after(self, after: int, limit: int) -> Page[TreatmentStep]:
+        """A page of the treatment outbox for a stream: the head first, then what is up to it."""
+        with self.store.read() as uow:
+            head = uow.last_treatment_step_number()
+            return Page(head, uow.treatment_steps_after(after, head, limit))
+
+    def acknowledge_treatment_step(
+        self, command: AcknowledgeTreatmentStep, respond: Respond[Outcome, M]
+    ) -> M:
+        def decide(uow: UnitOfWork, ctx: Context) -> Outcome:
+            step = uow.get_treatment_step(command.step_id, lock=True)
+            if step is None:
+                raise NotFound("no such treatment step", reason="TREATMENT_STEP_NOT_FOUND")
+            if command.carried_out_at < step.created_at:
+                raise InvalidArgument(
+                    [FieldViolation("carry_out_time", "before the step was decided")]
+                )
+            uow.record_carried_out(step, command.carried_out_at)
+            return Outcome(step=uow.get_treatment_step(command.step_id))
+
+        return self._once(command.key, respond, None, ActorKind.operator, decide)
+
     # -- operator and customer actions ------------------------------------------------------
 
     def freeze(self, command: OperatorAction, respond: Respond[Outcome, M]) -> M:
@@ -890,18 +1022,21 @@ class LimitsApplication:
 
     @contextmanager
     def _writing(self, policy: Policy | None = None) -> Iterator[UnitOfWork]:
-        """A unit of work that writes the notices of the decisions it stored, in the same
-        transaction, and counts them in the metrics once it commits: every decision of every
-        path (a call's own, the exits `_open` records first, a review page's, an appeal's
-        outcome) is stored through it, and a rolled-back or dry-run one writes and counts
-        nothing."""
+        """A unit of work that writes the notices of the decisions it stored and the treatment
+        steps it decided, in the same transaction, and counts them in the metrics once it
+        commits: every decision of every path (a call's own, the exits `_open` records first,
+        a review page's, an appeal's outcome) is stored through it, and a rolled-back or
+        dry-run one writes and counts nothing."""
         with self.store.unit_of_work() as uow:
             yield uow
-            # Last, because numbering the notices holds the outbox counter until the commit.
+            # Last, because numbering them holds the outboxes' counters until the commit.
             stored = uow.add_notices(self._notices(uow, policy or self.policies.policy))
+            uow.treatment = uow.add_treatment_steps(uow.treatment)
         metrics.count_decisions(uow.appended)
         if stored:
             self.notice_feed.publish(stored[-1].number)
+        if uow.treatment:
+            self.treatment_feed.publish(uow.treatment[-1].number)
 
     def _notices(self, uow: UnitOfWork, policy: Policy) -> list[CustomerNotice]:
         """One notice for each customer-facing decision stored and each appeal resolved."""

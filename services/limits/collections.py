@@ -73,6 +73,14 @@ class TreatmentStep:
     stop_reason: StopReason | None = None
     # A hardship offer links to EnrollHardship: the customer may enrol from it.
     offers_hardship: bool = False
+    # Given when it is stored: its id, its place in the outbox (the stream's cursor), the
+    # time zone its quiet hours were kept in, the policy that decided it; and when the
+    # collections system reported it carried out.
+    step_id: str = ""
+    number: int = 0
+    time_zone: str = ""
+    policy_version: str = ""
+    carried_out_at: datetime | None = None
 
     @property
     def key(self) -> str:

@@ -10,9 +10,10 @@ from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.type.v1 import decision_pb2, money_pb2, risk_pb2
 from services.common.errors import Violations
 from services.limits import decisions
+from services.limits.collections import StepKind, StopReason, TreatmentStep
 from services.limits.decisions import RiskReport
 from services.limits.ledger import AccountStatus
-from services.limits.policy import Policy
+from services.limits.policy import ContactChannel, Policy, TreatmentAction
 from services.limits.reasons import customer_improvements
 from services.limits.records import (
     Account,
@@ -40,6 +41,25 @@ NOTICE_CHANNELS: dict[pb.NoticeChannel.ValueType, str] = {
     if value != pb.NOTICE_CHANNEL_UNSPECIFIED
 }
 NOTICE_CHANNEL_BY_NAME = {name: value for value, name in NOTICE_CHANNELS.items()}
+STEP_KIND = {
+    kind: pb.TreatmentStepKind.Value(f"TREATMENT_STEP_KIND_{kind.upper()}") for kind in StepKind
+}
+TREATMENT_ACTION = {
+    action.value: pb.TreatmentAction.Value(f"TREATMENT_ACTION_{action.upper()}")
+    for action in TreatmentAction
+}
+CONTACT_CHANNEL = {
+    channel.value: pb.ContactChannel.Value(f"CONTACT_CHANNEL_{channel.upper()}")
+    for channel in ContactChannel
+}
+STOP_REASON = {
+    reason: pb.TreatmentStopReason.Value(f"TREATMENT_STOP_REASON_{reason.upper()}")
+    for reason in StopReason
+}
+# Where a hardship offer leads: the customer enrols through this RPC.
+ENROLL_HARDSHIP_METHOD = (
+    f"{pb.DESCRIPTOR.services_by_name['LimitsService'].full_name}/EnrollHardship"
+)
 
 
 def timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -138,6 +158,7 @@ def account_message(account: Account, policy: Policy, now: datetime) -> pb.Accou
         open_time=timestamp(account.opened_at),
         etag=account.etag,
         annual_rate_basis_points=decisions.rate_of(policy, account),
+        time_zone=account.time_zone or "",
         risk=pb.AccountRiskState(
             days_past_due=risk.days_past_due,
             loans_past_due=risk.loans_past_due,
@@ -215,6 +236,31 @@ def notice_message(notice: CustomerNotice) -> pb.Notice:
         cursor=str(notice.number),
         templates_version=notice.templates_version,
         policy_version=notice.policy_version,
+    )
+
+
+def treatment_step_message(step: TreatmentStep) -> pb.TreatmentStep:
+    return pb.TreatmentStep(
+        step_id=step.step_id,
+        account_id=step.account_id,
+        kind=STEP_KIND[step.kind],
+        action=TREATMENT_ACTION.get(step.action, pb.TREATMENT_ACTION_UNSPECIFIED),
+        channel=CONTACT_CHANNEL.get(step.channel, pb.CONTACT_CHANNEL_UNSPECIFIED),
+        stop_reason=(
+            STOP_REASON[step.stop_reason]
+            if step.stop_reason is not None
+            else pb.TREATMENT_STOP_REASON_UNSPECIFIED
+        ),
+        days_past_due=step.days_past_due,
+        reason=reason_message(step.reason),
+        past_due_since=timestamp(step.episode_started_at),
+        create_time=timestamp(step.created_at),
+        offers_hardship=step.offers_hardship,
+        enroll_method=ENROLL_HARDSHIP_METHOD if step.offers_hardship else "",
+        time_zone=step.time_zone,
+        carry_out_time=timestamp(step.carried_out_at),
+        cursor=str(step.number),
+        policy_version=step.policy_version,
     )
 
 

@@ -141,6 +141,8 @@ def open_account(
     customer_id: str,
     score: Score,
     affordability: Affordability,
+    *,
+    time_zone: str | None = None,
 ) -> Decision:
     """A tiered first line, or a decline with its principal reasons."""
     policy = ctx.policy
@@ -154,6 +156,7 @@ def open_account(
         risk_band=score.risk_band,
         declared_monthly_income=affordability.monthly_income,
         declared_monthly_debt_payments=affordability.monthly_debt_payments,
+        time_zone=time_zone,
     )
     reasons: list[Reason] = []
     if tier is None:  # the score decided: its factors are the reasons

@@ -141,6 +141,8 @@ class Account:
     # units a month: every raise checks the ability to pay against it. None: never declared.
     declared_monthly_income: int | None = None
     declared_monthly_debt_payments: int = 0
+    # The customer's IANA time zone, as they gave it (None: not given).
+    time_zone: str | None = None
     # Incremented by every change; the etag clients send back (AIP-154).
     version: int = 1
 

@@ -35,6 +35,7 @@ from services.limits.policy import (
     PolicyError,
     PolicyHolder,
     Severity,
+    is_time_zone,
     parse_policy,
 )
 from services.limits.records import EventType
@@ -42,17 +43,19 @@ from services.limits.scoring_client import ScoringClient
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 MAX_ID_LENGTH = 128
-# Notices read from the store per round of a watch.
+# Notices (treatment steps) read from the store per round of a watch.
 WATCH_PAGE = 500
 # How far ahead of this server's clock a reported delivery may be (the sender's clock drifts).
 DELIVERY_CLOCK_SKEW = timedelta(minutes=5)
 # Shards a review run may be split into: each holds at least 4 of the 1,024 review buckets.
 MAX_REVIEW_SHARDS = 256
 # What a request's idempotency record is scoped by, where it is not the account it names.
-IDEMPOTENCY_SCOPES = {
+IDEMPOTENCY_SCOPES: dict[str, str | None] = {
     "OpenAccount": "customer_id",
     "ResolveAppeal": "appeal_id",
     "AcknowledgeNotice": "notice_id",
+    "AcknowledgeTreatmentStep": "step_id",
+    "RunCollections": None,  # the whole book: no scope
 }
 SEVERITIES = {pb.SignalSeverity.Value(f"SIGNAL_SEVERITY_{s.name.upper()}"): s for s in Severity}
 
@@ -131,6 +134,24 @@ NOTICE_ACKNOWLEDGED: Respond[app.Outcome, pb.AcknowledgeNoticeResponse] = Respon
 )
 
 
+STEP_ACKNOWLEDGED: Respond[app.Outcome, pb.AcknowledgeTreatmentStepResponse] = Respond(
+    lambda o: pb.AcknowledgeTreatmentStepResponse(step=converters.treatment_step_message(_step(o))),
+    pb.AcknowledgeTreatmentStepResponse.FromString,
+)
+COLLECTIONS_RUN: Respond[app.CollectionsRun, pb.RunCollectionsResponse] = Respond(
+    lambda run: pb.RunCollectionsResponse(
+        accounts_examined=run.accounts_examined, contacts=run.contacts, stops=run.stops
+    ),
+    pb.RunCollectionsResponse.FromString,
+)
+
+
+def _step(outcome: app.Outcome):
+    if outcome.step is None:
+        raise ValueError("an outcome without its treatment step")
+    return outcome.step
+
+
 def _notice(outcome: app.Outcome):
     if outcome.notice is None:
         raise ValueError("an outcome without its notice")
@@ -179,8 +200,12 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         affordability = _affordability(request, currency, violations)
         if not request.features:
             violations.add("features", "the application features are required")
+        if request.time_zone and not is_time_zone(request.time_zone):
+            violations.add("time_zone", "not an IANA time zone, such as Asia/Shanghai")
         violations.raise_if_any()
-        command = app.OpenAccount(key, request.customer_id, request.features, affordability)
+        command = app.OpenAccount(
+            key, request.customer_id, request.features, affordability, request.time_zone or None
+        )
         return self.app.open_account(command, OPENED)
 
     def GetAccount(self, request: pb.GetAccountRequest, context) -> pb.GetAccountResponse:
@@ -439,20 +464,23 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         with self._streams.held():
             if after is None:
                 after = self.app.last_notice_number()
-            for item in follow(
-                self.app.notices_after,
-                lambda notice: notice.number,
-                after,
-                self.app.notice_feed,
-                context.is_active,
-                page_size=WATCH_PAGE,
-                poll_seconds=self.poll_seconds,
-                heartbeat_seconds=self.heartbeat_seconds,
-            ):
+            for item in self._follow(self.app.notices_after, after, self.app.notice_feed, context):
                 if isinstance(item, Heartbeat):
                     yield pb.WatchNoticesResponse(heartbeat_cursor=str(item.cursor))
                 else:
                     yield pb.WatchNoticesResponse(notice=converters.notice_message(item))
+
+    def _follow(self, read, after: int, feed, context):
+        return follow(
+            read,
+            lambda item: item.number,
+            after,
+            feed,
+            context.is_active,
+            page_size=WATCH_PAGE,
+            poll_seconds=self.poll_seconds,
+            heartbeat_seconds=self.heartbeat_seconds,
+        )
 
     def AcknowledgeNotice(
         self, request: pb.AcknowledgeNoticeRequest, context
@@ -463,15 +491,63 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         channel = converters.NOTICE_CHANNELS.get(request.channel)
         if channel is None:
             violations.add("channel", "required: a NoticeChannel")
-        now = self.app.clock()
-        delivered_at = now
-        if request.HasField("delivery_time"):
-            delivered_at = converters.from_timestamp(request.delivery_time)
-            if delivered_at > now + DELIVERY_CLOCK_SKEW:
-                violations.add("delivery_time", "in the future")
+        delivered_at = self._reported_time(request, "delivery_time", violations)
         violations.raise_if_any()
         command = app.AcknowledgeNotice(key, request.notice_id, delivered_at, channel or "")
         return self.app.acknowledge_notice(command, NOTICE_ACKNOWLEDGED)
+
+    # -- early collections -------------------------------------------------------------------
+
+    def RunCollections(
+        self, request: pb.RunCollectionsRequest, context
+    ) -> pb.RunCollectionsResponse:
+        violations = Violations()
+        key = _key("RunCollections", request, violations)
+        violations.raise_if_any()
+        return self.app.run_collections(key, COLLECTIONS_RUN)
+
+    def WatchTreatmentSteps(self, request: pb.WatchTreatmentStepsRequest, context):
+        violations = Violations()
+        after = parse_cursor(request.after_cursor, "after_cursor", violations)
+        violations.raise_if_any()
+        with self._streams.held():
+            if after is None:
+                after = self.app.last_treatment_step_number()
+            for item in self._follow(
+                self.app.treatment_steps_after, after, self.app.treatment_feed, context
+            ):
+                if isinstance(item, Heartbeat):
+                    yield pb.WatchTreatmentStepsResponse(heartbeat_cursor=str(item.cursor))
+                else:
+                    yield pb.WatchTreatmentStepsResponse(
+                        step=converters.treatment_step_message(item)
+                    )
+
+    def AcknowledgeTreatmentStep(
+        self, request: pb.AcknowledgeTreatmentStepRequest, context
+    ) -> pb.AcknowledgeTreatmentStepResponse:
+        violations = Violations()
+        key = _key("AcknowledgeTreatmentStep", request, violations)
+        _require_id(request.step_id, "step_id", violations)
+        carried_out_at = self._reported_time(request, "carry_out_time", violations)
+        violations.raise_if_any()
+        command = app.AcknowledgeTreatmentStep(key, request.step_id, carried_out_at)
+        return self.app.acknowledge_treatment_step(command, STEP_ACKNOWLEDGED)
+
+    def _reported_time(self, request, field: str, violations: Violations) -> datetime:
+        """A time a caller reports something happened: now when unset; never in the future
+        (beyond the sender's clock drift)."""
+        now = self.app.clock()
+        if not request.HasField(field):
+            return now
+        try:
+            reported = converters.from_timestamp(getattr(request, field))
+        except (ValueError, OverflowError):
+            violations.add(field, "not a valid time")
+            return now
+        if reported > now + DELIVERY_CLOCK_SKEW:
+            violations.add(field, "in the future")
+        return reported
 
     def GetCustomerView(
         self, request: pb.GetCustomerViewRequest, context
@@ -492,6 +568,7 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
                     ],
                     notices=[converters.notice_message(n) for n in view.notices],
                     open_appeals=[converters.appeal_message(a) for a in view.open_appeals],
+                    treatment_steps=[converters.treatment_step_message(s) for s in view.treatment],
                 )
                 for view in views
             ],
@@ -500,7 +577,8 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
 
 def _key(method: str, request, violations: Violations) -> Idempotency:
     _require_id(request.request_id, "request_id", violations)
-    scope = getattr(request, IDEMPOTENCY_SCOPES.get(method, "account_id"))
+    scope_field = IDEMPOTENCY_SCOPES.get(method, "account_id")
+    scope = getattr(request, scope_field) if scope_field else ""
     return Idempotency(method, request.request_id, _fingerprint(request), scope)
 
 

@@ -28,13 +28,21 @@ class LimitsSettings(ServiceSettings):
     notice_templates_file: Path = Field(
         DEFAULT_TEMPLATES, description="The texts of the notices (YAML), beside the policy."
     )
-    # A WatchNotices stream holds a thread for as long as it is open.
-    max_streams: int = Field(2, ge=1, description="Open WatchNotices streams; below max_workers.")
+    # A WatchNotices or WatchTreatmentSteps stream holds a thread for as long as it is open.
+    max_streams: int = Field(
+        2, ge=1, description="Open WatchNotices and WatchTreatmentSteps streams; below max_workers."
+    )
     scoring_target: str = Field(
         "127.0.0.1:50051", description="Scoring service: host:port or dns:///name:port."
     )
     scoring_timeout_seconds: float = Field(
         2.0, gt=0, description="Deadline of a call to scoring when the caller set none."
+    )
+    collections_interval_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How often every account in collections is brought through the treatment; "
+        "0: never (RunCollections only).",
     )
     book_metrics_interval_seconds: float = Field(
         60.0,

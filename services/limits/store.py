@@ -45,6 +45,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.database import UtcDateTime, as_utc, create_engine, migrated, transaction
 from services.common.errors import Aborted, AlreadyExists, NotFound
+from services.limits.collections import StepKind, StopReason, TreatmentStep
 from services.limits.ledger import AccountStatus, Line
 from services.limits.records import (
     Account,
@@ -175,9 +176,12 @@ accounts = Table(
     Column("declared_monthly_debt_payments", BigInteger, nullable=False, server_default="0"),
     # Which review shard reviews the account (`review_bucket`), fixed at opening.
     Column("review_bucket", Integer, nullable=False),
+    # The customer's IANA time zone (None: not given; the policy's default is assumed).
+    Column("time_zone", String),
     Index("ix_accounts_next_review_at", "next_review_at"),
     Index("ix_accounts_customer_id_opened_at", "customer_id", "opened_at"),
     Index("ix_accounts_review_bucket_account_id", "review_bucket", "account_id"),
+    Index("ix_accounts_days_past_due", "days_past_due", "account_id"),
 )
 
 # One customer, one line: the account that is the customer's line, in whatever state.
@@ -352,6 +356,37 @@ notices = Table(
     Index("ix_notices_account_id_number", "account_id", "number"),
 )
 
+# The outbox of early collections treatment steps (collections.TreatmentStep), numbered from
+# their own counter like the notices; `step_key` makes a step decided twice one row.
+treatment_steps = Table(
+    "treatment_steps",
+    metadata,
+    Column(
+        "account_id",
+        String,
+        ForeignKey("accounts.account_id", name="fk_treatment_steps_account_id"),
+        primary_key=True,
+    ),
+    Column("step_key", String, primary_key=True),
+    Column("step_id", String, nullable=False),
+    Column("number", BigInteger, nullable=False),
+    Column("past_due_since", UtcDateTime, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("action", String, nullable=False),
+    Column("channel", String, nullable=False),
+    Column("stop_reason", String, nullable=False),
+    Column("days_past_due", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("offers_hardship", Boolean, nullable=False),
+    Column("time_zone", String, nullable=False),
+    Column("policy_version", String, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("carried_out_at", UtcDateTime),
+    Index("ix_treatment_steps_number", "number"),
+    Index("ix_treatment_steps_step_id", "step_id"),
+    Index("ix_treatment_steps_account_id_number", "account_id", "number"),
+)
+
 counters = Table(
     "counters",
     metadata,
@@ -359,6 +394,7 @@ counters = Table(
     Column("value", BigInteger, nullable=False),
 )
 NOTICE_COUNTER = "notices"
+TREATMENT_STEP_COUNTER = "treatment_steps"
 # The scope of the idempotency records stored before requests had scopes (migration 0007).
 LEGACY_SCOPE = ""
 
@@ -404,6 +440,8 @@ class UnitOfWork:
         self.appended: list[LimitEvent] = []
         # The appeals it resolved, for the notices of their outcomes.
         self.resolved_appeals: list[Appeal] = []
+        # The treatment steps it decided, numbered and stored last (`add_treatment_steps`).
+        self.treatment: list[TreatmentStep] = []
 
     # Idempotency (AIP-155).
 
@@ -707,20 +745,27 @@ class UnitOfWork:
         """
         if not found:
             return []
-        last = int(
-            self._connection.execute(
-                update(counters)
-                .where(counters.c.name == NOTICE_COUNTER)
-                .values(value=counters.c.value + len(found))
-                .returning(counters.c.value)
-            ).scalar_one()
-        )
-        numbered = [replace(n, number=last - len(found) + 1 + i) for i, n in enumerate(found)]
+        first = self._take_numbers(NOTICE_COUNTER, len(found))
+        numbered = [replace(n, number=first + i) for i, n in enumerate(found)]
         self._connection.execute(insert(notices), [_notice_values(n) for n in numbered])
         return numbered
 
     def last_notice_number(self) -> int:
-        query = select(counters.c.value).where(counters.c.name == NOTICE_COUNTER)
+        return self._counter(NOTICE_COUNTER)
+
+    def _take_numbers(self, counter: str, count: int) -> int:
+        """The first of `count` numbers taken from `counter`, whose row stays locked until the
+        transaction ends."""
+        last = self._connection.execute(
+            update(counters)
+            .where(counters.c.name == counter)
+            .values(value=counters.c.value + count)
+            .returning(counters.c.value)
+        ).scalar_one()
+        return int(last) - count + 1
+
+    def _counter(self, counter: str) -> int:
+        query = select(counters.c.value).where(counters.c.name == counter)
         return int(self._connection.execute(query).scalar_one())
 
     def notices_after(self, after: int, up_to: int, limit: int) -> list[CustomerNotice]:
@@ -760,6 +805,101 @@ class UnitOfWork:
             .limit(limit)
         )
         return [_customer_notice_from_row(row) for row in self._all(query)]
+
+    # Early collections: the outbox of treatment steps.
+
+    def add_treatment_steps(self, found: list[TreatmentStep]) -> list[TreatmentStep]:
+        """Stores the steps not stored yet (by account and key), numbered in order; returns
+        them with their numbers. Call it last, after `add_notices`: it holds the steps'
+        counter until the commit, as notices do theirs (and always after them, so two
+        transactions never wait on each other's counter)."""
+        new = [s for s in found if not self._has_treatment_step(s.account_id, s.key)]
+        if not new:
+            return []
+        first = self._take_numbers(TREATMENT_STEP_COUNTER, len(new))
+        numbered = [replace(s, number=first + i) for i, s in enumerate(new)]
+        self._connection.execute(insert(treatment_steps), [_step_values(s) for s in numbered])
+        return numbered
+
+    def _has_treatment_step(self, account_id: str, key: str) -> bool:
+        query = select(treatment_steps.c.number).where(
+            treatment_steps.c.account_id == account_id, treatment_steps.c.step_key == key
+        )
+        return self._one(query) is not None
+
+    def last_treatment_step_number(self) -> int:
+        return self._counter(TREATMENT_STEP_COUNTER)
+
+    def treatment_steps_after(self, after: int, up_to: int, limit: int) -> list[TreatmentStep]:
+        """Steps numbered above `after` and up to `up_to`, oldest first."""
+        query = (
+            select(treatment_steps)
+            .where(treatment_steps.c.number > after, treatment_steps.c.number <= up_to)
+            .order_by(treatment_steps.c.number)
+            .limit(limit)
+        )
+        return [_step_from_row(row) for row in self._all(query)]
+
+    def treatment_of_account(
+        self, account_id: str, limit: int | None = None
+    ) -> list[TreatmentStep]:
+        """The account's treatment steps: every one oldest first, or the latest `limit`
+        newest first."""
+        query = select(treatment_steps).where(treatment_steps.c.account_id == account_id)
+        if limit is None:
+            query = query.order_by(treatment_steps.c.number)
+        else:
+            query = query.order_by(treatment_steps.c.number.desc()).limit(limit)
+        return [_step_from_row(row) for row in self._all(query)]
+
+    def get_treatment_step(self, step_id: str, *, lock: bool = False) -> TreatmentStep | None:
+        query = select(treatment_steps).where(treatment_steps.c.step_id == step_id)
+        row = self._one(query.with_for_update() if lock else query)
+        return None if row is None else _step_from_row(row)
+
+    def record_carried_out(self, step: TreatmentStep, at: datetime) -> None:
+        """Records when the step was carried out, once: a time already recorded stands."""
+        self._connection.execute(
+            update(treatment_steps)
+            .where(
+                treatment_steps.c.step_id == step.step_id,
+                treatment_steps.c.carried_out_at.is_(None),
+            )
+            .values(carried_out_at=at)
+        )
+
+    def accounts_in_collections(self, after_account_id: str, limit: int) -> list[str]:
+        """By id after `after_account_id`: the accounts past due, and those whose treatment
+        has not yet been stopped by a cure (its latest step is no cured stop)."""
+        latest = (
+            select(
+                treatment_steps.c.account_id,
+                func.max(treatment_steps.c.number).label("number"),
+            )
+            .group_by(treatment_steps.c.account_id)
+            .subquery()
+        )
+        treated = (
+            select(treatment_steps.c.account_id)
+            .join(
+                latest,
+                and_(
+                    treatment_steps.c.account_id == latest.c.account_id,
+                    treatment_steps.c.number == latest.c.number,
+                ),
+            )
+            .where(treatment_steps.c.stop_reason != StopReason.cured.value)
+        )
+        query = (
+            select(accounts.c.account_id)
+            .where(
+                or_(accounts.c.days_past_due > 0, accounts.c.account_id.in_(treated)),
+                accounts.c.account_id > after_account_id,
+            )
+            .order_by(accounts.c.account_id)
+            .limit(limit)
+        )
+        return list(self._connection.execute(query).scalars())
 
     def accounts_of_customer(self, customer_id: str) -> list[Account]:
         """Every account of the customer (their line and any declined applications), oldest
@@ -1038,6 +1178,7 @@ def _account_values(account: Account) -> dict[str, Any]:
         "annual_rate_bp": account.annual_rate_bp,
         "declared_monthly_income": account.declared_monthly_income,
         "declared_monthly_debt_payments": account.declared_monthly_debt_payments,
+        "time_zone": account.time_zone,
         **_risk_values(account.risk),
     }
 
@@ -1098,6 +1239,7 @@ def _account_from_row(row: Row) -> Account:
         annual_rate_bp=row.annual_rate_bp,
         declared_monthly_income=row.declared_monthly_income,
         declared_monthly_debt_payments=row.declared_monthly_debt_payments,
+        time_zone=row.time_zone,
     )
 
 
@@ -1282,6 +1424,47 @@ def _customer_notice_from_row(row: Row) -> CustomerNotice:
         number=row.number,
         delivered_at=row.delivered_at,
         delivery_channel=row.delivery_channel,
+    )
+
+
+def _step_values(step: TreatmentStep) -> dict[str, Any]:
+    return {
+        "account_id": step.account_id,
+        "step_key": step.key,
+        "step_id": step.step_id,
+        "number": step.number,
+        "past_due_since": step.episode_started_at,
+        "kind": StepKind(step.kind).value,
+        "action": step.action,
+        "channel": step.channel,
+        "stop_reason": "" if step.stop_reason is None else StopReason(step.stop_reason).value,
+        "days_past_due": step.days_past_due,
+        "reason": _dumps(_reason_json(step.reason)),
+        "offers_hardship": step.offers_hardship,
+        "time_zone": step.time_zone,
+        "policy_version": step.policy_version,
+        "created_at": step.created_at,
+        "carried_out_at": step.carried_out_at,
+    }
+
+
+def _step_from_row(row: Row) -> TreatmentStep:
+    return TreatmentStep(
+        account_id=row.account_id,
+        episode_started_at=row.past_due_since,
+        kind=StepKind(row.kind),
+        days_past_due=row.days_past_due,
+        reason=_reason_from_json(json.loads(row.reason)),
+        created_at=row.created_at,
+        action=row.action,
+        channel=row.channel,
+        stop_reason=StopReason(row.stop_reason) if row.stop_reason else None,
+        offers_hardship=row.offers_hardship,
+        step_id=row.step_id,
+        number=row.number,
+        time_zone=row.time_zone,
+        policy_version=row.policy_version,
+        carried_out_at=row.carried_out_at,
     )
 
 

@@ -59,6 +59,8 @@ ALLOWED = {
         L + "GetCustomerView",
     },
     "messaging": {L + "WatchNotices", L + "AcknowledgeNotice"},
+    # Issue 11: the collections system consumes the treatment steps.
+    "collections": {L + "WatchTreatmentSteps", L + "AcknowledgeTreatmentStep"},
     "monitoring": {L + "ReportSignals", *SCORING_ALL},
     "limits": SCORING_ALL,
     "operator": set(PERMISSIONS),
@@ -566,6 +568,7 @@ def test_run_turns_authentication_on_with_tokens_shown_once(tmp_path):
             "loan-servicing",
             "app-backend",
             "messaging",
+            "collections",
             "monitoring",
             "limits",
             "operator",

@@ -23,6 +23,9 @@ CAPTURE = re.compile(
 )
 # A time-boxed watch: grpcurl's exit code 68 when its -max-time ends the stream is its end.
 WATCH_END = " || [ $? -eq 68 ]"
+# What each watch of the examples replays: two notices of customer-1; the reminder customer-2
+# is sent (the test clock's 09:00 UTC is 17:00 in Shanghai, outside the quiet hours).
+WATCHED = {"WatchNotices": 2, "WatchTreatmentSteps": 1}
 
 
 @dataclass(frozen=True)
@@ -66,24 +69,27 @@ def minor_units(money: dict) -> int:
     return int(money.get("minorUnits", 0))
 
 
-def run_readme(client: ReflectionClient) -> dict[str, dict]:
-    """Runs every command in order; returns the last answer of each method."""
+def run_readme(client: ReflectionClient) -> dict[str, list[dict]]:
+    """Runs every command in order; returns the answers of each method, in order."""
     variables: dict[str, str] = {}
-    answers: dict[str, dict] = {}
+    answers: dict[str, list[dict]] = {}
     for command in readme_commands():
         assert command.argv[:2] == ["grpcurl", "-plaintext"], command.argv
         assert LIMITS_ADDRESS in command.argv, command.argv
         if command.method == "list":
-            answers["list"] = {"services": client.list_services()}
+            answers["list"] = [{"services": client.list_services()}]
         elif command.argv[-2] == "describe":
-            answers["describe"] = {"methods": list(client.describe(command.method).methods_by_name)}
+            methods = list(client.describe(command.method).methods_by_name)
+            answers["describe"] = [{"methods": methods}]
         else:
             assert command.method.startswith(f"{SERVICE}/"), command.method
-            if command.method.endswith("/WatchNotices"):  # the examples' two notices
-                response = {"items": client.stream(command.method, command.body(variables), 2)}
+            name = command.method.rsplit("/", 1)[1]
+            if name in WATCHED:
+                items = client.stream(command.method, command.body(variables), WATCHED[name])
+                response = {"items": items}
             else:
                 response = client.call(command.method, command.body(variables))
-            answers[command.method.rsplit("/", 1)[1]] = response
+            answers.setdefault(name, []).append(response)
             if command.sets:
                 variables[command.sets] = jq(response, command.jq_path)
     return answers
@@ -96,12 +102,16 @@ def test_readme_has_the_documented_commands():
     assert verbs[2:] == [
         "OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount",
         "WatchNotices", "GetCustomerView", "AcknowledgeNotice", "GetCustomerView",
+        "OpenAccount", "Draw", "ReportSignals", "RunCollections", "WatchTreatmentSteps",
     ]  # fmt: skip
     assert commands[2].sets == "ACCOUNT" and commands[2].jq_path == ".account.account_id"
     for command in commands[3:7]:
         assert '"account_id": "$ACCOUNT"' in command.body({"ACCOUNT": "$ACCOUNT"})
     assert commands[8].sets == "NOTICE"
     assert '"notice_id": "$NOTICE"' in commands[9].body({"NOTICE": "$NOTICE"})
+    assert commands[11].sets == "ACCOUNT2"
+    for command in commands[12:14]:
+        assert '"account_id": "$ACCOUNT2"' in command.body({"ACCOUNT2": "$ACCOUNT2"})
 
 
 @pytest.fixture
@@ -110,7 +120,8 @@ def reflection(limits) -> ReflectionClient:
 
 
 def test_readme_commands_work_as_printed(reflection):
-    answers = run_readme(reflection)
+    everything = run_readme(reflection)
+    answers = {method: found[0] for method, found in everything.items()}
     assert {SERVICE, "grpc.health.v1.Health"} <= set(answers["list"]["services"])
     assert {"OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount"} <= set(
         answers["describe"]["methods"]
@@ -164,10 +175,26 @@ def test_readme_commands_work_as_printed(reflection):
     acknowledged = answers["AcknowledgeNotice"]["notice"]
     assert acknowledged["noticeId"] == notices[1]["noticeId"]
     assert acknowledged["deliveryChannel"] == "NOTICE_CHANNEL_SMS"
-    (seen,) = answers["GetCustomerView"]["accounts"]
+    (seen,) = everything["GetCustomerView"][-1]["accounts"]
     assert seen["account"]["accountId"] == account["accountId"]
     assert seen["notices"][0]["deliveryTime"] == acknowledged["deliveryTime"]
     assert [d["eventId"] for d in seen["decisions"]] == [e["eventId"] for e in events]
+    assert "treatmentSteps" not in seen  # customer-1 is current
+
+    # customer-2, 1 day past due: the run decides a reminder by push; the watch replays it.
+    account_2 = everything["OpenAccount"][1]["account"]
+    assert account_2["timeZone"] == "Asia/Shanghai"
+    run = answers["RunCollections"]
+    assert (run["accountsExamined"], run["contacts"]) == (1, 1)
+    (item,) = answers["WatchTreatmentSteps"]["items"]
+    step = item["step"]
+    assert step["accountId"] == account_2["accountId"]
+    assert (step["kind"], step["action"], step["channel"]) == (
+        "TREATMENT_STEP_KIND_CONTACT",
+        "TREATMENT_ACTION_REMINDER",
+        "CONTACT_CHANNEL_PUSH",
+    )
+    assert step["reason"]["texts"]["en"] == "A payment is 1 days overdue"
 
 
 def test_pasting_the_readme_again_changes_nothing(reflection):
@@ -175,11 +202,12 @@ def test_pasting_the_readme_again_changes_nothing(reflection):
     again = run_readme(reflection)
     for method in (
         "OpenAccount", "Draw", "RequestIncrease", "ListLimitEvents", "GetAccount",
-        "AcknowledgeNotice", "GetCustomerView",
+        "AcknowledgeNotice", "GetCustomerView", "RunCollections", "WatchTreatmentSteps",
     ):  # fmt: skip
-        assert again[method] == first[method], method
+        assert again[method][-1] == first[method][-1], method
+    assert again["OpenAccount"] == first["OpenAccount"]
     # The same notices, no new one; the acknowledged one now with its delivery.
     notice_ids = [
-        [i["notice"]["noticeId"] for i in a["WatchNotices"]["items"]] for a in (first, again)
+        [i["notice"]["noticeId"] for i in a["WatchNotices"][0]["items"]] for a in (first, again)
     ]
     assert notice_ids[0] == notice_ids[1]

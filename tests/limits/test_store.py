@@ -156,6 +156,7 @@ ACCOUNT_FIELDS = {
     "annual_rate_bp": st.none() | small_ints,
     "declared_monthly_income": st.none() | money,
     "declared_monthly_debt_payments": money,
+    "time_zone": st.none() | texts,
 }
 
 

@@ -1,5 +1,7 @@
 """`creditline demo` against three real servers: the scripted customer's story, as printed."""
 
+from datetime import UTC, datetime
+
 import pytest
 from rich.console import Console
 
@@ -7,7 +9,10 @@ from services.demo import run_demo
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the story, not storage
-def test_the_demo_tells_the_customers_story(start_limits, scoring, start_monitoring):
+def test_the_demo_tells_the_customers_story(start_limits, scoring, start_monitoring, clock):
+    # The wall clock, as under `creditline run`: the story's last chapter is today's, and the
+    # customer lives where it is daytime now.
+    clock.now = datetime.now(UTC)
     limits = start_limits(scoring.port)
     monitoring = start_monitoring(limits_target=limits.address)
     console = Console(record=True, width=200)
@@ -38,6 +43,11 @@ def test_the_demo_tells_the_customers_story(start_limits, scoring, start_monitor
         "stage 1 with the stage's own line of 200.00 yuan",
         "condition reopening_stage",
         "GetAccountRisk",
+        # Today: a missed instalment, a reminder outside the customer's quiet hours, a cure.
+        "monitoring: days_past_due_1",
+        "collections: reminder by push: A payment is 1 days overdue",
+        "monitoring: delinquency_cured",
+        "collections: stopped (cured): The overdue payments were made",
     ]
     position = 0
     for step in steps:

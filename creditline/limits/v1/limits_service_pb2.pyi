@@ -317,6 +317,108 @@ NOTICE_CHANNEL_EMAIL: NoticeChannel.ValueType  # 4
 NOTICE_CHANNEL_LETTER: NoticeChannel.ValueType  # 5
 Global___NoticeChannel: _TypeAlias = NoticeChannel  # noqa: Y015
 
+class _TreatmentStepKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TreatmentStepKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TreatmentStepKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TREATMENT_STEP_KIND_UNSPECIFIED: _TreatmentStepKind.ValueType  # 0
+    TREATMENT_STEP_KIND_CONTACT: _TreatmentStepKind.ValueType  # 1
+    """Contact the customer now (`action`, through `channel`)."""
+    TREATMENT_STEP_KIND_STOPPED: _TreatmentStepKind.ValueType  # 2
+    """Stop contacting the customer (`stop_reason`); said once per stop."""
+
+class TreatmentStepKind(_TreatmentStepKind, metaclass=_TreatmentStepKindEnumTypeWrapper):
+    """What a treatment step is: a contact, or the treatment stopping."""
+
+TREATMENT_STEP_KIND_UNSPECIFIED: TreatmentStepKind.ValueType  # 0
+TREATMENT_STEP_KIND_CONTACT: TreatmentStepKind.ValueType  # 1
+"""Contact the customer now (`action`, through `channel`)."""
+TREATMENT_STEP_KIND_STOPPED: TreatmentStepKind.ValueType  # 2
+"""Stop contacting the customer (`stop_reason`); said once per stop."""
+Global___TreatmentStepKind: _TypeAlias = TreatmentStepKind  # noqa: Y015
+
+class _TreatmentAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TreatmentActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TreatmentAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TREATMENT_ACTION_UNSPECIFIED: _TreatmentAction.ValueType  # 0
+    TREATMENT_ACTION_REMINDER: _TreatmentAction.ValueType  # 1
+    TREATMENT_ACTION_CALL: _TreatmentAction.ValueType  # 2
+    TREATMENT_ACTION_HARDSHIP_OFFER: _TreatmentAction.ValueType  # 3
+    """An offer of a hardship arrangement: the customer enrols through EnrollHardship."""
+    TREATMENT_ACTION_FORMAL_NOTICE: _TreatmentAction.ValueType  # 4
+    TREATMENT_ACTION_AGENCY_HANDOFF: _TreatmentAction.ValueType  # 5
+    """The account is passed to a collections agency."""
+
+class TreatmentAction(_TreatmentAction, metaclass=_TreatmentActionEnumTypeWrapper):
+    """What a contact does, by the policy's days-past-due bucket."""
+
+TREATMENT_ACTION_UNSPECIFIED: TreatmentAction.ValueType  # 0
+TREATMENT_ACTION_REMINDER: TreatmentAction.ValueType  # 1
+TREATMENT_ACTION_CALL: TreatmentAction.ValueType  # 2
+TREATMENT_ACTION_HARDSHIP_OFFER: TreatmentAction.ValueType  # 3
+"""An offer of a hardship arrangement: the customer enrols through EnrollHardship."""
+TREATMENT_ACTION_FORMAL_NOTICE: TreatmentAction.ValueType  # 4
+TREATMENT_ACTION_AGENCY_HANDOFF: TreatmentAction.ValueType  # 5
+"""The account is passed to a collections agency."""
+Global___TreatmentAction: _TypeAlias = TreatmentAction  # noqa: Y015
+
+class _ContactChannel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContactChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContactChannel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTACT_CHANNEL_UNSPECIFIED: _ContactChannel.ValueType  # 0
+    CONTACT_CHANNEL_PUSH: _ContactChannel.ValueType  # 1
+    CONTACT_CHANNEL_SMS: _ContactChannel.ValueType  # 2
+    CONTACT_CHANNEL_PHONE: _ContactChannel.ValueType  # 3
+    CONTACT_CHANNEL_EMAIL: _ContactChannel.ValueType  # 4
+    CONTACT_CHANNEL_LETTER: _ContactChannel.ValueType  # 5
+    CONTACT_CHANNEL_AGENCY: _ContactChannel.ValueType  # 6
+
+class ContactChannel(_ContactChannel, metaclass=_ContactChannelEnumTypeWrapper):
+    """Through which channel a contact is made."""
+
+CONTACT_CHANNEL_UNSPECIFIED: ContactChannel.ValueType  # 0
+CONTACT_CHANNEL_PUSH: ContactChannel.ValueType  # 1
+CONTACT_CHANNEL_SMS: ContactChannel.ValueType  # 2
+CONTACT_CHANNEL_PHONE: ContactChannel.ValueType  # 3
+CONTACT_CHANNEL_EMAIL: ContactChannel.ValueType  # 4
+CONTACT_CHANNEL_LETTER: ContactChannel.ValueType  # 5
+CONTACT_CHANNEL_AGENCY: ContactChannel.ValueType  # 6
+Global___ContactChannel: _TypeAlias = ContactChannel  # noqa: Y015
+
+class _TreatmentStopReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TreatmentStopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TreatmentStopReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TREATMENT_STOP_REASON_UNSPECIFIED: _TreatmentStopReason.ValueType  # 0
+    TREATMENT_STOP_REASON_CURED: _TreatmentStopReason.ValueType  # 1
+    """The overdue payments were made: the treatment of this delinquency ends."""
+    TREATMENT_STOP_REASON_HARDSHIP: _TreatmentStopReason.ValueType  # 2
+    """A hardship arrangement runs: no contact while it does."""
+    TREATMENT_STOP_REASON_APPEAL_OPEN: _TreatmentStopReason.ValueType  # 3
+    """An appeal is open: no contact until it is resolved."""
+
+class TreatmentStopReason(_TreatmentStopReason, metaclass=_TreatmentStopReasonEnumTypeWrapper):
+    """Why the treatment stopped."""
+
+TREATMENT_STOP_REASON_UNSPECIFIED: TreatmentStopReason.ValueType  # 0
+TREATMENT_STOP_REASON_CURED: TreatmentStopReason.ValueType  # 1
+"""The overdue payments were made: the treatment of this delinquency ends."""
+TREATMENT_STOP_REASON_HARDSHIP: TreatmentStopReason.ValueType  # 2
+"""A hardship arrangement runs: no contact while it does."""
+TREATMENT_STOP_REASON_APPEAL_OPEN: TreatmentStopReason.ValueType  # 3
+"""An appeal is open: no contact until it is resolved."""
+Global___TreatmentStopReason: _TypeAlias = TreatmentStopReason  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     """A customer's revolving credit line."""
@@ -340,6 +442,7 @@ class Account(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     RISK_FIELD_NUMBER: _builtins.int
     ANNUAL_RATE_BASIS_POINTS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     customer_id: _builtins.str
     """The customer's id in the calling system; opaque here."""
@@ -356,6 +459,10 @@ class Account(_message.Message):
     annual_rate_basis_points: _builtins.int
     """The line's price: its tier's annual interest rate, in basis points (1080 is 10.8% a year,
     0.03% a day).
+    """
+    time_zone: _builtins.str
+    """The customer's IANA time zone, given at the application ("Asia/Shanghai"); empty when they
+    gave none, and the policy's `collections.default_time_zone` is assumed.
     """
     @_builtins.property
     def credit_line(self) -> _money_pb2.Money:
@@ -407,10 +514,11 @@ class Account(_message.Message):
         etag: _builtins.str = ...,
         risk: Global___AccountRiskState | None = ...,
         annual_rate_basis_points: _builtins.int = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "drawn", b"drawn", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time", "risk", b"risk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "annual_rate_basis_points", b"annual_rate_basis_points", "automatic_increases", b"automatic_increases", "available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "customer_id", b"customer_id", "drawn", b"drawn", "etag", b"etag", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time", "reopening_stage", b"reopening_stage", "risk", b"risk", "risk_band", b"risk_band", "status", b"status", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "annual_rate_basis_points", b"annual_rate_basis_points", "automatic_increases", b"automatic_increases", "available_credit", b"available_credit", "credit_line", b"credit_line", "customer_cap", b"customer_cap", "customer_id", b"customer_id", "drawn", b"drawn", "etag", b"etag", "hardship", b"hardship", "next_review_time", b"next_review_time", "open_time", b"open_time", "reopening_stage", b"reopening_stage", "risk", b"risk", "risk_band", b"risk_band", "status", b"status", "tier", b"tier", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -771,10 +879,15 @@ class OpenAccountRequest(_message.Message):
     FEATURES_FIELD_NUMBER: _builtins.int
     MONTHLY_INCOME_FIELD_NUMBER: _builtins.int
     MONTHLY_DEBT_PAYMENTS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     customer_id: _builtins.str
     currency_code: _builtins.str
     """ISO 4217 currency of the line, "CNY" by default."""
+    time_zone: _builtins.str
+    """The customer's IANA time zone ("Asia/Shanghai"): no collections contact in the policy's
+    quiet hours there. Optional; an unknown zone is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def features(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
         """Application features for the `application` model (see ScoringService.GetModel)."""
@@ -794,10 +907,11 @@ class OpenAccountRequest(_message.Message):
         features: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
         monthly_income: _money_pb2.Money | None = ...,
         monthly_debt_payments: _money_pb2.Money | None = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["monthly_debt_payments", b"monthly_debt_payments", "monthly_income", b"monthly_income"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "features", b"features", "monthly_debt_payments", b"monthly_debt_payments", "monthly_income", b"monthly_income", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "customer_id", b"customer_id", "features", b"features", "monthly_debt_payments", b"monthly_debt_payments", "monthly_income", b"monthly_income", "request_id", b"request_id", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2588,6 +2702,7 @@ class CustomerAccountView(_message.Message):
     DECISIONS_FIELD_NUMBER: _builtins.int
     NOTICES_FIELD_NUMBER: _builtins.int
     OPEN_APPEALS_FIELD_NUMBER: _builtins.int
+    TREATMENT_STEPS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def account(self) -> Global___Account:
         """The line and what is available now, with its conditions and their exits."""
@@ -2604,6 +2719,10 @@ class CustomerAccountView(_message.Message):
     def open_appeals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Appeal]:
         """Appeals not yet resolved."""
 
+    @_builtins.property
+    def treatment_steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___TreatmentStep]:
+        """The latest early collections treatment steps, newest first (at most 100)."""
+
     def __init__(
         self,
         *,
@@ -2611,10 +2730,11 @@ class CustomerAccountView(_message.Message):
         decisions: _abc.Iterable[Global___CustomerDecision] | None = ...,
         notices: _abc.Iterable[Global___Notice] | None = ...,
         open_appeals: _abc.Iterable[Global___Appeal] | None = ...,
+        treatment_steps: _abc.Iterable[Global___TreatmentStep] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "decisions", b"decisions", "notices", b"notices", "open_appeals", b"open_appeals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "decisions", b"decisions", "notices", b"notices", "open_appeals", b"open_appeals", "treatment_steps", b"treatment_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2644,3 +2764,243 @@ class GetCustomerViewResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCustomerViewResponse: _TypeAlias = GetCustomerViewResponse  # noqa: Y015
+
+@_typing.final
+class TreatmentStep(_message.Message):
+    """One step of an account's early collections treatment, with why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
+    DAYS_PAST_DUE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PAST_DUE_SINCE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    OFFERS_HARDSHIP_FIELD_NUMBER: _builtins.int
+    ENROLL_METHOD_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    CARRY_OUT_TIME_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    step_id: _builtins.str
+    account_id: _builtins.str
+    kind: Global___TreatmentStepKind.ValueType
+    action: Global___TreatmentAction.ValueType
+    """For a contact: what to do and through which channel."""
+    channel: Global___ContactChannel.ValueType
+    stop_reason: Global___TreatmentStopReason.ValueType
+    """For a stop: why."""
+    days_past_due: _builtins.int
+    """Days past due when the step was decided."""
+    offers_hardship: _builtins.bool
+    """A hardship offer: the customer may enrol in a hardship arrangement, through
+    `enroll_method` (creditline.limits.v1.LimitsService/EnrollHardship).
+    """
+    enroll_method: _builtins.str
+    time_zone: _builtins.str
+    """The customer's time zone the quiet hours were kept in."""
+    cursor: _builtins.str
+    """Its place in the outbox: resume a WatchTreatmentSteps after it."""
+    policy_version: _builtins.str
+    @_builtins.property
+    def reason(self) -> _decision_pb2.DecisionReason:
+        """Why, in "en" and "zh-CN"."""
+
+    @_builtins.property
+    def past_due_since(self) -> _timestamp_pb2.Timestamp:
+        """When the delinquency the step belongs to began."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the step was decided: a contact is due then (never in the customer's quiet hours)."""
+
+    @_builtins.property
+    def carry_out_time(self) -> _timestamp_pb2.Timestamp:
+        """When the collections system reported it carried out; unset until then."""
+
+    def __init__(
+        self,
+        *,
+        step_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        kind: Global___TreatmentStepKind.ValueType = ...,
+        action: Global___TreatmentAction.ValueType = ...,
+        channel: Global___ContactChannel.ValueType = ...,
+        stop_reason: Global___TreatmentStopReason.ValueType = ...,
+        days_past_due: _builtins.int = ...,
+        reason: _decision_pb2.DecisionReason | None = ...,
+        past_due_since: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        offers_hardship: _builtins.bool = ...,
+        enroll_method: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        carry_out_time: _timestamp_pb2.Timestamp | None = ...,
+        cursor: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["carry_out_time", b"carry_out_time", "create_time", b"create_time", "past_due_since", b"past_due_since", "reason", b"reason"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "action", b"action", "carry_out_time", b"carry_out_time", "channel", b"channel", "create_time", b"create_time", "cursor", b"cursor", "days_past_due", b"days_past_due", "enroll_method", b"enroll_method", "kind", b"kind", "offers_hardship", b"offers_hardship", "past_due_since", b"past_due_since", "policy_version", b"policy_version", "reason", b"reason", "step_id", b"step_id", "stop_reason", b"stop_reason", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TreatmentStep: _TypeAlias = TreatmentStep  # noqa: Y015
+
+@_typing.final
+class RunCollectionsRequest(_message.Message):
+    """A run of early collections (RunCollections)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCollectionsRequest: _TypeAlias = RunCollectionsRequest  # noqa: Y015
+
+@_typing.final
+class RunCollectionsResponse(_message.Message):
+    """What the run did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_EXAMINED_FIELD_NUMBER: _builtins.int
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    STOPS_FIELD_NUMBER: _builtins.int
+    accounts_examined: _builtins.int
+    """Accounts past due, or whose treatment was still to be stopped, that the run examined."""
+    contacts: _builtins.int
+    """Steps it stored: contacts and stops."""
+    stops: _builtins.int
+    def __init__(
+        self,
+        *,
+        accounts_examined: _builtins.int = ...,
+        contacts: _builtins.int = ...,
+        stops: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_examined", b"accounts_examined", "contacts", b"contacts", "stops", b"stops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCollectionsResponse: _TypeAlias = RunCollectionsResponse  # noqa: Y015
+
+@_typing.final
+class WatchTreatmentStepsRequest(_message.Message):
+    """A watch of the treatment steps (WatchTreatmentSteps)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    after_cursor: _builtins.str
+    """Resume after this cursor (a step's `cursor` or a heartbeat's); "0" from the first step;
+    empty from now on.
+    """
+    def __init__(
+        self,
+        *,
+        after_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTreatmentStepsRequest: _TypeAlias = WatchTreatmentStepsRequest  # noqa: Y015
+
+@_typing.final
+class WatchTreatmentStepsResponse(_message.Message):
+    """A treatment step, or a heartbeat when none came for a while."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_CURSOR_FIELD_NUMBER: _builtins.int
+    heartbeat_cursor: _builtins.str
+    """Nothing new; a watch resumed after this cursor misses nothing."""
+    @_builtins.property
+    def step(self) -> Global___TreatmentStep: ...
+    def __init__(
+        self,
+        *,
+        step: Global___TreatmentStep | None = ...,
+        heartbeat_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_cursor", b"heartbeat_cursor", "item", b"item", "step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_cursor", b"heartbeat_cursor", "item", b"item", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["step", "heartbeat_cursor"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___WatchTreatmentStepsResponse: _TypeAlias = WatchTreatmentStepsResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeTreatmentStepRequest(_message.Message):
+    """A step carried out (AcknowledgeTreatmentStep)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    CARRY_OUT_TIME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    step_id: _builtins.str
+    @_builtins.property
+    def carry_out_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was carried out; now when unset. Not in the future, not before the step."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        carry_out_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["carry_out_time", b"carry_out_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carry_out_time", b"carry_out_time", "request_id", b"request_id", "step_id", b"step_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeTreatmentStepRequest: _TypeAlias = AcknowledgeTreatmentStepRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeTreatmentStepResponse(_message.Message):
+    """The step with the time on record (the first one, if it was acknowledged before)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def step(self) -> Global___TreatmentStep: ...
+    def __init__(
+        self,
+        *,
+        step: Global___TreatmentStep | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeTreatmentStepResponse: _TypeAlias = AcknowledgeTreatmentStepResponse  # noqa: Y015

@@ -160,6 +160,21 @@ class LimitsServiceStub:
                 request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewRequest.SerializeToString,
                 response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewResponse.FromString,
                 _registered_method=True)
+        self.RunCollections = channel.unary_unary(
+                '/creditline.limits.v1.LimitsService/RunCollections',
+                request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.RunCollectionsRequest.SerializeToString,
+                response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.RunCollectionsResponse.FromString,
+                _registered_method=True)
+        self.WatchTreatmentSteps = channel.unary_stream(
+                '/creditline.limits.v1.LimitsService/WatchTreatmentSteps',
+                request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchTreatmentStepsRequest.SerializeToString,
+                response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchTreatmentStepsResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeTreatmentStep = channel.unary_unary(
+                '/creditline.limits.v1.LimitsService/AcknowledgeTreatmentStep',
+                request_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeTreatmentStepRequest.SerializeToString,
+                response_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeTreatmentStepResponse.FromString,
+                _registered_method=True)
 
 
 class LimitsServiceServicer:
@@ -352,6 +367,32 @@ class LimitsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunCollections(self, request, context):
+        """Operator: brings every account in early collections through the treatment now (a worker
+        does so on a schedule): at most one step per account, as the policy's `collections` says.
+        Idempotent by request_id; a run repeated adds no step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTreatmentSteps(self, request, context):
+        """Collections system: every treatment step, in the order stored, from a cursor, then each
+        new one as it is decided. A watch resumed `after_cursor` misses none and repeats none,
+        across restarts and replicas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeTreatmentStep(self, request, context):
+        """Collections system: records that a step was carried out, and when. Idempotent: the first
+        time recorded stands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LimitsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -474,6 +515,21 @@ def add_LimitsServiceServicer_to_server(servicer, server):
                     servicer.GetCustomerView,
                     request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewRequest.FromString,
                     response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewResponse.SerializeToString,
+            ),
+            'RunCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunCollections,
+                    request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.RunCollectionsRequest.FromString,
+                    response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.RunCollectionsResponse.SerializeToString,
+            ),
+            'WatchTreatmentSteps': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTreatmentSteps,
+                    request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchTreatmentStepsRequest.FromString,
+                    response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchTreatmentStepsResponse.SerializeToString,
+            ),
+            'AcknowledgeTreatmentStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeTreatmentStep,
+                    request_deserializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeTreatmentStepRequest.FromString,
+                    response_serializer=creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeTreatmentStepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1130,6 +1186,87 @@ class LimitsService:
             '/creditline.limits.v1.LimitsService/GetCustomerView',
             creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewRequest.SerializeToString,
             creditline_dot_limits_dot_v1_dot_limits__service__pb2.GetCustomerViewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditline.limits.v1.LimitsService/RunCollections',
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.RunCollectionsRequest.SerializeToString,
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.RunCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTreatmentSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/creditline.limits.v1.LimitsService/WatchTreatmentSteps',
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchTreatmentStepsRequest.SerializeToString,
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.WatchTreatmentStepsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeTreatmentStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditline.limits.v1.LimitsService/AcknowledgeTreatmentStep',
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeTreatmentStepRequest.SerializeToString,
+            creditline_dot_limits_dot_v1_dot_limits__service__pb2.AcknowledgeTreatmentStepResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -107,6 +107,20 @@ class LimitsServiceStub:
     decisions with reasons and what would change them, notices with their delivery, open
     appeals), and nothing of anyone else's.
     """
+    RunCollections: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.RunCollectionsRequest, _limits_service_pb2.RunCollectionsResponse]
+    """Operator: brings every account in early collections through the treatment now (a worker
+    does so on a schedule): at most one step per account, as the policy's `collections` says.
+    Idempotent by request_id; a run repeated adds no step.
+    """
+    WatchTreatmentSteps: _grpc.UnaryStreamMultiCallable[_limits_service_pb2.WatchTreatmentStepsRequest, _limits_service_pb2.WatchTreatmentStepsResponse]
+    """Collections system: every treatment step, in the order stored, from a cursor, then each
+    new one as it is decided. A watch resumed `after_cursor` misses none and repeats none,
+    across restarts and replicas.
+    """
+    AcknowledgeTreatmentStep: _grpc.UnaryUnaryMultiCallable[_limits_service_pb2.AcknowledgeTreatmentStepRequest, _limits_service_pb2.AcknowledgeTreatmentStepResponse]
+    """Collections system: records that a step was carried out, and when. Idempotent: the first
+    time recorded stands.
+    """
 
 @_typing.type_check_only
 class LimitsServiceAsyncStub(LimitsServiceStub):
@@ -186,6 +200,20 @@ class LimitsServiceAsyncStub(LimitsServiceStub):
     """App backend: what one customer may see of their accounts (lines and availability,
     decisions with reasons and what would change them, notices with their delivery, open
     appeals), and nothing of anyone else's.
+    """
+    RunCollections: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.RunCollectionsRequest, _limits_service_pb2.RunCollectionsResponse]  # type: ignore[assignment]
+    """Operator: brings every account in early collections through the treatment now (a worker
+    does so on a schedule): at most one step per account, as the policy's `collections` says.
+    Idempotent by request_id; a run repeated adds no step.
+    """
+    WatchTreatmentSteps: _aio.UnaryStreamMultiCallable[_limits_service_pb2.WatchTreatmentStepsRequest, _limits_service_pb2.WatchTreatmentStepsResponse]  # type: ignore[assignment]
+    """Collections system: every treatment step, in the order stored, from a cursor, then each
+    new one as it is decided. A watch resumed `after_cursor` misses none and repeats none,
+    across restarts and replicas.
+    """
+    AcknowledgeTreatmentStep: _aio.UnaryUnaryMultiCallable[_limits_service_pb2.AcknowledgeTreatmentStepRequest, _limits_service_pb2.AcknowledgeTreatmentStepResponse]  # type: ignore[assignment]
+    """Collections system: records that a step was carried out, and when. Idempotent: the first
+    time recorded stands.
     """
 
 class LimitsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -407,6 +435,38 @@ class LimitsServiceServicer(metaclass=_abc_1.ABCMeta):
         """App backend: what one customer may see of their accounts (lines and availability,
         decisions with reasons and what would change them, notices with their delivery, open
         appeals), and nothing of anyone else's.
+        """
+
+    @_abc_1.abstractmethod
+    def RunCollections(
+        self,
+        request: _limits_service_pb2.RunCollectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limits_service_pb2.RunCollectionsResponse, _abc.Awaitable[_limits_service_pb2.RunCollectionsResponse]]:
+        """Operator: brings every account in early collections through the treatment now (a worker
+        does so on a schedule): at most one step per account, as the policy's `collections` says.
+        Idempotent by request_id; a run repeated adds no step.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTreatmentSteps(
+        self,
+        request: _limits_service_pb2.WatchTreatmentStepsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_limits_service_pb2.WatchTreatmentStepsResponse], _abc.AsyncIterator[_limits_service_pb2.WatchTreatmentStepsResponse]]:
+        """Collections system: every treatment step, in the order stored, from a cursor, then each
+        new one as it is decided. A watch resumed `after_cursor` misses none and repeats none,
+        across restarts and replicas.
+        """
+
+    @_abc_1.abstractmethod
+    def AcknowledgeTreatmentStep(
+        self,
+        request: _limits_service_pb2.AcknowledgeTreatmentStepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limits_service_pb2.AcknowledgeTreatmentStepResponse, _abc.Awaitable[_limits_service_pb2.AcknowledgeTreatmentStepResponse]]:
+        """Collections system: records that a step was carried out, and when. Idempotent: the first
+        time recorded stands.
         """
 
 def add_LimitsServiceServicer_to_server(servicer: LimitsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
