@@ -359,7 +359,9 @@ def test_acknowledgements_are_idempotent_and_checked(limits, clock):
         error = failed(limits.AcknowledgeTreatmentStep, early_or_late)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert fields_of(error) == {"carry_out_time"}
-    reused = pb.AcknowledgeTreatmentStepRequest(request_id="ack-1", step_id="another-step")
+    # The same request id asking for something else of the same step is refused.
+    reused = pb.AcknowledgeTreatmentStepRequest(request_id="ack-1", step_id=step.step_id)
+    reused.carry_out_time.CopyFrom(timestamp(clock.now - timedelta(minutes=1)))
     assert failed(limits.AcknowledgeTreatmentStep, reused).code() == (
         grpc.StatusCode.ALREADY_EXISTS
     )
