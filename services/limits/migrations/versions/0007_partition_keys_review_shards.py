@@ -19,6 +19,7 @@ Revises: 0006 (re-chained after 0007 when the branches merge)
 Create Date: 2026-12-08
 """
 
+import warnings
 import zlib
 
 import sqlalchemy as sa
@@ -68,10 +69,13 @@ def upgrade() -> None:
 
 
 def _replace_primary_key(table: str, columns: list[str], postgresql: bool) -> None:
-    with op.batch_alter_table(table) as batch:
-        if postgresql:  # SQLite copies the table with the new key instead
-            batch.drop_constraint(f"{table}_pkey", type_="primary")
-        batch.create_primary_key(f"{table}_pkey", columns)
+    # SQLAlchemy warns that the copy's key differs from the old one's, which is the point.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Table '_alembic_tmp_", sa.exc.SAWarning)
+        with op.batch_alter_table(table) as batch:
+            if postgresql:  # SQLite copies the table with the new key instead
+                batch.drop_constraint(f"{table}_pkey", type_="primary")
+            batch.create_primary_key(f"{table}_pkey", columns)
 
 
 def _add_review_buckets() -> None:
