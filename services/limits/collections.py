@@ -34,21 +34,21 @@ class StopReason(StrEnum):
 
 # The reason each step gives, in every locale: code -> (English, Chinese).
 STEP_REASONS = {
-    "reminder": ("A payment is {days} days overdue", "您有一笔还款已逾期{days}天"),
+    "reminder": ("A payment is {overdue} overdue", "您有一笔还款已逾期{days}天"),
     "call": (
-        "A payment is {days} days overdue: we will call",
+        "A payment is {overdue} overdue: we will call",
         "您有一笔还款已逾期{days}天，我们将致电联系",
     ),
     "hardship_offer": (
-        "A payment is {days} days overdue: a hardship repayment arrangement can help",
+        "A payment is {overdue} overdue: a hardship repayment arrangement can help",
         "您有一笔还款已逾期{days}天，可申请困难还款安排",
     ),
     "formal_notice": (
-        "A payment is {days} days overdue: formal notice",
+        "A payment is {overdue} overdue: formal notice",
         "您有一笔还款已逾期{days}天，特此正式通知",
     ),
     "agency_handoff": (
-        "A payment is {days} days overdue: passed to a collections agency",
+        "A payment is {overdue} overdue: passed to a collections agency",
         "您有一笔还款已逾期{days}天，已转交催收机构",
     ),
     StopReason.cured: ("The overdue payments were made", "逾期款项已还清"),
@@ -174,8 +174,9 @@ def _stop(
 
 
 def _reason(code: str, en: str, zh: str, days: int) -> Reason:
+    overdue = "1 day" if days == 1 else f"{days} days"
     return Reason(
-        code, {"en": en.format(days=days), "zh-CN": zh.format(days=days)}, ReasonSource.policy
+        code, {"en": en.format(overdue=overdue), "zh-CN": zh.format(days=days)}, ReasonSource.policy
     )
 
 

@@ -194,7 +194,7 @@ def test_readme_commands_work_as_printed(reflection):
         "TREATMENT_ACTION_REMINDER",
         "CONTACT_CHANNEL_PUSH",
     )
-    assert step["reason"]["texts"]["en"] == "A payment is 1 days overdue"
+    assert step["reason"]["texts"]["en"] == "A payment is 1 day overdue"
 
 
 def test_pasting_the_readme_again_changes_nothing(reflection):

@@ -45,7 +45,7 @@ def test_the_demo_tells_the_customers_story(start_limits, scoring, start_monitor
         "GetAccountRisk",
         # Today: a missed instalment, a reminder outside the customer's quiet hours, a cure.
         "monitoring: days_past_due_1",
-        "collections: reminder by push: A payment is 1 days overdue",
+        "collections: reminder by push: A payment is 1 day overdue",
         "monitoring: delinquency_cured",
         "collections: stopped (cured): The overdue payments were made",
     ]
