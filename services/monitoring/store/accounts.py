@@ -26,7 +26,7 @@ accounts = Table(
     Column("rescore_due", Boolean, nullable=False),
     # Incremented by every write of the row: which state a process may have cached.
     Column("version", BigInteger, nullable=False),
-    # The whole AccountState as JSON (see AccountState.to_json): histories, episodes, score.
+    # The whole AccountState as JSON by field name, versioned (see AccountState.to_json).
     Column("state", Text, nullable=False),
     Column("updated_at", EpochMicros, nullable=False),
     Index("ix_monitoring_accounts_rescore_due", "rescore_due", "account_id"),
