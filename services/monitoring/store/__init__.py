@@ -47,6 +47,8 @@ __all__ = [
 MIGRATIONS = Path(__file__).parent.with_name("migrations")
 # Account states a process keeps parsed (a few kB each).
 CACHED_STATES = 50_000
+# Alerts numbered per transaction (see `alerts`).
+NUMBERED_AT_ONCE = 10_000
 # WAL pages (4 KiB) after which a commit checkpoints them into the SQLite database.
 SQLITE_CHECKPOINT_PAGES = 16_000
 
@@ -91,6 +93,14 @@ class MonitoringStore:
                 reason="CONCURRENT_MODIFICATION",
             ) from error
         self.states.put(uow.committed_states())
+
+    def number_alerts(self) -> int:
+        """Numbers the alerts committed unnumbered (see `alerts`); returns the last number."""
+        while True:
+            with transaction(self.engine) as connection:
+                numbered, last = Alerts(connection).number_alerts(NUMBERED_AT_ONCE)
+            if numbered < NUMBERED_AT_ONCE:
+                return last
 
     @contextmanager
     def read(self) -> Iterator[UnitOfWork]:

@@ -12,10 +12,30 @@ import threading
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Column, Connection, Index, String, Table, Text, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Index,
+    String,
+    Table,
+    Text,
+    select,
+    text,
+    update,
+)
 
 from services.monitoring.profile import AccountState
-from services.monitoring.store.sql import EpochMicros, Room, by_column, metadata, micros, unnest
+from services.monitoring.store.sql import (
+    EpochMicros,
+    Room,
+    by_column,
+    chunks,
+    metadata,
+    micros,
+    unnest,
+)
 
 accounts = Table(
     "monitoring_accounts",
@@ -29,6 +49,8 @@ accounts = Table(
     # The whole AccountState as JSON by field name, versioned (see AccountState.to_json).
     Column("state", Text, nullable=False),
     Column("updated_at", EpochMicros, nullable=False),
+    # Until when one replica's rescorer holds the account (see `claim_rescoring`).
+    Column("rescore_claimed_until", EpochMicros),
     Index("ix_monitoring_accounts_rescore_due", "rescore_due", "account_id"),
 )
 
@@ -104,13 +126,13 @@ class Accounts(Room):
         else:
             lock_again = lock
         columns = "account_id, version, rescore_due, state"
-        for account_id, version, rescore_due, text in self._select_in(
+        for account_id, version, rescore_due, document in self._select_in(
             accounts, columns, "account_id", account_ids, lock_again
         ):
             if lock:
                 self._versions[account_id] = version
                 self._rescore_due[account_id] = bool(rescore_due)
-            found[account_id] = AccountState.from_json(text)
+            found[account_id] = AccountState.from_json(document)
         return found
 
     def account_state(self, account_id: str) -> AccountState | None:
@@ -183,3 +205,33 @@ class Accounts(Room):
             .limit(limit)
         )
         return list(self._connection.execute(query).scalars())
+
+    def claim_rescoring(self, limit: int, now: datetime, until: datetime) -> list[str]:
+        """Claims up to `limit` accounts due for rescoring that no replica holds, until
+        `until`; returns their ids. The claim is in the account's row: a replica that claims
+        concurrently skips the rows being claimed (SKIP LOCKED) and, once claimed, sees them
+        held. SQLite's one writer claims alone."""
+        lock = " FOR UPDATE SKIP LOCKED" if self._postgres else ""
+        claimable = (
+            "SELECT account_id FROM monitoring_accounts WHERE rescore_due "
+            "AND (rescore_claimed_until IS NULL OR rescore_claimed_until < :now) "
+            f"ORDER BY account_id LIMIT :limit{lock}"
+        )
+        # The rows' version stays: a claim changes no state a process may have cached.
+        claimed = self._connection.execute(
+            text(
+                "UPDATE monitoring_accounts SET rescore_claimed_until = :until "
+                f"WHERE account_id IN ({claimable}) RETURNING account_id"
+            ),
+            {"now": micros(now), "until": micros(until), "limit": limit},
+        )
+        return sorted(claimed.scalars())
+
+    def release_rescoring(self, account_ids: Iterable[str]) -> None:
+        """Lets go of the rescoring claims on these accounts."""
+        for chunk in chunks(sorted(account_ids)):
+            self._connection.execute(
+                update(accounts)
+                .where(accounts.c.account_id.in_(chunk))
+                .values(rescore_claimed_until=None)
+            )

@@ -1,10 +1,22 @@
 """Alerts, numbered in the order they become visible, and the outbox of signals for limits
 that they also are (`delivery`).
 
-Alerts are numbered from a counter row that each writing transaction takes last and holds to
-its commit, so alerts become visible in the order of their numbers: a reader that has seen
-alert n has seen every alert before it, which is what lets WatchAlerts resume from a cursor
-with no gap, on any number of replicas.
+WatchAlerts resumes from a cursor, the alert's number, with no gap and no repeat: a reader that
+has seen alert n must have seen every alert numbered below n. So numbers are given in the order
+alerts become visible, and the counter's value (the head) is committed with them:
+
+- On PostgreSQL a batch stores its alerts unnumbered (`seq` NULL), ordered among themselves by
+  `id` from a sequence, which takes no lock: replicas' batches never wait on one another for
+  alerts. After the commit, a short transaction of its own (`number_alerts`) takes the counter
+  row, numbers every committed unnumbered alert in `id` order, and moves the counter on. Those
+  transactions are one at a time, but do nothing else; a batch's own takes one round trip or
+  two, and finds its alerts already numbered when another replica's got there first. An
+  account's alerts are written under its row lock, so their ids, and numbers, follow its order.
+  Alerts left unnumbered by a crash between the two are numbered by the next `number_alerts`
+  (signal delivery runs one before each round).
+- SQLite has one writer at a time anyway: the batch's transaction numbers its alerts itself.
+
+Readers see only numbered alerts, and read the head before the alerts up to it.
 """
 
 from collections.abc import Iterable, Sequence
@@ -28,7 +40,16 @@ from sqlalchemy import (
 
 from services.monitoring.detection import Raised
 from services.monitoring.rules import Severity
-from services.monitoring.store.sql import EpochMicros, Room, chunks, epoch_micros, metadata, micros
+from services.monitoring.store.sql import (
+    EpochMicros,
+    Room,
+    by_column,
+    chunks,
+    epoch_micros,
+    metadata,
+    micros,
+    unnest,
+)
 
 ALERT_COUNTER = "alerts"
 
@@ -71,9 +92,11 @@ class AlertQuery:
 alerts = Table(
     "monitoring_alerts",
     metadata,
-    Column("seq", BigInteger, primary_key=True, autoincrement=False),
-    Column("signal_id", String, nullable=False, unique=True),
-    Column("account_id", String, nullable=False),
+    Column("account_id", String, primary_key=True),
+    Column("signal_id", String, primary_key=True),
+    # The order raised (a sequence on PostgreSQL), and the number once visible (see above).
+    Column("id", BigInteger, nullable=False),
+    Column("seq", BigInteger),
     Column("type", String, nullable=False),
     Column("severity", Integer, nullable=False),
     Column("evidence", Text, nullable=False),
@@ -87,9 +110,12 @@ alerts = Table(
     Column("delivery_attempts", Integer, nullable=False),
     Column("delivery_error", Text, nullable=False),
     Column("delivered_at", EpochMicros),
+    Index("ix_monitoring_alerts_seq", "seq"),
     Index("ix_monitoring_alerts_account_id_seq", "account_id", "seq"),
     Index("ix_monitoring_alerts_delivery_seq", "delivery", "seq"),
 )
+ALERT_IDS = "monitoring_alert_ids"  # the PostgreSQL sequence of `id`
+_COLUMNS = tuple(c.name for c in alerts.columns)[:-1]  # delivered_at is left NULL
 
 counters = Table(
     "monitoring_counters",
@@ -100,27 +126,22 @@ counters = Table(
 
 
 class Alerts(Room):
-    def add_alerts(self, raised: Sequence[Raised], rules_version: str, now: datetime) -> int:
-        """Stores the signals as alerts, numbered in order; returns the last number (0: none).
-
-        Call it last in the transaction: it holds the alert counter's row until the commit.
-        """
+    def add_alerts(self, raised: Sequence[Raised], rules_version: str, now: datetime) -> None:
+        """Stores the signals as alerts, in order; on PostgreSQL unnumbered until the commit
+        is followed by `number_alerts`, on SQLite numbered at once."""
         if not raised:
-            return 0
-        last = self._take_numbers(len(raised))
-        first = last - len(raised) + 1
+            return
         at = micros(now)
         profiles: dict[int, str] = {}  # one account's alerts of a batch share its profile
         rows = []
-        for i, r in enumerate(raised):
+        for r in raised:
             profile = profiles.get(id(r.profile))
             if profile is None:
                 profile = profiles[id(r.profile)] = orjson.dumps(r.profile).decode()
             rows.append(
                 (
-                    first + i,
-                    r.signal_id,
                     r.account_id,
+                    r.signal_id,
                     r.type,
                     int(r.severity),
                     orjson.dumps(r.evidence).decode(),
@@ -135,10 +156,49 @@ class Alerts(Room):
                     "",
                 )
             )
-        self._insert(alerts, rows)
-        return last
+        columns = [c for c in _COLUMNS if c not in ("id", "seq")]
+        if self._postgres:
+            self._connection.exec_driver_sql(
+                f"INSERT INTO monitoring_alerts (id, {', '.join(columns)}) "
+                f"SELECT nextval('{ALERT_IDS}'), * FROM {unnest(alerts, columns)}",
+                by_column(rows),
+            )
+            return
+        first = self._move_head(len(rows)) - len(rows) + 1
+        self._connection.exec_driver_sql(
+            f"INSERT INTO monitoring_alerts (id, seq, {', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * (len(columns) + 2))})",
+            [(first + i, first + i, *row) for i, row in enumerate(rows)],
+        )
 
-    def _take_numbers(self, count: int) -> int:
+    def number_alerts(self, limit: int = 10_000) -> tuple[int, int]:
+        """Numbers up to `limit` committed unnumbered alerts (PostgreSQL: see the module);
+        returns how many, and the last number."""
+        unnumbered = select(alerts.c.id).where(alerts.c.seq.is_(None)).limit(1)
+        if not self._postgres or self._connection.execute(unnumbered).first() is None:
+            return 0, self.last_alert_number()
+        head = self._connection.execute(
+            select(counters.c.value).where(counters.c.name == ALERT_COUNTER).with_for_update()
+        ).scalar_one()
+        # A statement after the lock: it sees every numbering committed before ours.
+        keys = self._connection.exec_driver_sql(
+            "SELECT account_id, signal_id FROM monitoring_alerts WHERE seq IS NULL "
+            "ORDER BY id LIMIT %(limit)s",
+            {"limit": limit},
+        ).fetchall()
+        if not keys:
+            return 0, int(head)
+        rows = [(a, s, head + i) for i, (a, s) in enumerate(keys, start=1)]
+        self._connection.exec_driver_sql(
+            "UPDATE monitoring_alerts AS a SET seq = v.seq "
+            f"FROM {unnest(alerts, ('account_id', 'signal_id', 'seq'))} "
+            "AS v(account_id, signal_id, seq) "
+            "WHERE a.account_id = v.account_id AND a.signal_id = v.signal_id",
+            by_column(rows),
+        )
+        return len(rows), self._move_head(len(rows))
+
+    def _move_head(self, count: int) -> int:
         taken = self._connection.execute(
             update(counters)
             .where(counters.c.name == ALERT_COUNTER)
@@ -165,10 +225,15 @@ class Alerts(Room):
         statement = select(alerts).where(*conditions).order_by(alerts.c.seq.desc()).limit(limit)
         return [_alert(row) for row in self._connection.execute(statement)]
 
-    def alerts_by_signal_id(self, signal_ids: Iterable[str]) -> list[AlertRecord]:
+    def alerts_by_signal_id(self, account_id: str, signal_ids: Iterable[str]) -> list[AlertRecord]:
+        """The account's numbered alerts of these signal ids, in order."""
         found: list[AlertRecord] = []
         for chunk in chunks(sorted(set(signal_ids))):
-            statement = select(alerts).where(alerts.c.signal_id.in_(chunk))
+            statement = select(alerts).where(
+                alerts.c.account_id == account_id,
+                alerts.c.signal_id.in_(chunk),
+                alerts.c.seq.is_not(None),
+            )
             found.extend(_alert(row) for row in self._connection.execute(statement))
         return sorted(found, key=lambda a: a.seq)
 
@@ -181,7 +246,7 @@ class Alerts(Room):
     def pending_signals(self, limit: int) -> list[AlertRecord]:
         statement = (
             select(alerts)
-            .where(alerts.c.delivery == Delivery.pending.value)
+            .where(alerts.c.delivery == Delivery.pending.value, alerts.c.seq.is_not(None))
             .order_by(alerts.c.seq)
             .limit(limit)
         )
@@ -218,7 +283,7 @@ class Alerts(Room):
 
 
 def _filters(query: AlertQuery) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
+    conditions: list[ColumnElement[bool]] = [alerts.c.seq.is_not(None)]
     if query.severities:
         conditions.append(alerts.c.severity.in_(sorted(int(s) for s in query.severities)))
     if query.types:
