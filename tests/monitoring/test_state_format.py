@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from services.monitoring.profile import STATE_FORMAT, AccountState, features
-from services.monitoring.store import MonitoringStore
+from services.monitoring.store import MonitoringStore, accounts
 
 # Rows of `monitoring_accounts` as the positional format stored them, with what each read as.
 POSITIONAL_ROWS = json.loads(
@@ -32,28 +32,29 @@ def _read_as_when_written(state: AccountState, row: dict) -> None:
 def test_rows_stored_in_the_positional_format_read_back_through_the_store(database_url):
     store = MonitoringStore.open(database_url)
     try:
+        now = datetime(2026, 11, 22, tzinfo=UTC)
         with store.engine.begin() as connection:
-            for row in POSITIONAL_ROWS:
-                connection.exec_driver_sql(
-                    "INSERT INTO monitoring_accounts (account_id, last_sequence, "
-                    "profile_version, rescore_due, version, state, updated_at) "
-                    "VALUES (%(a)s, %(s)s, %(p)s, false, 1, %(t)s, 0)"
-                    if database_url.startswith("postgresql")
-                    else "INSERT INTO monitoring_accounts VALUES (:a, :s, :p, 0, 1, :t, 0)",
+            connection.execute(
+                accounts.insert(),
+                [
                     {
-                        "a": row["account_id"],
-                        "s": row["last_sequence"],
-                        "p": row["profile_version"],
-                        "t": row["state"],
-                    },
-                )
+                        "account_id": row["account_id"],
+                        "last_sequence": row["last_sequence"],
+                        "profile_version": row["profile_version"],
+                        "rescore_due": False,
+                        "version": 1,
+                        "state": row["state"],
+                        "updated_at": now,
+                    }
+                    for row in POSITIONAL_ROWS
+                ],
+            )
         with store.read() as uow:
             for row in POSITIONAL_ROWS:
                 state = uow.account_state(row["account_id"])
                 assert state is not None
                 _read_as_when_written(state, row)
         # Written again, a state takes the named format and reads the same.
-        now = datetime(2026, 11, 22, tzinfo=UTC)
         with store.unit_of_work() as uow:
             states = uow.account_states([r["account_id"] for r in POSITIONAL_ROWS], lock=True)
             uow.save_states(states.values(), set(states), now)
