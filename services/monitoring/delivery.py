@@ -121,6 +121,8 @@ class SignalDelivery(BackgroundWorker):
             # this replica held it would keep the backlog alert firing.
             metrics.OUTBOX_OLDEST_SECONDS.set(0.0)
             return 0
+        # Only numbered signals go, in their order: number any a crash left unnumbered.
+        self.store.number_alerts()
         with self.store.read() as uow:
             pending = uow.pending_signals(self.batch_size)
         now = self.clock()

@@ -42,7 +42,7 @@ class EventResult:
 class BatchResult:
     results: list[EventResult]  # in the order of the batch
     raised: list[Raised] = field(default_factory=list)
-    last_alert: int = 0  # number of the last alert stored (0: none)
+    last_alert: int = 0  # the alerts' head once they are numbered (0: none raised)
     rescore_due: bool = False
 
     def count(self, outcome: Outcome) -> int:
@@ -66,8 +66,10 @@ def ingest(
     An event of an account never opened refuses the whole batch (InvalidArgument), or, with
     `set_aside_unknown_accounts`, gets the outcome `unknown_account` while the rest apply; the
     results then hold one entry per event of the batch, in its order."""
-    seen = uow.seen_event_ids(e.event_id for e in batch)
-    states = uow.account_states({e.account_id for e in batch if e.event_id not in seen}, lock=True)
+    seen = uow.seen_events((e.account_id, e.event_id) for e in batch)
+    states = uow.account_states(
+        {e.account_id for e in batch if (e.account_id, e.event_id) not in seen}, lock=True
+    )
     stored = set(states)
     results: list[EventResult | None] = [None] * len(batch)
     unknown = Violations()
@@ -77,7 +79,7 @@ def ingest(
     # Per account in sequence order, whatever order the producer sent them in.
     for i in sorted(range(len(batch)), key=lambda i: (batch[i].account_id, batch[i].sequence)):
         event = batch[i]
-        if event.event_id in seen:
+        if (event.account_id, event.event_id) in seen:
             results[i] = EventResult(event.event_id, Outcome.duplicate)
             continue
         state = states.get(event.account_id)
@@ -96,7 +98,7 @@ def ingest(
             continue
         if state is None:
             state = states[event.account_id] = new_account(event)
-        seen.add(event.event_id)
+        seen.add((event.account_id, event.event_id))
         raised.extend(process(state, event, rules))
         touched[event.account_id] = state
         applied.append(event)
@@ -113,8 +115,8 @@ def ingest(
         signal.profile = profiles[signal.account_id]
     uow.save_events(applied, now)
     uow.save_states(touched.values(), stored, now)
-    last_alert = uow.add_alerts(raised, rules.version, now)
-    return BatchResult([r for r in results if r is not None], raised, last_alert, rescore_due)
+    uow.add_alerts(raised, rules.version, now)
+    return BatchResult([r for r in results if r is not None], raised, rescore_due=rescore_due)
 
 
 class Ingestor:
@@ -140,14 +142,18 @@ class Ingestor:
     ) -> BatchResult:
         """Applies `events` durably (see `ingest`); returns once they are committed."""
         rules = self.rules.rules
-        with metrics.BATCH_SECONDS.time(), self._store().unit_of_work() as uow:
-            result = ingest(
-                uow,
-                events,
-                rules,
-                self.clock(),
-                set_aside_unknown_accounts=set_aside_unknown_accounts,
-            )
+        store = self._store()
+        with metrics.BATCH_SECONDS.time():
+            with store.unit_of_work() as uow:
+                result = ingest(
+                    uow,
+                    events,
+                    rules,
+                    self.clock(),
+                    set_aside_unknown_accounts=set_aside_unknown_accounts,
+                )
+            if result.raised:  # numbered before the call returns: readers then see them
+                result.last_alert = store.number_alerts()
         metrics.observe_event_lag(events, result.results, time.time())
         for outcome in Outcome:
             if count := result.count(outcome):

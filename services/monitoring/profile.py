@@ -100,13 +100,30 @@ class AccountState:
     score: dict | None = None
 
     def to_json(self) -> str:
-        """The fields as a JSON array in declaration order, a third of the cost of an object to
-        read back (a new field goes last, with a default, and older documents still read)."""
-        return orjson.dumps([getattr(self, name) for name in _FIELDS]).decode()
+        """The fields as a JSON object by name, with the format's version as `v`: a field
+        moved, added or removed never misreads a stored state (one with a field missing takes
+        its default). Documents of the first format, a positional array, still read."""
+        document: dict[str, object] = {"v": STATE_FORMAT}
+        for name in _FIELDS:
+            document[name] = getattr(self, name)
+        return orjson.dumps(document).decode()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "AccountState":
-        return cls(*orjson.loads(text))
+        document = orjson.loads(text)
+        if isinstance(document, list):
+            if _POSITIONAL_IS_DECLARED_ORDER:
+                return cls(*document)
+            return cls(**dict(zip(_POSITIONAL_FIELDS, document, strict=False)))
+        version = document.pop("v", None)
+        if version != STATE_FORMAT:
+            raise ValueError(f"an account state of format {version!r}, not {STATE_FORMAT}")
+        if len(document) == len(_FIELDS):
+            try:  # by position: keyword arguments from parsed keys cost twice as much
+                return cls(*_field_values(document))
+            except KeyError:
+                pass
+        return cls(**document)
 
     @property
     def risk_band(self) -> str:
@@ -114,6 +131,40 @@ class AccountState:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(AccountState))
+_field_values = itemgetter(*_FIELDS)
+# The stored form of an account state: a JSON object by field name, with this version as `v`.
+STATE_FORMAT = 2
+# The first stored form was a JSON array of the fields in this order (a newer field last). It
+# is frozen here, whatever becomes of the dataclass, so rows written then read the same.
+_POSITIONAL_FIELDS = (
+    "account_id",
+    "opened_at",
+    "last_sequence",
+    "last_event_at",
+    "closed",
+    "credit_line",
+    "balance",
+    "monthly_income",
+    "days_past_due",
+    "worst_days_past_due",
+    "dpd_points",
+    "dpd_entries",
+    "inquiries",
+    "partials",
+    "consecutive_partials",
+    "on_time_streak",
+    "incomes",
+    "utilisation_points",
+    "amounts",
+    "draws",
+    "episodes",
+    "last_raised",
+    "profile_version",
+    "scored_profile",
+    "rescore_due",
+    "score",
+)
+_POSITIONAL_IS_DECLARED_ORDER = _FIELDS == _POSITIONAL_FIELDS
 _time_of = itemgetter(0)
 MOVES_UTILISATION = frozenset(
     {

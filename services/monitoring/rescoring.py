@@ -2,6 +2,11 @@
 in batches, in the background. Every score raises `behaviour_rescored`, which reports the band
 and the profile scored to limits; a worse band raises `risk_band_worsened` as well.
 
+Replicas share the work: each claims a batch of flagged accounts no other holds (see
+`claim_rescoring`) and lets go of them with the scores stored, so every profile version is
+scored by one replica. A replica that dies holding a claim leaves it to run out
+(`CLAIM_SECONDS`, above any scoring call's deadline).
+
 Ingestion only flags an account (`rescore_due`), so a slow or absent scoring service never
 holds up ingestion: the flags wait, and the worker retries with backoff. A score is stored with
 the profile version it was computed from; when events moved the profile meanwhile, the flag
@@ -11,7 +16,7 @@ stays up and the account is scored again.
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from google.protobuf import json_format
@@ -24,7 +29,7 @@ from services.common.workers import BackgroundWorker
 from services.monitoring import metrics
 from services.monitoring.detection import ScoredProfile, rescored
 from services.monitoring.profile import features, moved_materially
-from services.monitoring.rules import RulesHolder
+from services.monitoring.rules import Rules, RulesHolder
 from services.monitoring.store import MonitoringStore
 
 log = structlog.get_logger("creditline.monitoring.rescoring")
@@ -32,6 +37,7 @@ log = structlog.get_logger("creditline.monitoring.rescoring")
 MODEL = "behaviour"
 SERVICE = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
 RETRYABLE = ("BatchScore", "GetModel")
+CLAIM_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -131,11 +137,24 @@ class Rescorer(BackgroundWorker):
     def run_once(self) -> bool:
         """Scores one batch of flagged accounts; returns whether there was any."""
         rules = self.rules.rules
-        with self.store.read() as uow:
-            ids = uow.accounts_due_for_rescoring(rules.rescoring.batch_size)
-            states = uow.account_states(ids, lock=False)
-        if not states:
+        now = self.clock()
+        with self.store.unit_of_work() as uow:
+            ids = uow.claim_rescoring(
+                rules.rescoring.batch_size, now, now + timedelta(seconds=CLAIM_SECONDS)
+            )
+        if not ids:
             return False
+        try:
+            self._score(ids, rules)
+        except Exception:
+            with self.store.unit_of_work() as uow:  # for this replica's retry, or another's
+                uow.release_rescoring(ids)
+            raise
+        return True
+
+    def _score(self, ids: list[str], rules: Rules) -> None:
+        with self.store.read() as uow:
+            states = uow.account_states(ids, lock=False)
         snapshot = {
             i: ScoredProfile(s.profile_version, s.last_event_at, features(s))
             for i, s in states.items()
@@ -172,10 +191,10 @@ class Rescorer(BackgroundWorker):
                     state.scored_profile = profile.features
                     state.rescore_due = False
             uow.save_states(current.values(), set(current), now)
-            last_alert = uow.add_alerts(raised, rules.version, now)
-        metrics.ACCOUNTS_RESCORED.inc(len(current))
+            uow.release_rescoring(ids)
+            uow.add_alerts(raised, rules.version, now)
+        metrics.ACCOUNTS_RESCORED.inc(len(snapshot))
         metrics.count_signals(raised)
-        if last_alert:
-            self.on_alerts(last_alert)
+        if raised:
+            self.on_alerts(self.store.number_alerts())
         log.debug("rescoring.batch", accounts=len(current), signals=len(raised))
-        return True

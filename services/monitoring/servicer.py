@@ -164,7 +164,9 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
                     reason="ACCOUNT_NOT_FOUND",
                     metadata={"account_id": request.account_id},
                 )
-            open_signals = uow.alerts_by_signal_id(e["signal_id"] for e in state.episodes.values())
+            open_signals = uow.alerts_by_signal_id(
+                state.account_id, (e["signal_id"] for e in state.episodes.values())
+            )
         risk = pb.AccountRisk(
             account_id=state.account_id,
             profile=features(state),

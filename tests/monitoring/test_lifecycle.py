@@ -190,7 +190,11 @@ def test_signals_wait_while_limits_is_down_and_arrive_exactly_once(
     # Sent again (as after a crash between delivery and its record): applied once still.
     store = monitoring.server.bindings[0].servicer.store
     with store.read() as uow:
-        records = uow.alerts_by_signal_id([a.signal_id for a in reported])
+        records = [
+            record
+            for a in reported
+            for record in uow.alerts_by_signal_id(a.account_id, [a.signal_id])
+        ]
     again = restarted.ReportSignals(
         lpb.ReportSignalsRequest(signals=[signal_message(record) for record in records])
     )

@@ -85,7 +85,9 @@ def _apply(store, events, rules) -> None:
     while True:
         try:
             with store.unit_of_work() as uow:
-                ingest(uow, events, rules, datetime.now(UTC))
+                raised = ingest(uow, events, rules, datetime.now(UTC)).raised
+            if raised:  # as the Ingestor does after the commit
+                store.number_alerts()
             return
         except Aborted:  # lost to a concurrent transaction: retried, as a client would
             continue
@@ -125,7 +127,8 @@ def test_the_retention_worker_forgets_only_what_is_older_than_its_days(database_
                 ingest(uow, events_of(batch(event), "CNY", Violations()), rules, ingested)
         assert EventRetention(store, days=90, clock=lambda: now).run_once() is False
         with store.read() as uow:
-            assert uow.seen_event_ids([old.event_id, recent.event_id]) == {recent.event_id}
+            keys = [("acct-old", old.event_id), ("acct-recent", recent.event_id)]
+            assert uow.seen_events(keys) == {("acct-recent", recent.event_id)}
             assert uow.account_state("acct-old") is not None  # profiles are kept
     finally:
         store.close()

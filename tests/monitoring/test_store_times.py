@@ -17,10 +17,11 @@ def test_alert_times_come_back_as_the_utc_datetimes_stored(database_url):
         with store.unit_of_work() as uow:
             event = Event("e1", "acct", 1, detected, EventKind.account_opened)
             uow.save_events([event], now)
-            assert uow.add_alerts([raised], "v1", now) == 1
+            uow.add_alerts([raised], "v1", now)
+        assert store.number_alerts() == 1
         with store.read() as uow:
-            (alert,) = uow.alerts_by_signal_id(["sig_1"])
-            assert uow.seen_event_ids(["e1", "e2"]) == {"e1"}
+            (alert,) = uow.alerts_by_signal_id("acct", ["sig_1"])
+            assert uow.seen_events([("acct", "e1"), ("acct", "e2")]) == {("acct", "e1")}
         assert alert.created_at == now
         assert alert.detected_at == datetime.fromtimestamp(detected, UTC)
         assert alert.detected_at.tzinfo is UTC
