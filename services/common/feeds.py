@@ -101,14 +101,19 @@ def follow(
 
 class StreamSlots:
     """At most `limit` open streams: unary calls always find a thread, and a stream over the
-    cap is refused with RESOURCE_EXHAUSTED rather than left waiting."""
+    cap is refused with RESOURCE_EXHAUSTED rather than left waiting.
 
-    def __init__(self, limit: int) -> None:
+    A stream whose caller hung up keeps its slot until its loop next looks (a poll), so a
+    new stream waits up to `grace_seconds` for a slot before it is refused: a client that
+    closes one watch and opens the next is not turned away."""
+
+    def __init__(self, limit: int, grace_seconds: float = 1.0) -> None:
         self._slots = threading.BoundedSemaphore(limit)
+        self._grace_seconds = grace_seconds
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(timeout=self._grace_seconds):
             raise ResourceExhausted(
                 "too many open streams on this replica; retry later",
                 reason="TOO_MANY_STREAMS",
