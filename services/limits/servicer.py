@@ -458,29 +458,39 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
     # -- notices and the customer's view ----------------------------------------------------
 
     def WatchNotices(self, request: pb.WatchNoticesRequest, context):
+        yield from self._watch(
+            request.after_cursor,
+            self.app.last_notice_number,
+            self.app.notices_after,
+            self.app.notice_feed,
+            context,
+            lambda cursor: pb.WatchNoticesResponse(heartbeat_cursor=cursor),
+            lambda notice: pb.WatchNoticesResponse(notice=converters.notice_message(notice)),
+        )
+
+    def _watch(self, after_cursor: str, last, read, feed, context, heartbeat, message):
+        """An outbox (notices, treatment steps) from the cursor, or from now without one: each
+        row as `message(row)`, a quiet spell as `heartbeat(cursor)`."""
         violations = Violations()
-        after = parse_cursor(request.after_cursor, "after_cursor", violations)
+        after = parse_cursor(after_cursor, "after_cursor", violations)
         violations.raise_if_any()
         with self._streams.held():
             if after is None:
-                after = self.app.last_notice_number()
-            for item in self._follow(self.app.notices_after, after, self.app.notice_feed, context):
+                after = last()
+            for item in follow(
+                read,
+                lambda row: row.number,
+                after,
+                feed,
+                context.is_active,
+                page_size=WATCH_PAGE,
+                poll_seconds=self.poll_seconds,
+                heartbeat_seconds=self.heartbeat_seconds,
+            ):
                 if isinstance(item, Heartbeat):
-                    yield pb.WatchNoticesResponse(heartbeat_cursor=str(item.cursor))
+                    yield heartbeat(str(item.cursor))
                 else:
-                    yield pb.WatchNoticesResponse(notice=converters.notice_message(item))
-
-    def _follow(self, read, after: int, feed, context):
-        return follow(
-            read,
-            lambda item: item.number,
-            after,
-            feed,
-            context.is_active,
-            page_size=WATCH_PAGE,
-            poll_seconds=self.poll_seconds,
-            heartbeat_seconds=self.heartbeat_seconds,
-        )
+                    yield message(item)
 
     def AcknowledgeNotice(
         self, request: pb.AcknowledgeNoticeRequest, context
@@ -507,21 +517,17 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         return self.app.run_collections(key, COLLECTIONS_RUN)
 
     def WatchTreatmentSteps(self, request: pb.WatchTreatmentStepsRequest, context):
-        violations = Violations()
-        after = parse_cursor(request.after_cursor, "after_cursor", violations)
-        violations.raise_if_any()
-        with self._streams.held():
-            if after is None:
-                after = self.app.last_treatment_step_number()
-            for item in self._follow(
-                self.app.treatment_steps_after, after, self.app.treatment_feed, context
-            ):
-                if isinstance(item, Heartbeat):
-                    yield pb.WatchTreatmentStepsResponse(heartbeat_cursor=str(item.cursor))
-                else:
-                    yield pb.WatchTreatmentStepsResponse(
-                        step=converters.treatment_step_message(item)
-                    )
+        yield from self._watch(
+            request.after_cursor,
+            self.app.last_treatment_step_number,
+            self.app.treatment_steps_after,
+            self.app.treatment_feed,
+            context,
+            lambda cursor: pb.WatchTreatmentStepsResponse(heartbeat_cursor=cursor),
+            lambda step: pb.WatchTreatmentStepsResponse(
+                step=converters.treatment_step_message(step)
+            ),
+        )
 
     def AcknowledgeTreatmentStep(
         self, request: pb.AcknowledgeTreatmentStepRequest, context
