@@ -69,8 +69,9 @@ run: install
 test: install deploy-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# SOAK_MINUTES=10: instead, the suite under mixed traffic that long, and whether its memory grows.
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(SOAK_MINUTES),--soak-minutes $(SOAK_MINUTES))
 
 lint: install
 	$(BIN)/ruff check services tests bench scripts

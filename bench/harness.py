@@ -9,12 +9,45 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """A server process's resident memory: once serving and idle, and when its load is done."""
+
+    server: str
+    idle_mib: float
+    loaded_mib: float
+    peak_mib: float  # the most it ever held (VmHWM)
+
+
+# Every server process `server_process` ran, in order: `make bench` prints them at the end.
+FOOTPRINTS: list[Footprint] = []
+
+
+def resident_mib(pid: int) -> tuple[float, float]:
+    """The process's resident set now and at its highest, in MiB (Linux /proc)."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def server_name(args: list[str], env: dict[str, str]) -> str:
+    """`scoring`, `limits (postgresql)`: the module run, and the database it runs on."""
+    name = args[-1] if args[0] == "-m" and len(args) == 2 else " ".join(args[1:])
+    name = name.removeprefix("services.").removeprefix("bench.")
+    databases = {
+        v.split(":")[0].split("+")[0] for k, v in env.items() if k.endswith("DATABASE_URL")
+    }
+    return f"{name} ({', '.join(sorted(databases))})" if databases else name
 
 
 @dataclass(frozen=True)
@@ -52,7 +85,10 @@ def server_process(args: list[str], port: int, env: dict | None = None):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
         time.sleep(0.5)  # let the server finish loading before it is timed
-        yield
+        idle, _ = resident_mib(process.pid)
+        yield process
+        loaded, peak = resident_mib(process.pid)
+        FOOTPRINTS.append(Footprint(server_name(args, env or {}), idle, loaded, peak))
     finally:
         process.terminate()
         process.wait(30)
