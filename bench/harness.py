@@ -42,8 +42,9 @@ def resident_mib(pid: int) -> tuple[float, float]:
 
 def server_name(args: list[str], env: dict[str, str]) -> str:
     """`scoring`, `limits (postgresql)`: the module run, and the database it runs on."""
-    name = args[-1] if args[0] == "-m" and len(args) == 2 else " ".join(args[1:])
-    name = name.removeprefix("services.").removeprefix("bench.")
+    name = (
+        (args[1] if args[0] == "-m" else args[0]).removeprefix("services.").removeprefix("bench.")
+    )
     databases = {
         v.split(":")[0].split("+")[0] for k, v in env.items() if k.endswith("DATABASE_URL")
     }
