@@ -22,7 +22,16 @@ INTERNAL_CARD_KEYS = frozenset({"parity_sample"})
 
 def feature_values(features) -> dict[str, object]:
     """A ScoreRequest's feature map as plain Python: numbers, strings; anything else as is."""
-    return {name: _plain(value) for name, value in features.items()}
+    values: dict[str, object] = {}
+    for name, value in features.items():
+        kind = value.WhichOneof("kind")  # inline: this runs for every feature of every Score
+        if kind == "number_value":
+            values[name] = value.number_value
+        elif kind == "string_value":
+            values[name] = value.string_value
+        else:
+            values[name] = _plain(value)
+    return values
 
 
 def _plain(value: struct_pb2.Value) -> object:
@@ -55,14 +64,10 @@ def score_response(
         evaluation_id=evaluation_id,
     )
     add_reason = response.reasons.add  # cheaper than building Reasons and copying them in
+    reasons = model.reasons_in(locale)
     for f in scored.reason_features[0]:
-        feature = model.features[f]
-        add_reason(
-            code=feature.reason_code,
-            feature=feature.name,
-            points=round(float(points[f]), 2),
-            text=model.reason_text(f, locale),
-        )
+        code, name, text = reasons[f]
+        add_reason(code=code, feature=name, points=round(float(points[f]), 2), text=text)
     return response
 
 
