@@ -1,15 +1,21 @@
 """Score and BatchScore against the floors: a bare gRPC echo and raw onnxruntime."""
 
+import itertools
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 
 from bench.harness import (
+    ENV,
     Latency,
     concurrent_rate,
     fill_features,
@@ -25,6 +31,10 @@ MODEL = "application"
 IN_FLIGHT = 16
 BATCH_ROWS = 1000
 ROUNDS = 5
+# Scoring as a pod of two cores would run it: a process a core on one port (SO_REUSEPORT).
+# The kernel spreads connections, not calls, so the callers use a connection each of several.
+PROCESSES = 2
+CONNECTIONS = 4
 
 
 def sample_rows(card: dict) -> tuple[np.ndarray, list[dict]]:
@@ -85,32 +95,43 @@ def run(seconds: float, calls: int) -> list[tuple]:
     raw_batch_rate = repeats * BATCH_ROWS / (time.perf_counter() - started)
 
     echo_port, scoring_port = free_port(), free_port()
-    env = {
-        "CREDITLINE_SCORING_PORT": str(scoring_port),
-        "CREDITLINE_SCORING_RELOAD_INTERVAL_SECONDS": "0",
-    }
+    env = {"CREDITLINE_SCORING_RELOAD_INTERVAL_SECONDS": "0"}
     payload = request.SerializeToString()
     with (
         server_process(["-m", "bench.echo_server", str(echo_port)], echo_port),
-        server_process(["-m", "services.scoring"], scoring_port, env),
+        server_process(
+            ["-m", "services.scoring"],
+            scoring_port,
+            {**env, "CREDITLINE_SCORING_PORT": str(scoring_port)},
+        ),
+        shared_port_servers(PROCESSES, env) as shared_port,
         grpc.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
         grpc.insecure_channel(f"127.0.0.1:{scoring_port}") as scoring_channel,
+        ExitStack() as channels,
     ):
         echo_method = echo_channel.unary_unary("/bench.Echo/Echo")
         stub = scoring_service_pb2_grpc.ScoringServiceStub(scoring_channel)
+        shared_stubs = [
+            scoring_service_pb2_grpc.ScoringServiceStub(
+                channels.enter_context(separate_channel(shared_port, i))
+            )
+            for i in range(CONNECTIONS)
+        ]
+        next_shared_stub = itertools.cycle(shared_stubs).__next__
         calls_of = {
             "echo": lambda: echo_method(payload, timeout=5),
             "score": lambda: stub.Score(request, timeout=5),
+            "processes": lambda: next_shared_stub().Score(request, timeout=5),
         }
         latency: dict[str, list[Latency]] = {"echo": [], "score": []}
-        rate: dict[str, list[float]] = {"echo": [], "score": []}
+        rate: dict[str, list[float]] = {"echo": [], "score": [], "processes": []}
         batch_rates = []
         turn = seconds / ROUNDS
         for round_ in range(ROUNDS):
             order = ("echo", "score") if round_ % 2 == 0 else ("score", "echo")
             for name in order:
                 latency[name].append(sequential(calls_of[name], calls // ROUNDS, warmup=100))
-            for name in order:
+            for name in (*order, "processes"):
                 rate[name].append(concurrent_rate(calls_of[name], IN_FLIGHT, turn))
             batch_rates.append(
                 batch_rate(lambda: stub.BatchScore(batch_message, timeout=30), BATCH_ROWS, turn)
@@ -136,6 +157,13 @@ def run(seconds: float, calls: int) -> list[tuple]:
             rounds(rate["score"], "calls/s"),
             "echo",
             ratio(rate["score"], rate["echo"]),
+            ">= 0.8x",
+        ),
+        (
+            f"Score, {IN_FLIGHT} in flight, {PROCESSES} processes, {CONNECTIONS} connections",
+            rounds(rate["processes"], "calls/s"),
+            "echo",
+            ratio(rate["processes"], rate["echo"]),
             ">= 0.8x",
         ),
         (
@@ -165,3 +193,65 @@ def batch_rate(call: Callable[[], object], rows: int, seconds: float) -> float:
         call()
         batches += 1
     return batches * rows / (time.perf_counter() - started)
+
+
+@contextmanager
+def shared_port_servers(count: int, env: dict[str, str]):
+    """`count` scoring processes listening on one port (CREDITLINE_SCORING_REUSE_PORT), each
+    serving before the block starts; yields the port."""
+    port = free_port()
+    settings = {
+        **ENV,
+        **env,
+        "CREDITLINE_SCORING_PORT": str(port),
+        "CREDITLINE_SCORING_REUSE_PORT": "true",
+    }
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "services.scoring"],
+            env=settings,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(listening(p.pid, port) for p in processes):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise RuntimeError("a scoring process on the shared port did not start")
+            time.sleep(0.1)
+        time.sleep(1.0)  # models are loaded before the port opens; let start-up settle
+        yield port
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (IPv4 or IPv6)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in itertools.islice(lines, 1, None):
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "0A" and fields[9] in inodes:
+                    return True
+    return False
+
+
+def separate_channel(port: int, index: int) -> grpc.Channel:
+    """A channel with a connection of its own: channels with equal arguments share one."""
+    return grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1), ("bench.index", index)]
+    )

@@ -127,8 +127,9 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                # A second server on a taken port must fail, not silently share it.
-                ("grpc.so_reuseport", 0),
+                # A second server on a taken port must fail, not silently share it, unless
+                # sharing is asked for: CPU-bound servers run a process per core that way.
+                ("grpc.so_reuseport", int(settings.reuse_port)),
                 *KEEPALIVE_OPTIONS,
             ],
         )

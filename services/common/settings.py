@@ -30,6 +30,12 @@ class ServiceSettings(BaseSettings):
     max_workers: int = Field(
         4, ge=1, le=256, description="Threads serving RPCs (4 measured best on 2 cores)."
     )
+    reuse_port: bool = Field(
+        False,
+        description="Let several processes of the service listen on the same port (SO_REUSEPORT), "
+        "the kernel spreading connections between them; off, a second server on a taken port "
+        "fails.",
+    )
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, le=300, description="Time in-flight calls get to finish after SIGTERM."
     )

@@ -222,6 +222,25 @@ def test_a_taken_port_is_refused(probe_server):
         GrpcServer(ServiceSettings(port=server.port), [], domain="test.creditline")
 
 
+def test_servers_asked_to_share_a_port_both_serve_it():
+    first = GrpcServer(ServiceSettings(port=0, reuse_port=True), [], domain="test.creditline")
+    first.start()
+    second = None
+    try:
+        second = GrpcServer(
+            ServiceSettings(port=first.port, reuse_port=True), [], domain="test.creditline"
+        ).start()
+        assert second.port == first.port
+        first.mark_ready()
+        second.mark_ready()
+        first.stop(0)  # the port stays served by the other process's server
+        assert health_status(second) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        first.stop(0)
+        if second is not None:
+            second.stop(0)
+
+
 def test_each_call_gets_its_own_request_id_and_deadline(probe_server):
     """Handlers are wrapped once per method: what differs per call must come from the call."""
     server, _ = probe_server

@@ -1,10 +1,12 @@
 """One row is scored in plain Python floats, a batch with numpy: both must agree exactly."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 
+from services.common.errors import InvalidArgument
 from services.scoring.model import MAX_REASONS, ServedModel
 from services.scoring.modelling.artifact import load_artifact
 from services.scoring.modelling.contract import INPUT_NAME, OUTPUT_NAMES
@@ -75,3 +77,40 @@ def test_a_single_row_gets_the_batch_arithmetic_on_its_model_outputs(model):
         assert one.reason_features == top_reasons_by_row(points, MAX_REASONS)
         assert one.reason_points == points.tolist()
     assert served.distribution.live_count == len(rows)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_row_encodes_the_same_on_the_one_pass_path_and_the_checked_one(model):
+    """encode_named takes a usual row in one pass; the checks that name problems must give
+    the same row, and every odd value must leave the one pass for them."""
+    (version_dir,) = sorted((BUNDLED_MODELS / model).iterdir())[-1:]
+    served = ServedModel(load_artifact(version_dir))
+    model_card = card(model)
+    for stored in model_card["parity_sample"]["features"]:
+        encoded = [math.nan if value is None else value for value in stored]  # null: missing
+        values = {
+            spec["name"]: spec["categories"][int(value)]
+            if spec["type"] == "categorical"
+            else float(value)
+            for spec, value in zip(model_card["features"], encoded, strict=True)
+        }
+        one_pass = served.encode_named(values)
+        assert one_pass.dtype == np.float32
+        np.testing.assert_array_equal(one_pass, served._encode_named_checked(values, "features"))
+        np.testing.assert_array_equal(one_pass, np.asarray([encoded], dtype=np.float32))
+    numeric = next(f for f in served.features if not f.categorical)
+    odd_values = [True, 3, math.inf, -math.inf, numeric.maximum + 1, numeric.minimum - 1, "x"]
+    if numeric.missing_bin:
+        odd_values.append(math.nan)
+    for odd in odd_values:
+        changed = {**values, numeric.name: odd}
+        try:
+            expected = served._encode_named_checked(changed, "features")
+        except InvalidArgument as error:
+            with pytest.raises(InvalidArgument) as raised:
+                served.encode_named(changed)
+            assert raised.value.violations == error.violations
+        else:
+            np.testing.assert_array_equal(served.encode_named(changed), expected)
+    with pytest.raises(InvalidArgument):
+        served.encode_named({**values, "unknown": 1.0})
