@@ -5,12 +5,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from services.common.database import create_engine, migrate
 from services.common.errors import Aborted, Violations
 from services.monitoring.converters import events_of
+from services.monitoring.detection import new_account
 from services.monitoring.ingestion import ingest
 from services.monitoring.retention import EventRetention
 from services.monitoring.rules import load_rules
@@ -56,6 +58,31 @@ def test_concurrent_batches_number_their_alerts_without_gaps(database_url):
             numbers = [a.seq for a in uow.alerts_after(0, AlertQuery(), 10_000)]
             assert uow.last_alert_number() == len(numbers)
         assert numbers == list(range(1, 4 * 5 * 5 * 2 + 1))  # each miss, each cure
+    finally:
+        store.close()
+
+
+def test_rows_a_concurrent_batch_wrote_first_refuse_the_batch_as_aborted(database_url):
+    """New rows are copied in on PostgreSQL: a key written first by another batch still
+    comes out as ABORTED (retry), and the connection serves the next batch."""
+    store = MonitoringStore.open(database_url)
+    rules = load_rules()
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    customer = Customer("acct-opened-twice")
+    opened = events_of(batch(customer.opened()), "CNY", Violations())
+    try:
+        with store.unit_of_work() as uow:
+            ingest(uow, opened, rules, now)
+        # What a batch that read before the first committed would write.
+        with pytest.raises(Aborted), store.unit_of_work() as uow:
+            uow.save_events(opened, now)
+        with pytest.raises(Aborted), store.unit_of_work() as uow:
+            uow.save_states([new_account(opened[0])], set(), now)
+        with store.unit_of_work() as uow:
+            result = ingest(
+                uow, events_of(batch(customer.inquiry()), "CNY", Violations()), rules, now
+            )
+        assert [r.outcome.value for r in result.results] == ["applied"]
     finally:
         store.close()
 
