@@ -3,7 +3,8 @@ once it is durable; serve alerts and account risk from the store.
 
 Long-lived streams (Ingest, WatchAlerts) each hold one of the server's worker threads, so they
 are capped below the pool size: unary calls always find a thread, and a stream over the cap
-is refused with RESOURCE_EXHAUSTED rather than left waiting.
+is refused with RESOURCE_EXHAUSTED rather than left waiting. An Ingest stream also has a
+reader thread of its own (from a pool as large as the cap), reading its next batch ahead.
 """
 
 from collections.abc import Callable, Iterable, Iterator
