@@ -2,6 +2,7 @@
 numbered without gaps under concurrent batches, and one replica at a time holds a lease."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -84,6 +85,45 @@ def test_rows_a_concurrent_batch_wrote_first_refuse_the_batch_as_aborted(databas
             )
         assert [r.outcome.value for r in result.results] == ["applied"]
     finally:
+        store.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # row locks
+def test_a_release_of_rescoring_claims_and_a_batch_lock_accounts_in_one_order(database_url):
+    """Releasing claims locks the accounts in key order, as a batch does: the two never each
+    hold a row the other waits for (released in the table's order, one was refused as a
+    deadlock)."""
+    store = MonitoringStore.open(database_url)
+    rules = load_rules()
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    ids = ["acct-lock-a", "acct-lock-z"]
+    for account_id in reversed(ids):  # z stored first: a scan of the table meets it first
+        opened = events_of(batch(Customer(account_id).opened()), "CNY", Violations())
+        with store.unit_of_work() as uow:
+            ingest(uow, opened, rules, now)
+    batch_holds_a = threading.Event()
+    failures: list[Exception] = []
+
+    def release() -> None:
+        batch_holds_a.wait(10)
+        try:
+            with store.unit_of_work() as uow:
+                uow.release_rescoring(ids)
+        except Exception as error:  # noqa: BLE001 - what the test looks at
+            failures.append(error)
+
+    releasing = threading.Thread(target=release)
+    releasing.start()
+    try:
+        with store.unit_of_work() as uow:  # a batch of both accounts
+            uow.account_states(ids[:1], lock=True)
+            batch_holds_a.set()
+            time.sleep(0.5)  # the release is waiting for a by now
+            uow.account_states(ids[1:], lock=True)
+        releasing.join(30)
+        assert failures == []
+    finally:
+        releasing.join(30)
         store.close()
 
 
