@@ -3,10 +3,12 @@ once it is durable; serve alerts and account risk from the store.
 
 Long-lived streams (Ingest, WatchAlerts) each hold one of the server's worker threads, so they
 are capped below the pool size: unary calls always find a thread, and a stream over the cap
-is refused with RESOURCE_EXHAUSTED rather than left waiting.
+is refused with RESOURCE_EXHAUSTED rather than left waiting. An Ingest stream also has a
+reader thread of its own (from a pool as large as the cap), reading its next batch ahead.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
@@ -16,7 +18,7 @@ from services.common.errors import NotFound, Unavailable, Violations
 from services.common.feeds import Heartbeat, NumberFeed, Page, StreamSlots, follow, parse_cursor
 from services.monitoring import converters
 from services.monitoring.ingestion import Ingestor
-from services.monitoring.profile import features
+from services.monitoring.profile import Event, features
 from services.monitoring.rescoring import BehaviourScorer
 from services.monitoring.rules import RulesHolder
 from services.monitoring.store import AlertQuery, AlertRecord, MonitoringStore
@@ -52,6 +54,8 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         self.clock = clock
         self.feed = NumberFeed()
         self._streams = StreamSlots(max_streams)
+        # One thread per open Ingest stream at most, each reading and checking its next batch.
+        self._readers = ThreadPoolExecutor(max_streams, thread_name_prefix="ingest-reader")
         # Applies what arrives; its other hooks (signals, rescoring) are the workers'.
         self.ingestor = Ingestor(lambda: self.store, rules, clock)
         self.ingestor.on_alerts = self.feed.publish
@@ -69,6 +73,7 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
 
     def close(self) -> None:
         self.feed.close()
+        self._readers.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.close()
 
@@ -78,24 +83,49 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         return pb.PublishEventsResponse(ack=self._apply(request.batch))
 
     def Ingest(self, request_iterator, context) -> Iterator[pb.IngestResponse]:
-        # One batch at a time: the next is read from the stream only after this one is
-        # acknowledged, so HTTP/2 flow control holds a fast producer back.
+        # One batch at a time, and one read ahead: the next is read from the stream and checked
+        # while this one is applied and committed (time otherwise spent waiting on the
+        # database), never further ahead, so HTTP/2 flow control still holds a fast producer
+        # back. A batch refused is refused after the batches before it are acknowledged.
         with self._stream():
-            for request in request_iterator:
+            for batch_id, events in self._checked_ahead(request_iterator):
                 if self.feed.closed:
                     raise Unavailable(
                         "the server is stopping; send the unacknowledged batches again",
                         reason="SHUTTING_DOWN",
                     )
-                yield pb.IngestResponse(ack=self._apply(request.batch))
+                ack = converters.ack_message(batch_id, self.ingestor.apply(events))
+                yield pb.IngestResponse(ack=ack)
+
+    def _checked_ahead(
+        self, requests: Iterable[pb.IngestRequest]
+    ) -> Iterator[tuple[str, list[Event]]]:
+        """Each batch of `requests` checked (see `_check`); the next is read and checked on a
+        reader thread while the caller works on the one given. A batch refused, or a stream
+        broken, raises here when the caller asks for that batch, not before."""
+        stream = iter(requests)
+
+        def read_next() -> tuple[str, list[Event]] | None:
+            request = next(stream, None)
+            return None if request is None else self._check(request.batch)
+
+        ahead = self._readers.submit(read_next)
+        while (checked := ahead.result()) is not None:
+            ahead = self._readers.submit(read_next)
+            yield checked
 
     def _apply(self, batch: pb.EventBatch) -> pb.BatchAck:
+        batch_id, events = self._check(batch)
+        return converters.ack_message(batch_id, self.ingestor.apply(events))
+
+    def _check(self, batch: pb.EventBatch) -> tuple[str, list[Event]]:
+        """The batch's id and events, or InvalidArgument with every problem found."""
         violations = Violations()
         if len(batch.batch_id) > converters.MAX_ID_LENGTH:
             violations.add("batch.batch_id", f"at most {converters.MAX_ID_LENGTH} characters")
         events = converters.events_of(batch, self.currency_code, violations)
         violations.raise_if_any()
-        return converters.ack_message(batch.batch_id, self.ingestor.apply(events))
+        return batch.batch_id, events
 
     # -- reading ----------------------------------------------------------------------------
 

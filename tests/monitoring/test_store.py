@@ -2,15 +2,18 @@
 numbered without gaps under concurrent batches, and one replica at a time holds a lease."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from services.common.database import create_engine, migrate
 from services.common.errors import Aborted, Violations
 from services.monitoring.converters import events_of
+from services.monitoring.detection import new_account
 from services.monitoring.ingestion import ingest
 from services.monitoring.retention import EventRetention
 from services.monitoring.rules import load_rules
@@ -57,6 +60,70 @@ def test_concurrent_batches_number_their_alerts_without_gaps(database_url):
             assert uow.last_alert_number() == len(numbers)
         assert numbers == list(range(1, 4 * 5 * 5 * 2 + 1))  # each miss, each cure
     finally:
+        store.close()
+
+
+def test_rows_a_concurrent_batch_wrote_first_refuse_the_batch_as_aborted(database_url):
+    """New rows are copied in on PostgreSQL: a key written first by another batch still
+    comes out as ABORTED (retry), and the connection serves the next batch."""
+    store = MonitoringStore.open(database_url)
+    rules = load_rules()
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    customer = Customer("acct-opened-twice")
+    opened = events_of(batch(customer.opened()), "CNY", Violations())
+    try:
+        with store.unit_of_work() as uow:
+            ingest(uow, opened, rules, now)
+        # What a batch that read before the first committed would write.
+        with pytest.raises(Aborted), store.unit_of_work() as uow:
+            uow.save_events(opened, now)
+        with pytest.raises(Aborted), store.unit_of_work() as uow:
+            uow.save_states([new_account(opened[0])], set(), now)
+        with store.unit_of_work() as uow:
+            result = ingest(
+                uow, events_of(batch(customer.inquiry()), "CNY", Violations()), rules, now
+            )
+        assert [r.outcome.value for r in result.results] == ["applied"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # row locks
+def test_a_release_of_rescoring_claims_and_a_batch_lock_accounts_in_one_order(database_url):
+    """Releasing claims locks the accounts in key order, as a batch does: the two never each
+    hold a row the other waits for (released in the table's order, one was refused as a
+    deadlock)."""
+    store = MonitoringStore.open(database_url)
+    rules = load_rules()
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    ids = ["acct-lock-a", "acct-lock-z"]
+    for account_id in reversed(ids):  # z stored first: a scan of the table meets it first
+        opened = events_of(batch(Customer(account_id).opened()), "CNY", Violations())
+        with store.unit_of_work() as uow:
+            ingest(uow, opened, rules, now)
+    batch_holds_a = threading.Event()
+    failures: list[Exception] = []
+
+    def release() -> None:
+        batch_holds_a.wait(10)
+        try:
+            with store.unit_of_work() as uow:
+                uow.release_rescoring(ids)
+        except Exception as error:  # noqa: BLE001 - what the test looks at
+            failures.append(error)
+
+    releasing = threading.Thread(target=release)
+    releasing.start()
+    try:
+        with store.unit_of_work() as uow:  # a batch of both accounts
+            uow.account_states(ids[:1], lock=True)
+            batch_holds_a.set()
+            time.sleep(0.5)  # the release is waiting for a by now
+            uow.account_states(ids[1:], lock=True)
+        releasing.join(30)
+        assert failures == []
+    finally:
+        releasing.join(30)
         store.close()
 
 

@@ -39,6 +39,31 @@ def test_ingest_acknowledges_each_batch_in_order(monitoring):
     assert all(a.applied == 2 and a.signals_raised == 1 for a in acks)
 
 
+def test_a_batch_refused_mid_stream_is_refused_after_the_batches_before_it_are_applied(monitoring):
+    """The next batch is read and checked while one is applied: its refusal still comes in
+    its turn, after every batch before it is acknowledged, and nothing after it applies."""
+    from services.common.errors import violations_of
+
+    customer = Customer("acct-refused-mid-stream")
+    batches = [
+        batch(customer.opened(), batch_id="first"),
+        batch(customer.inquiry(), batch_id="second"),
+        batch(customer.inquiry(), batch_id="bad"),
+        batch(customer.inquiry(), batch_id="never"),
+    ]
+    batches[2].events[0].event_id = ""
+    call = monitoring.Ingest((pb.IngestRequest(batch=b) for b in batches), timeout=30)
+    acks = []
+    with pytest.raises(grpc.RpcError) as raised:
+        for response in call:
+            acks.append(response.ack)
+    assert [(a.batch_id, a.applied) for a in acks] == [("first", 1), ("second", 1)]
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in violations_of(raised.value)] == ["batch.events[0].event_id"]
+    risk = monitoring.GetAccountRisk(pb.GetAccountRiskRequest(account_id=customer.account_id))
+    assert risk.risk.last_sequence == 2
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # transport, not storage
 def test_a_fast_producer_is_held_back_by_flow_control(monitoring):
     """The server reads the next batch only after acknowledging one, so a producer that never

@@ -229,6 +229,18 @@ class Accounts(Room):
 
     def release_rescoring(self, account_ids: Iterable[str]) -> None:
         """Lets go of the rescoring claims on these accounts."""
+        if self._postgres:
+            # Their rows locked in key order, as a batch locks its accounts: locked in the
+            # order the plan met them (a scan of the table, in physical order), a release and
+            # a batch could each hold a row the other waits for, and one was refused as a
+            # deadlock.
+            self._connection.exec_driver_sql(
+                "UPDATE monitoring_accounts SET rescore_claimed_until = NULL WHERE account_id IN "
+                "(SELECT account_id FROM monitoring_accounts WHERE account_id = ANY(%b) "
+                "ORDER BY account_id FOR UPDATE)",
+                (sorted(set(account_ids)),),
+            )
+            return
         for chunk in chunks(sorted(account_ids)):
             self._connection.execute(
                 update(accounts)

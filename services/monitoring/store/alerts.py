@@ -158,11 +158,13 @@ class Alerts(Room):
             )
         columns = [c for c in _COLUMNS if c not in ("id", "seq")]
         if self._postgres:
-            self._connection.exec_driver_sql(
-                f"INSERT INTO monitoring_alerts (id, {', '.join(columns)}) "
-                f"SELECT nextval('{ALERT_IDS}'), * FROM {unnest(alerts, columns)}",
-                by_column(rows),
-            )
+            # Their ids first, in order (the account rows are locked already), then the rows.
+            ids = self._connection.exec_driver_sql(
+                f"SELECT nextval('{ALERT_IDS}') FROM generate_series(1, %(count)s) ORDER BY 1",
+                {"count": len(rows)},
+            ).scalars()
+            numbered = [(i, *row) for i, row in zip(ids.all(), rows, strict=True)]
+            self._copy(alerts, ("id", *columns), numbered)
             return
         first = self._move_head(len(rows)) - len(rows) + 1
         self._connection.exec_driver_sql(

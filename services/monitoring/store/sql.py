@@ -1,12 +1,24 @@
 """The dialect SQL of monitoring's store: times as integer microseconds, and rows sent to the
-driver as plain tuples (one array per column on PostgreSQL), without SQLAlchemy's per-row bind
-processing, which cost more than the database itself on the hot paths."""
+driver as plain tuples, without SQLAlchemy's per-row bind processing, which cost more than the
+database itself on the hot paths. On PostgreSQL new rows are copied in (COPY, binary) and rows
+to change go as one array per column."""
 
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from sqlalchemy import BigInteger, Boolean, Connection, Integer, MetaData, Row, Table, TypeDecorator
+import psycopg
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    Integer,
+    MetaData,
+    Row,
+    Table,
+    TypeDecorator,
+    exc,
+)
 
 from services.common.database import as_utc
 
@@ -68,11 +80,7 @@ class Room:
             return
         columns = [c.name for c in table.columns][: len(rows[0])]
         if self._postgres:
-            self._connection.exec_driver_sql(
-                f"INSERT INTO {table.name} ({', '.join(columns)}) "
-                f"SELECT * FROM {unnest(table, columns)}",
-                by_column(rows),
-            )
+            self._copy(table, columns, rows)
         else:
             self._connection.exec_driver_sql(
                 f"INSERT INTO {table.name} ({', '.join(columns)}) "
@@ -80,20 +88,37 @@ class Room:
                 rows,
             )
 
+    def _copy(self, table: Table, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+        """COPY `rows` into `columns` of `table` (PostgreSQL), in binary: psycopg formats each
+        row in C, where one array per column is built element by element in Python. Errors
+        come out as SQLAlchemy's, as from any other statement."""
+        statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        dbapi_connection = self._connection.connection.driver_connection
+        assert dbapi_connection is not None, "a connection in use has its driver's"
+        try:
+            with dbapi_connection.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.set_types([postgres_type(table, name) for name in columns])
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.Error as error:
+            raise exc.DBAPIError.instance(statement, None, error, psycopg.Error) from error
 
-_ARRAY_TYPES = ((Boolean, "boolean[]"), (BigInteger, "bigint[]"), (Integer, "integer[]"))
+
+_TYPES = ((Boolean, "boolean"), (BigInteger, "bigint"), (Integer, "integer"))
+
+
+def postgres_type(table: Table, column: str) -> str:
+    """The PostgreSQL type of `column` of `table` as the hot paths send it."""
+    column_type = table.c[column].type
+    if isinstance(column_type, TypeDecorator):
+        column_type = column_type.impl_instance
+    return next((name for kind, name in _TYPES if isinstance(column_type, kind)), "text")
 
 
 def unnest(table: Table, columns: Sequence[str]) -> str:
     """unnest(%b::type[], ...) over `columns` of `table`: one array parameter per column, sent
     in binary (%b): psycopg escapes every element of a text-format array with a regex."""
-    types = []
-    for name in columns:
-        column_type = table.c[name].type
-        if isinstance(column_type, TypeDecorator):
-            column_type = column_type.impl_instance
-        array = next((a for t, a in _ARRAY_TYPES if isinstance(column_type, t)), "text[]")
-        types.append(f"%b::{array}")
+    types = [f"%b::{postgres_type(table, name)}[]" for name in columns]
     return f"unnest({', '.join(types)})"
 
 
