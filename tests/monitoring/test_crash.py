@@ -114,16 +114,19 @@ def test_alerts_a_crash_left_unnumbered_are_numbered_by_the_next_replica(
             raised = ingest(uow, events_of(batch(*lives), "CNY", Violations()), load_rules(),
                             datetime.now(UTC)).raised  # fmt: skip
         with store.read() as uow:
-            assert uow.last_alert_number() == 0  # committed, and seen by no reader
+            assert uow.any_unnumbered_alerts() and uow.last_alert_number() == 0  # seen by none
     finally:
         store.close()
     assert len(raised) >= len(early)
 
     monitoring = start_monitoring()
-    eventually(lambda: len(_all_alerts(monitoring)) == len(raised), "the alerts numbered")
+    eventually(lambda: len(_all_alerts(monitoring)) >= len(raised), "the alerts numbered")
     later = Customer("acct-raised-after")
     publish(monitoring, later.opened(), later.advance(days=31).missed())
-    eventually(lambda: len(_all_alerts(monitoring)) > len(raised), "the later alert numbered")
+    eventually(
+        lambda: later.account_id in {a.account_id for a in _all_alerts(monitoring)},
+        "the later alert numbered",
+    )
 
     watched = _watch_until_quiet(monitoring, "0")
     assert [int(a.cursor) for a in watched] == list(range(1, len(watched) + 1))

@@ -19,11 +19,12 @@ BEHAVIOUR_VERSION = DEFAULT_VERSIONS["behaviour"]
 
 def wait_until_rescored(monitoring) -> None:
     """Waits until no account waits for rescoring (read from the store: no RPC tells), so each
-    account scored has raised its `behaviour_rescored` alert and a test's listing is settled."""
+    account scored has raised its `behaviour_rescored` alert, and until those alerts have
+    their numbers (given just after rescoring's commit), so a test's listing is settled."""
 
     def rescored() -> bool:
         with monitoring.server.bindings[0].servicer.store.read() as uow:
-            return not uow.accounts_due_for_rescoring(1)
+            return not uow.accounts_due_for_rescoring(1) and not uow.any_unnumbered_alerts()
 
     wait_until(rescored)
 

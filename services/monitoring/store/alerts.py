@@ -176,8 +176,7 @@ class Alerts(Room):
     def number_alerts(self, limit: int = 10_000) -> tuple[int, int]:
         """Numbers up to `limit` committed unnumbered alerts (PostgreSQL: see the module);
         returns how many, and the last number."""
-        unnumbered = select(alerts.c.id).where(alerts.c.seq.is_(None)).limit(1)
-        if not self._postgres or self._connection.execute(unnumbered).first() is None:
+        if not self._postgres or not self.any_unnumbered_alerts():
             return 0, self.last_alert_number()
         head = self._connection.execute(
             select(counters.c.value).where(counters.c.name == ALERT_COUNTER).with_for_update()
@@ -238,6 +237,12 @@ class Alerts(Room):
             )
             found.extend(_alert(row) for row in self._connection.execute(statement))
         return sorted(found, key=lambda a: a.seq)
+
+    def any_unnumbered_alerts(self) -> bool:
+        """Whether a committed alert waits for its number (PostgreSQL, between a commit and
+        `number_alerts`)."""
+        unnumbered = select(alerts.c.id).where(alerts.c.seq.is_(None)).limit(1)
+        return self._connection.execute(unnumbered).first() is not None
 
     def last_alert_number(self) -> int:
         query = select(counters.c.value).where(counters.c.name == ALERT_COUNTER)
