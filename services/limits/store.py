@@ -442,12 +442,16 @@ class UnitOfWork:
         self.resolved_appeals: list[Appeal] = []
         # The treatment steps it decided, numbered and stored last (`add_treatment_steps`).
         self.treatment: list[TreatmentStep] = []
+        # What a group of calls read ahead and holds back to write at once (`read_ahead`).
+        self._held: _Held | None = None
 
     # Idempotency (AIP-155).
 
     def find_idempotent(self, scope: str, request_id: str) -> IdempotencyRecord | None:
         """The answer stored for `request_id` in `scope`, or under the scope '' of the records
         stored before requests had scopes."""
+        if self._held is not None and (scope, request_id) in self._held.answers:
+            return self._held.answers[scope, request_id]
         row = self._one(
             select(idempotency_records)
             .where(
@@ -471,6 +475,15 @@ class UnitOfWork:
             "response": response,
             "created_at": _now(),
         }
+        held = self._held
+        if held is not None and (scope, request_id) in held.answers:
+            if held.answers[scope, request_id] is not None:
+                raise _answered_concurrently("request", request_id)
+            held.answers[scope, request_id] = IdempotencyRecord(
+                method, fingerprint, response, _now()
+            )
+            held.records.append(values)
+            return
         if not self._insert_new(idempotency_records, values):
             raise _answered_concurrently("request", request_id)
 
@@ -478,6 +491,8 @@ class UnitOfWork:
 
     def get_account(self, account_id: str, *, lock: bool = False) -> Account | None:
         """The account, or None; `lock` takes its row lock until the transaction ends."""
+        if self._held is not None and account_id in self._held.accounts:
+            return self._held.accounts[account_id]  # read ahead, its lock taken
         query = select(accounts).where(accounts.c.account_id == account_id)
         row = self._one(query.with_for_update() if lock else query)
         return None if row is None else _account_from_row(row)
@@ -532,12 +547,103 @@ class UnitOfWork:
         )
         return {row.account_id: row.version for row in self._all(query)}
 
+    def read_ahead(self, account_ids: list[str], keys: list[tuple[str, str]]) -> None:
+        """For a group of calls in one transaction: reads their accounts, taking their row
+        locks in id order, and the answers stored for their (scope, request id) keys, in one
+        statement each. From then on `get_account` and `find_idempotent` answer for these from
+        what was read, and `save_account` and `save_idempotent` hold their writes back until
+        `write_held` writes them all at once."""
+        held = _Held()
+        ids = sorted(set(account_ids))
+        query = _READ_AHEAD_ACCOUNTS
+        if self._connection.dialect.name == "postgresql":
+            query = query.with_for_update()
+        found = {
+            row.account_id: _account_from_row(row)
+            for row in self._connection.execute(query, {"account_ids": ids})
+        }
+        held.accounts = {account_id: found.get(account_id) for account_id in ids}
+        rows = self._connection.execute(
+            _READ_AHEAD_ANSWERS,
+            {
+                "scopes": sorted({scope for scope, _ in keys} | {LEGACY_SCOPE}),
+                "request_ids": sorted({request_id for _, request_id in keys}),
+            },
+        )
+        stored = {(row.scope, row.request_id): _idempotency_from_row(row) for row in rows}
+        for scope, request_id in keys:  # the request's own scope first, as find_idempotent
+            held.answers[scope, request_id] = stored.get(
+                (scope, request_id), stored.get((LEGACY_SCOPE, request_id))
+            )
+        self._held = held
+
+    def write_held(self) -> None:
+        """Writes what `save_account` and `save_idempotent` held back since `read_ahead`, in
+        one statement each; Aborted, the transaction to be rolled back, if a row changed or an
+        answer was stored meanwhile (neither can while the locks are held)."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if held.updates:
+            result = self._connection.execute(
+                _UPDATE_ACCOUNT, [_update_parameters(old, new) for old, new in held.updates]
+            )
+            sane = self._connection.dialect.supports_sane_multi_rowcount
+            if sane and result.rowcount != len(held.updates):
+                raise Aborted(
+                    "accounts changed while their locks were held",
+                    reason="CONCURRENT_MODIFICATION",
+                )
+        if held.records:
+            statement = (
+                _insert_statement(self._connection, idempotency_records)
+                .values(held.records)
+                .on_conflict_do_nothing()
+                .execution_options(preserve_rowcount=True)
+            )
+            if self._connection.execute(statement).rowcount != len(held.records):
+                raise Aborted(
+                    "a request was answered by a concurrent call", reason="CONCURRENT_MODIFICATION"
+                )
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: what the block wrote, held back or noted for the notices and
+        the metrics, is taken back if it raises; the rest of the transaction stands."""
+        noted = len(self.appended), len(self.resolved_appeals), len(self.treatment)
+        held = self._held
+        kept = None if held is None else held.copy()
+        nested = self._connection.begin_nested()
+        try:
+            yield
+        except BaseException:
+            nested.rollback()
+            del self.appended[noted[0] :]
+            del self.resolved_appeals[noted[1] :]
+            del self.treatment[noted[2] :]
+            self._held = kept
+            raise
+        nested.commit()
+
     def save_account(self, account: Account) -> Account:
         """Stores `account` if the stored one is still at `account.version` (compare-and-set).
 
         Returns the account with its new version; Aborted if someone changed it meanwhile.
         """
         saved = replace(account, version=account.version + 1)
+        held = self._held
+        read = None if held is None else held.accounts.get(account.account_id)
+        if held is not None and read is not None:
+            if read.version != account.version:
+                raise Aborted(
+                    f"account {account.account_id} changed since version {account.version}; "
+                    "read it again and retry",
+                    reason="CONCURRENT_MODIFICATION",
+                    metadata={"account_id": account.account_id},
+                )
+            held.updates.append((account, saved))
+            held.accounts[account.account_id] = saved
+            return saved
         result = self._connection.execute(_UPDATE_ACCOUNT, _update_parameters(account, saved))
         if result.rowcount == 1:
             return saved
@@ -1111,6 +1217,31 @@ _UPDATE_ACCOUNT = (
         }
     )
 )
+
+
+_READ_AHEAD_ACCOUNTS = (
+    select(accounts)
+    .where(accounts.c.account_id.in_(bindparam("account_ids", expanding=True)))
+    .order_by(accounts.c.account_id)
+)
+_READ_AHEAD_ANSWERS = select(idempotency_records).where(
+    idempotency_records.c.scope.in_(bindparam("scopes", expanding=True)),
+    idempotency_records.c.request_id.in_(bindparam("request_ids", expanding=True)),
+)
+
+
+@dataclass
+class _Held:
+    """What a group's unit of work read ahead (None: no such account, no answer stored) and
+    the writes it holds back (`UnitOfWork.read_ahead`)."""
+
+    accounts: dict[str, Account | None] = field(default_factory=dict)
+    answers: dict[tuple[str, str], IdempotencyRecord | None] = field(default_factory=dict)
+    updates: list[tuple[Account, Account]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def copy(self) -> "_Held":
+        return _Held(dict(self.accounts), dict(self.answers), [*self.updates], [*self.records])
 
 
 def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
