@@ -799,7 +799,7 @@ class LimitsApplication:
             outcome = _recorded(decision).type.value
             counts[outcome] = counts.get(outcome, 0) + 1
             counts["reviewed"] = counts.get("reviewed", 0) + 1
-            accounts.append(decision.account)
+            accounts.append((account, decision.account))
             events.extend(recorded)
         if undecided:
             counts["undecided"] = counts.get("undecided", 0) + len(undecided)

@@ -444,6 +444,9 @@ class UnitOfWork:
         self.treatment: list[TreatmentStep] = []
         # What a group of calls read ahead and holds back to write at once (`read_ahead`).
         self._held: _Held | None = None
+        # Each account as this transaction read or wrote it last: a save writes only the
+        # columns that differ from it (when it is still the version being saved over).
+        self._stored: dict[str, Account] = {}
 
     # Idempotency (AIP-155).
 
@@ -495,7 +498,10 @@ class UnitOfWork:
             return self._held.accounts[account_id]  # read ahead, its lock taken
         query = select(accounts).where(accounts.c.account_id == account_id)
         row = self._one(query.with_for_update() if lock else query)
-        return None if row is None else _account_from_row(row)
+        if row is None:
+            return None
+        account = self._stored[account_id] = _account_from_row(row)
+        return account
 
     def insert_account(self, account: Account) -> None:
         """Inserts a new account; a line (not a declined application) becomes the customer's
@@ -534,7 +540,9 @@ class UnitOfWork:
             .order_by(accounts.c.account_id)
         )
         rows = self._all(query.with_for_update() if lock else query)
-        return [_account_from_row(row) for row in rows]
+        found = [_account_from_row(row) for row in rows]
+        self._stored.update((account.account_id, account) for account in found)
+        return found
 
     def lock_versions(self, account_ids: list[str]) -> dict[str, int]:
         """The version of each of these accounts that exists, their row locks taken: a page
@@ -563,6 +571,8 @@ class UnitOfWork:
             for row in self._connection.execute(query, {"account_ids": ids})
         }
         held.accounts = {account_id: found.get(account_id) for account_id in ids}
+        held.read = found
+        self._stored.update(found)
         rows = self._connection.execute(
             _READ_AHEAD_ANSWERS,
             {
@@ -584,12 +594,11 @@ class UnitOfWork:
         held, self._held = self._held, None
         if held is None:
             return
-        if held.updates:
-            result = self._connection.execute(
-                _UPDATE_ACCOUNT, [_update_parameters(old, new) for old, new in held.updates]
-            )
-            sane = self._connection.dialect.supports_sane_multi_rowcount
-            if sane and result.rowcount != len(held.updates):
+        # Each account's last state over the one read: no one sees the states between.
+        changes = [(held.read[a], held.accounts[a]) for a in dict.fromkeys(held.updates)]
+        if changes:
+            written = _write_changes(self._connection, changes)  # type: ignore[arg-type]
+            if written not in (-1, len(changes)):
                 raise Aborted(
                     "accounts changed while their locks were held",
                     reason="CONCURRENT_MODIFICATION",
@@ -641,11 +650,18 @@ class UnitOfWork:
                     reason="CONCURRENT_MODIFICATION",
                     metadata={"account_id": account.account_id},
                 )
-            held.updates.append((account, saved))
+            held.updates.append(account.account_id)
             held.accounts[account.account_id] = saved
             return saved
-        result = self._connection.execute(_UPDATE_ACCOUNT, _update_parameters(account, saved))
-        if result.rowcount == 1:
+        stored = self._stored.get(account.account_id)
+        if stored is not None and stored.version == account.version:
+            written = _write_changes(self._connection, [(stored, saved)])
+        else:
+            written = self._connection.execute(
+                _UPDATE_ACCOUNT, _update_parameters(account, saved)
+            ).rowcount
+        if written == 1:
+            self._stored[account.account_id] = saved
             return saved
         if self.get_account(account.account_id) is None:
             raise NotFound(
@@ -659,17 +675,16 @@ class UnitOfWork:
             metadata={"account_id": account.account_id},
         )
 
-    def save_accounts(self, locked: list[Account]) -> list[Account]:
-        """Stores many accounts in one statement (a portfolio review's page). They must have been
-        read with their locks held (`get_accounts(..., lock=True)`), so none can have changed."""
-        saved = [replace(account, version=account.version + 1) for account in locked]
+    def save_accounts(self, changes: list[tuple[Account, Account]]) -> list[Account]:
+        """Stores many accounts at once (a portfolio review's page): each (stored, new) pair is
+        an account as read with its lock held, so unchanged since, and its new state at the
+        same version; only the columns that changed are written. Returns the new states with
+        their new versions."""
+        saved = [replace(new, version=new.version + 1) for _, new in changes]
         if saved:
-            result = self._connection.execute(
-                _UPDATE_ACCOUNT,
-                [_update_parameters(old, new) for old, new in zip(locked, saved, strict=True)],
-            )
-            sane = self._connection.dialect.supports_sane_multi_rowcount
-            if sane and result.rowcount != len(saved):
+            pairs = [(stored, new) for (stored, _), new in zip(changes, saved, strict=True)]
+            written = _write_changes(self._connection, pairs)
+            if written not in (-1, len(saved)):
                 raise Aborted(
                     "accounts changed while their locks were held", reason="CONCURRENT_MODIFICATION"
                 )
@@ -1237,11 +1252,14 @@ class _Held:
 
     accounts: dict[str, Account | None] = field(default_factory=dict)
     answers: dict[tuple[str, str], IdempotencyRecord | None] = field(default_factory=dict)
-    updates: list[tuple[Account, Account]] = field(default_factory=list)
+    updates: list[str] = field(default_factory=list)  # the accounts saved, by id
     records: list[dict[str, Any]] = field(default_factory=list)
+    read: dict[str, Account] = field(default_factory=dict)  # the accounts as read
 
     def copy(self) -> "_Held":
-        return _Held(dict(self.accounts), dict(self.answers), [*self.updates], [*self.records])
+        return _Held(
+            dict(self.accounts), dict(self.answers), [*self.updates], [*self.records], self.read
+        )
 
 
 def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
@@ -1254,6 +1272,99 @@ def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
         "old_account_id": old.account_id,
         "old_version": old.version,
     }
+
+
+# The columns an account's fields are stored in, beyond the line's and the risk state's: each
+# named as its field (checked below), so a change is written to the columns of what changed.
+_LINE_COLUMNS = frozenset({"credit_line", "drawn", "status", "customer_cap", "in_hardship"})
+_RISK_FIELDS = {  # RiskState's fields and their columns (as `_risk_values` stores them)
+    "profile": "behaviour_profile",
+    "profile_at": "profile_at",
+    "days_past_due": "days_past_due",
+    "loans_past_due": "loans_past_due",
+    "past_due_since": "past_due_since",
+    "behaviour_band": "behaviour_band",
+    "behaviour_scored_at": "behaviour_scored_at",
+    "last_warning_at": "last_warning_at",
+    "anomaly_since": "anomaly_since",
+}
+_RISK_COLUMNS = frozenset(_RISK_FIELDS.values())
+_JSON_RISK = frozenset({"behaviour_profile", "loans_past_due"})  # None when empty
+_PLAIN_COLUMNS = tuple(
+    column.name
+    for column in accounts.columns
+    if column.name not in _FIXED_AT_OPENING | _LINE_COLUMNS | _RISK_COLUMNS
+    and column.name not in ("hardship", "version")
+)
+assert all(name in Account.__dataclass_fields__ for name in _PLAIN_COLUMNS), _PLAIN_COLUMNS
+_NARROW_UPDATES: dict[frozenset[str], Any] = {}
+
+
+def _changed_values(stored: Account, new: Account) -> dict[str, Any]:
+    """The columns that differ between the account as stored and its new state, by value, with
+    the new version: what an UPDATE of the stored row needs to write, and no more (SQLite
+    rewrites the index entries of every column written, whatever its value)."""
+    values: dict[str, Any] = {"version": new.version}
+    if new.line != stored.line:
+        line = new.line
+        values.update(
+            credit_line=line.credit_line,
+            drawn=line.drawn,
+            status=AccountStatus(line.status).value,
+            customer_cap=line.customer_cap,
+            in_hardship=line.in_hardship,
+        )
+    if new.risk != stored.risk:  # field by field, the JSON of what changed only
+        for name, column in _RISK_FIELDS.items():
+            value = getattr(new.risk, name)
+            if value != getattr(stored.risk, name):
+                if column in _JSON_RISK:
+                    value = _dumps(value) if value else None
+                values[column] = value
+    if new.hardship != stored.hardship:
+        hardship = new.hardship
+        values["hardship"] = None if hardship is None else _dumps(_hardship_json(hardship))
+    for name in _PLAIN_COLUMNS:
+        value = getattr(new, name)
+        if value != getattr(stored, name):
+            values[name] = value
+    return values
+
+
+def _narrow_update(columns: frozenset[str]):
+    """The UPDATE of these columns of an account still at its old version (built once)."""
+    statement = _NARROW_UPDATES.get(columns)
+    if statement is None:
+        statement = (
+            update(accounts)
+            .where(
+                accounts.c.account_id == bindparam("old_account_id"),
+                accounts.c.version == bindparam("old_version"),
+            )
+            .values({name: bindparam(f"new_{name}") for name in sorted(columns)})
+        )
+        _NARROW_UPDATES[columns] = statement
+    return statement
+
+
+def _write_changes(connection: Connection, changes: list[tuple[Account, Account]]) -> int:
+    """Writes each account's new state over its stored one (compare-and-set on the stored
+    version), only the columns that changed, in one statement per set of columns; the rows
+    written, or -1 where the driver cannot count them."""
+    by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for stored, new in changes:
+        values = _changed_values(stored, new)
+        parameters = {f"new_{name}": value for name, value in values.items()}
+        parameters.update(old_account_id=stored.account_id, old_version=stored.version)
+        by_columns.setdefault(frozenset(values), []).append(parameters)
+    written = 0
+    for columns, rows in by_columns.items():
+        result = connection.execute(_narrow_update(columns), rows)
+        if len(rows) > 1 and not connection.dialect.supports_sane_multi_rowcount:
+            written = -1
+        elif written >= 0:
+            written += result.rowcount
+    return written
 
 
 def _due_in_shard(as_of: datetime, shard: ReviewShard) -> tuple:
