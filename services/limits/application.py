@@ -71,6 +71,8 @@ VIEW_DECISIONS = VIEW_NOTICES = VIEW_APPEALS = VIEW_TREATMENT_STEPS = 100
 COLLECTIONS_PAGE = 500
 # Draws and repayments committed in one transaction at most (`LimitsApplication._move_credit`).
 DRAW_GROUP = 32
+# Groups of draws committed at once on PostgreSQL (one at a time on SQLite).
+POSTGRES_DRAW_LEADERS = 2
 NAMED_ACTORS = frozenset({ActorKind.operator, ActorKind.monitoring})
 
 
@@ -352,6 +354,10 @@ class LimitsApplication:
 
     def attach_store(self, store: LimitsStore) -> None:
         self._store = store
+        if store.engine.dialect.name == "postgresql":
+            # Groups on other rows commit side by side there (their locks taken in id order);
+            # on SQLite a second group would only wait for the write lock.
+            self._moves.leaders = POSTGRES_DRAW_LEADERS
         with store.read() as uow:
             self.notice_feed.publish(uow.last_notice_number())
             self.treatment_feed.publish(uow.last_treatment_step_number())

@@ -67,3 +67,31 @@ def test_a_group_that_fails_fails_each_of_its_calls_and_no_other():
 def test_a_group_is_at_least_one_call():
     with pytest.raises(ValueError):
         GroupCommit(lambda jobs: jobs, max_group=0)
+
+
+def test_with_two_leaders_every_call_is_answered_once_and_no_group_is_empty():
+    groups: list[list[int]] = []
+    lock = threading.Lock()
+
+    def commit_group(jobs: list[int]) -> list[int | BaseException]:
+        with lock:
+            groups.append(jobs)
+        threading.Event().wait(0.002)  # a commit takes a moment: calls pile up meanwhile
+        return [job + 1 for job in jobs]
+
+    commit = GroupCommit(commit_group, max_group=8, leaders=2)
+    results: dict[int, int] = {}
+
+    def call(first: int) -> None:
+        for job in range(first, first + 50):
+            results[job] = commit.submit(job)
+
+    threads = [threading.Thread(target=call, args=(n * 1000,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert all(groups) and sorted(j for g in groups for j in g) == sorted(results)
+    assert all(result == job + 1 for job, result in results.items()) and len(results) == 300
+    assert commit.unanswered == 0

@@ -28,10 +28,11 @@ def moves_of(limits):
     return limits.server.bindings[0].servicer.app._moves
 
 
-def held_up(limits, database_url: str, account_ids: list[str], calls: list, blocked: int = 1):
+def held_up(limits, database_url: str, account_ids: list[str], calls: list):
     """Runs `calls` at once while another transaction holds the database (SQLite's write lock,
-    the accounts' row locks on PostgreSQL), so that they pile up behind the first; lets go
-    once every call is waiting, and returns each one's answer or its RpcError."""
+    the accounts' row locks on PostgreSQL), so that they pile up behind the first groups; lets
+    go once every call has reached the group commit, and returns each one's answer or its
+    RpcError."""
     engine = create_engine(database_url)
     pool = futures.ThreadPoolExecutor(len(calls))
     try:
@@ -43,7 +44,7 @@ def held_up(limits, database_url: str, account_ids: list[str], calls: list, bloc
             )
             pending = [pool.submit(_outcome, call) for call in calls]
             deadline = time.monotonic() + 30
-            while moves_of(limits).waiting < len(calls) - blocked:
+            while moves_of(limits).unanswered < len(calls):
                 assert time.monotonic() < deadline, "the calls never reached the server"
                 time.sleep(0.02)
         return [p.result(timeout=30) for p in pending]
@@ -120,7 +121,7 @@ def test_a_group_on_one_account_never_overdraws_and_retries_are_answered_from_th
     ids = [rid() for _ in range(12)]
     calls = [lambda i=i: draw(limits, account_id, 450, request_id=ids[i]) for i in range(12)]
 
-    outcomes = held_up(limits, database_url, [account_id], calls, blocked=1)
+    outcomes = held_up(limits, database_url, [account_id], calls)
 
     granted = [o for o in outcomes if not isinstance(o, grpc.RpcError)]
     refused = [o for o in outcomes if isinstance(o, grpc.RpcError)]
