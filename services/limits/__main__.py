@@ -41,6 +41,7 @@ def build_server(settings: LimitsSettings, **servicer_options) -> GrpcServer:
         scoring,
         templates=templates,
         max_streams=settings.max_streams,
+        draw_group=settings.draw_group,
         review=ReviewSharding(
             default_shards=settings.review_shards,
             lease=timedelta(seconds=settings.review_lease_seconds),

@@ -24,9 +24,11 @@ from services.common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ServiceError,
     Unavailable,
 )
 from services.common.feeds import NumberFeed, Page
+from services.common.group_commit import GroupCommit
 from services.limits import collections, decisions, ledger, metrics
 from services.limits.collections import StepKind, TreatmentStep
 from services.limits.decisions import (
@@ -67,6 +69,10 @@ REVIEW_PAGE = 500
 VIEW_DECISIONS = VIEW_NOTICES = VIEW_APPEALS = VIEW_TREATMENT_STEPS = 100
 # Accounts in collections read per page of a run (each is then treated in its own transaction).
 COLLECTIONS_PAGE = 500
+# Draws and repayments committed in one transaction at most (`LimitsApplication._move_credit`).
+DRAW_GROUP = 32
+# Groups of draws committed at once on PostgreSQL (one at a time on SQLite).
+POSTGRES_DRAW_LEADERS = 2
 NAMED_ACTORS = frozenset({ActorKind.operator, ActorKind.monitoring})
 
 
@@ -222,6 +228,18 @@ class CollectionsRun:
 
 
 @dataclass(frozen=True)
+class _Mutation:
+    """One call's change, to be done in a unit of work: what `_once` does, and what a group
+    commit does for each call of its group."""
+
+    key: Idempotency
+    respond: Respond["Outcome", Any]
+    ctx: Context
+    decide: Callable[["UnitOfWork", Context], "Outcome"]
+    account_id: str = ""  # the account it locks, if any: a group locks them in id order
+
+
+@dataclass(frozen=True)
 class AccountView:
     """What a customer may see of one of their accounts (a line, or a declined application)."""
 
@@ -310,6 +328,8 @@ class LimitsApplication:
         clock: Callable[[], datetime],
         templates: TemplatesHolder | None = None,
         review: ReviewSharding | None = None,
+        *,
+        draw_group: int | None = None,
     ) -> None:
         self._store = store
         self.review = review or ReviewSharding()
@@ -321,6 +341,10 @@ class LimitsApplication:
         # streams.
         self.notice_feed = NumberFeed()
         self.treatment_feed = NumberFeed()
+        # Draws and repayments that arrive while one commits share the next transaction.
+        self._moves: GroupCommit[_Mutation, Message] = GroupCommit(
+            self._commit_together, draw_group or DRAW_GROUP
+        )
 
     @property
     def store(self) -> LimitsStore:
@@ -330,6 +354,10 @@ class LimitsApplication:
 
     def attach_store(self, store: LimitsStore) -> None:
         self._store = store
+        if store.engine.dialect.name == "postgresql":
+            # Groups on other rows commit side by side there (their locks taken in id order);
+            # on SQLite a second group would only wait for the write lock.
+            self._moves.leaders = POSTGRES_DRAW_LEADERS
         with store.read() as uow:
             self.notice_feed.publish(uow.last_notice_number())
             self.treatment_feed.publish(uow.last_treatment_step_number())
@@ -476,7 +504,75 @@ class LimitsApplication:
                 )
             return _outcome(decision, self._apply(uow, decision))
 
-        return self._once(command.key, respond, None, ActorKind.customer, decide)
+        ctx = self._context(self.policies.policy, command.key.request_id, ActorKind.customer)
+        mutation = _Mutation(command.key, respond, ctx, decide, command.account_id)
+        return self._moves.submit(mutation)  # type: ignore[return-value]  # respond's M
+
+    def _commit_together(self, group: list[_Mutation]) -> list[Message | BaseException]:
+        """The group's calls one after another in one unit of work, each as `_once` does it
+        alone; returns each one's answer or its refusal, all committed (or not) together.
+
+        A call refused takes back only what it wrote: the first refusal rolls the transaction
+        back and the rest are done again, each within a savepoint from then on. A database
+        that is unavailable is every call's answer; any other failure (a deadlock, a row
+        changed under the group) has every call done again in a transaction of its own, so
+        each gets the answer it would have had alone."""
+        metrics.DRAW_GROUPS.observe(len(group))
+        policy = self.policies.policy  # one snapshot for the group, and for its notices
+        group = [replace(m, ctx=replace(m.ctx, policy=policy)) for m in group]
+        if len(group) == 1:  # alone: exactly `_once`
+            with self._writing(policy) as uow:
+                return [self._answer(uow, group[0])]
+        outcomes: dict[int, Message | BaseException] = {}
+        pending, savepoints = list(range(len(group))), False
+        while pending:
+            answers: dict[int, Message] = {}
+            refused: tuple[int, ServiceError] | None = None
+            try:
+                with self._writing(policy) as uow:
+                    uow.read_ahead(
+                        [group[i].account_id for i in pending],
+                        [(group[i].key.scope, group[i].key.request_id) for i in pending],
+                    )
+                    for i in pending:
+                        if not savepoints:
+                            try:
+                                answers[i] = self._answer(uow, group[i])
+                            except ServiceError as refusal:
+                                refused = (i, refusal)
+                                raise
+                            continue
+                        try:
+                            with uow.savepoint():
+                                answers[i] = self._answer(uow, group[i])
+                        except ServiceError as refusal:
+                            outcomes[i] = refusal
+                    uow.write_held()
+            except ServiceError as error:
+                if isinstance(error, Unavailable) and refused is None:
+                    return [outcomes.get(i, error) for i in range(len(group))]
+                if refused is None or error is not refused[1]:
+                    return self._one_by_one(policy, group, pending, outcomes)
+                outcomes[refused[0]] = refused[1]
+                pending.remove(refused[0])
+                savepoints = True
+                continue
+            except Exception:
+                return self._one_by_one(policy, group, pending, outcomes)
+            outcomes.update(answers)
+            pending = []
+        return [outcomes[i] for i in range(len(group))]
+
+    def _one_by_one(
+        self, policy: Policy, group: list[_Mutation], pending: list[int], outcomes: dict
+    ) -> list[Message | BaseException]:
+        for i in pending:
+            try:
+                with self._writing(policy) as uow:
+                    outcomes[i] = self._answer(uow, group[i])
+            except Exception as error:
+                outcomes[i] = error
+        return [outcomes[i] for i in range(len(group))]
 
     # -- decisions that score the account's risk state ------------------------------------
 
@@ -709,7 +805,7 @@ class LimitsApplication:
             outcome = _recorded(decision).type.value
             counts[outcome] = counts.get(outcome, 0) + 1
             counts["reviewed"] = counts.get("reviewed", 0) + 1
-            accounts.append(decision.account)
+            accounts.append((account, decision.account))
             events.extend(recorded)
         if undecided:
             counts["undecided"] = counts.get("undecided", 0) + len(undecided)
@@ -1011,14 +1107,20 @@ class LimitsApplication:
         returns the stored answer; a new answer is stored with the change it made."""
         ctx = self._context(policy or self.policies.policy, key.request_id, actor)
         with self._writing(ctx.policy) as uow:
-            if (replayed := _replay(uow, key, respond)) is not None:
-                return replayed
-            outcome = replace(decide(uow, ctx), policy=ctx.policy, decided_at=ctx.now)
-            answer = respond.message(outcome)
-            uow.save_idempotent(
-                key.scope, key.request_id, key.method, key.fingerprint, answer.SerializeToString()
-            )
-            return answer
+            return self._answer(uow, _Mutation(key, respond, ctx, decide))
+
+    @staticmethod
+    def _answer(uow: UnitOfWork, mutation: _Mutation) -> Any:
+        """The stored answer to the call's request id, or its change made and answered."""
+        key, respond, ctx = mutation.key, mutation.respond, mutation.ctx
+        if (replayed := _replay(uow, key, respond)) is not None:
+            return replayed
+        outcome = replace(mutation.decide(uow, ctx), policy=ctx.policy, decided_at=ctx.now)
+        answer = respond.message(outcome)
+        uow.save_idempotent(
+            key.scope, key.request_id, key.method, key.fingerprint, answer.SerializeToString()
+        )
+        return answer
 
     @contextmanager
     def _writing(self, policy: Policy | None = None) -> Iterator[UnitOfWork]:

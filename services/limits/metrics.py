@@ -7,7 +7,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.limits.records import LimitEvent
 
@@ -20,6 +20,11 @@ DRAWS_REFUSED = Counter(
     "creditline_limits_draws_refused_total",
     "Draws refused with FAILED_PRECONDITION, by reason (INSUFFICIENT_CREDIT, PAST_DUE, ...).",
     ["reason"],
+)
+DRAW_GROUPS = Histogram(
+    "creditline_limits_draw_group_size",
+    "Draws and repayments committed together in one transaction (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 # The book: lines that are open (active, watchlisted or frozen), by tier. Every replica reads
 # the same database, so each reports the same totals: aggregate them with max, never sum.

@@ -171,8 +171,11 @@ class LimitsServicer(limits_service_pb2_grpc.LimitsServiceServicer):
         poll_seconds: float = 0.5,
         heartbeat_seconds: float = 15.0,
         review: ReviewSharding | None = None,
+        draw_group: int | None = None,
     ) -> None:
-        self.app = LimitsApplication(store, policies, scoring, clock, templates, review)
+        self.app = LimitsApplication(
+            store, policies, scoring, clock, templates, review, draw_group=draw_group
+        )
         self._streams = StreamSlots(max_streams)
         self.poll_seconds = poll_seconds
         self.heartbeat_seconds = heartbeat_seconds

@@ -50,6 +50,14 @@ class LimitsSettings(ServiceSettings):
         description="How often the open lines' totals by tier are computed for /metrics; 0: never.",
     )
 
+    draw_group: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Draws and repayments that arrive together committed in one transaction "
+        "at most; 1: each in its own.",
+    )
+
     review_shards: int = Field(
         8, ge=1, le=256, description="Shards of a new review run when the caller names none."
     )

@@ -442,12 +442,19 @@ class UnitOfWork:
         self.resolved_appeals: list[Appeal] = []
         # The treatment steps it decided, numbered and stored last (`add_treatment_steps`).
         self.treatment: list[TreatmentStep] = []
+        # What a group of calls read ahead and holds back to write at once (`read_ahead`).
+        self._held: _Held | None = None
+        # Each account as this transaction read or wrote it last: a save writes only the
+        # columns that differ from it (when it is still the version being saved over).
+        self._stored: dict[str, Account] = {}
 
     # Idempotency (AIP-155).
 
     def find_idempotent(self, scope: str, request_id: str) -> IdempotencyRecord | None:
         """The answer stored for `request_id` in `scope`, or under the scope '' of the records
         stored before requests had scopes."""
+        if self._held is not None and (scope, request_id) in self._held.answers:
+            return self._held.answers[scope, request_id]
         row = self._one(
             select(idempotency_records)
             .where(
@@ -471,6 +478,15 @@ class UnitOfWork:
             "response": response,
             "created_at": _now(),
         }
+        held = self._held
+        if held is not None and (scope, request_id) in held.answers:
+            if held.answers[scope, request_id] is not None:
+                raise _answered_concurrently("request", request_id)
+            held.answers[scope, request_id] = IdempotencyRecord(
+                method, fingerprint, response, _now()
+            )
+            held.records.append(values)
+            return
         if not self._insert_new(idempotency_records, values):
             raise _answered_concurrently("request", request_id)
 
@@ -478,9 +494,14 @@ class UnitOfWork:
 
     def get_account(self, account_id: str, *, lock: bool = False) -> Account | None:
         """The account, or None; `lock` takes its row lock until the transaction ends."""
+        if self._held is not None and account_id in self._held.accounts:
+            return self._held.accounts[account_id]  # read ahead, its lock taken
         query = select(accounts).where(accounts.c.account_id == account_id)
         row = self._one(query.with_for_update() if lock else query)
-        return None if row is None else _account_from_row(row)
+        if row is None:
+            return None
+        account = self._stored[account_id] = _account_from_row(row)
+        return account
 
     def insert_account(self, account: Account) -> None:
         """Inserts a new account; a line (not a declined application) becomes the customer's
@@ -519,7 +540,9 @@ class UnitOfWork:
             .order_by(accounts.c.account_id)
         )
         rows = self._all(query.with_for_update() if lock else query)
-        return [_account_from_row(row) for row in rows]
+        found = [_account_from_row(row) for row in rows]
+        self._stored.update((account.account_id, account) for account in found)
+        return found
 
     def lock_versions(self, account_ids: list[str]) -> dict[str, int]:
         """The version of each of these accounts that exists, their row locks taken: a page
@@ -532,14 +555,113 @@ class UnitOfWork:
         )
         return {row.account_id: row.version for row in self._all(query)}
 
+    def read_ahead(self, account_ids: list[str], keys: list[tuple[str, str]]) -> None:
+        """For a group of calls in one transaction: reads their accounts, taking their row
+        locks in id order, and the answers stored for their (scope, request id) keys, in one
+        statement each. From then on `get_account` and `find_idempotent` answer for these from
+        what was read, and `save_account` and `save_idempotent` hold their writes back until
+        `write_held` writes them all at once."""
+        held = _Held()
+        ids = sorted(set(account_ids))
+        query = _READ_AHEAD_ACCOUNTS
+        if self._connection.dialect.name == "postgresql":
+            query = query.with_for_update()
+        found = {
+            row.account_id: _account_from_row(row)
+            for row in self._connection.execute(query, {"account_ids": ids})
+        }
+        held.accounts = {account_id: found.get(account_id) for account_id in ids}
+        held.read = found
+        self._stored.update(found)
+        rows = self._connection.execute(
+            _READ_AHEAD_ANSWERS,
+            {
+                "scopes": sorted({scope for scope, _ in keys} | {LEGACY_SCOPE}),
+                "request_ids": sorted({request_id for _, request_id in keys}),
+            },
+        )
+        stored = {(row.scope, row.request_id): _idempotency_from_row(row) for row in rows}
+        for scope, request_id in keys:  # the request's own scope first, as find_idempotent
+            held.answers[scope, request_id] = stored.get(
+                (scope, request_id), stored.get((LEGACY_SCOPE, request_id))
+            )
+        self._held = held
+
+    def write_held(self) -> None:
+        """Writes what `save_account` and `save_idempotent` held back since `read_ahead`, in
+        one statement each; Aborted, the transaction to be rolled back, if a row changed or an
+        answer was stored meanwhile (neither can while the locks are held)."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        # Each account's last state over the one read: no one sees the states between.
+        changes = [(held.read[a], held.accounts[a]) for a in dict.fromkeys(held.updates)]
+        if changes:
+            written = _write_changes(self._connection, changes)  # type: ignore[arg-type]
+            if written not in (-1, len(changes)):
+                raise Aborted(
+                    "accounts changed while their locks were held",
+                    reason="CONCURRENT_MODIFICATION",
+                )
+        if held.records:
+            statement = (
+                _insert_statement(self._connection, idempotency_records)
+                .values(held.records)
+                .on_conflict_do_nothing()
+                .execution_options(preserve_rowcount=True)
+            )
+            if self._connection.execute(statement).rowcount != len(held.records):
+                raise Aborted(
+                    "a request was answered by a concurrent call", reason="CONCURRENT_MODIFICATION"
+                )
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: what the block wrote, held back or noted for the notices and
+        the metrics, is taken back if it raises; the rest of the transaction stands."""
+        noted = len(self.appended), len(self.resolved_appeals), len(self.treatment)
+        held = self._held
+        kept = None if held is None else held.copy()
+        nested = self._connection.begin_nested()
+        try:
+            yield
+        except BaseException:
+            nested.rollback()
+            del self.appended[noted[0] :]
+            del self.resolved_appeals[noted[1] :]
+            del self.treatment[noted[2] :]
+            self._held = kept
+            raise
+        nested.commit()
+
     def save_account(self, account: Account) -> Account:
         """Stores `account` if the stored one is still at `account.version` (compare-and-set).
 
         Returns the account with its new version; Aborted if someone changed it meanwhile.
         """
         saved = replace(account, version=account.version + 1)
-        result = self._connection.execute(_UPDATE_ACCOUNT, _update_parameters(account, saved))
-        if result.rowcount == 1:
+        held = self._held
+        read = None if held is None else held.accounts.get(account.account_id)
+        if held is not None and read is not None:
+            if read.version != account.version:
+                raise Aborted(
+                    f"account {account.account_id} changed since version {account.version}; "
+                    "read it again and retry",
+                    reason="CONCURRENT_MODIFICATION",
+                    metadata={"account_id": account.account_id},
+                )
+            held.updates.append(account.account_id)
+            held.accounts[account.account_id] = saved
+            return saved
+        stored = self._stored.get(account.account_id)
+        if stored is not None and stored.version == account.version:
+            written = _write_changes(self._connection, [(stored, saved)])
+        else:
+            written = self._connection.execute(
+                _UPDATE_ACCOUNT, _update_parameters(account, saved)
+            ).rowcount
+        if written == 1:
+            self._stored[account.account_id] = saved
             return saved
         if self.get_account(account.account_id) is None:
             raise NotFound(
@@ -553,17 +675,16 @@ class UnitOfWork:
             metadata={"account_id": account.account_id},
         )
 
-    def save_accounts(self, locked: list[Account]) -> list[Account]:
-        """Stores many accounts in one statement (a portfolio review's page). They must have been
-        read with their locks held (`get_accounts(..., lock=True)`), so none can have changed."""
-        saved = [replace(account, version=account.version + 1) for account in locked]
+    def save_accounts(self, changes: list[tuple[Account, Account]]) -> list[Account]:
+        """Stores many accounts at once (a portfolio review's page): each (stored, new) pair is
+        an account as read with its lock held, so unchanged since, and its new state at the
+        same version; only the columns that changed are written. Returns the new states with
+        their new versions."""
+        saved = [replace(new, version=new.version + 1) for _, new in changes]
         if saved:
-            result = self._connection.execute(
-                _UPDATE_ACCOUNT,
-                [_update_parameters(old, new) for old, new in zip(locked, saved, strict=True)],
-            )
-            sane = self._connection.dialect.supports_sane_multi_rowcount
-            if sane and result.rowcount != len(saved):
+            pairs = [(stored, new) for (stored, _), new in zip(changes, saved, strict=True)]
+            written = _write_changes(self._connection, pairs)
+            if written not in (-1, len(saved)):
                 raise Aborted(
                     "accounts changed while their locks were held", reason="CONCURRENT_MODIFICATION"
                 )
@@ -1113,6 +1234,34 @@ _UPDATE_ACCOUNT = (
 )
 
 
+_READ_AHEAD_ACCOUNTS = (
+    select(accounts)
+    .where(accounts.c.account_id.in_(bindparam("account_ids", expanding=True)))
+    .order_by(accounts.c.account_id)
+)
+_READ_AHEAD_ANSWERS = select(idempotency_records).where(
+    idempotency_records.c.scope.in_(bindparam("scopes", expanding=True)),
+    idempotency_records.c.request_id.in_(bindparam("request_ids", expanding=True)),
+)
+
+
+@dataclass
+class _Held:
+    """What a group's unit of work read ahead (None: no such account, no answer stored) and
+    the writes it holds back (`UnitOfWork.read_ahead`)."""
+
+    accounts: dict[str, Account | None] = field(default_factory=dict)
+    answers: dict[tuple[str, str], IdempotencyRecord | None] = field(default_factory=dict)
+    updates: list[str] = field(default_factory=list)  # the accounts saved, by id
+    records: list[dict[str, Any]] = field(default_factory=list)
+    read: dict[str, Account] = field(default_factory=dict)  # the accounts as read
+
+    def copy(self) -> "_Held":
+        return _Held(
+            dict(self.accounts), dict(self.answers), [*self.updates], [*self.records], self.read
+        )
+
+
 def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
     return {
         **{
@@ -1123,6 +1272,99 @@ def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
         "old_account_id": old.account_id,
         "old_version": old.version,
     }
+
+
+# The columns an account's fields are stored in, beyond the line's and the risk state's: each
+# named as its field (checked below), so a change is written to the columns of what changed.
+_LINE_COLUMNS = frozenset({"credit_line", "drawn", "status", "customer_cap", "in_hardship"})
+_RISK_FIELDS = {  # RiskState's fields and their columns (as `_risk_values` stores them)
+    "profile": "behaviour_profile",
+    "profile_at": "profile_at",
+    "days_past_due": "days_past_due",
+    "loans_past_due": "loans_past_due",
+    "past_due_since": "past_due_since",
+    "behaviour_band": "behaviour_band",
+    "behaviour_scored_at": "behaviour_scored_at",
+    "last_warning_at": "last_warning_at",
+    "anomaly_since": "anomaly_since",
+}
+_RISK_COLUMNS = frozenset(_RISK_FIELDS.values())
+_JSON_RISK = frozenset({"behaviour_profile", "loans_past_due"})  # None when empty
+_PLAIN_COLUMNS = tuple(
+    column.name
+    for column in accounts.columns
+    if column.name not in _FIXED_AT_OPENING | _LINE_COLUMNS | _RISK_COLUMNS
+    and column.name not in ("hardship", "version")
+)
+assert all(name in Account.__dataclass_fields__ for name in _PLAIN_COLUMNS), _PLAIN_COLUMNS
+_NARROW_UPDATES: dict[frozenset[str], Any] = {}
+
+
+def _changed_values(stored: Account, new: Account) -> dict[str, Any]:
+    """The columns that differ between the account as stored and its new state, by value, with
+    the new version: what an UPDATE of the stored row needs to write, and no more (SQLite
+    rewrites the index entries of every column written, whatever its value)."""
+    values: dict[str, Any] = {"version": new.version}
+    if new.line != stored.line:
+        line = new.line
+        values.update(
+            credit_line=line.credit_line,
+            drawn=line.drawn,
+            status=AccountStatus(line.status).value,
+            customer_cap=line.customer_cap,
+            in_hardship=line.in_hardship,
+        )
+    if new.risk != stored.risk:  # field by field, the JSON of what changed only
+        for name, column in _RISK_FIELDS.items():
+            value = getattr(new.risk, name)
+            if value != getattr(stored.risk, name):
+                if column in _JSON_RISK:
+                    value = _dumps(value) if value else None
+                values[column] = value
+    if new.hardship != stored.hardship:
+        hardship = new.hardship
+        values["hardship"] = None if hardship is None else _dumps(_hardship_json(hardship))
+    for name in _PLAIN_COLUMNS:
+        value = getattr(new, name)
+        if value != getattr(stored, name):
+            values[name] = value
+    return values
+
+
+def _narrow_update(columns: frozenset[str]):
+    """The UPDATE of these columns of an account still at its old version (built once)."""
+    statement = _NARROW_UPDATES.get(columns)
+    if statement is None:
+        statement = (
+            update(accounts)
+            .where(
+                accounts.c.account_id == bindparam("old_account_id"),
+                accounts.c.version == bindparam("old_version"),
+            )
+            .values({name: bindparam(f"new_{name}") for name in sorted(columns)})
+        )
+        _NARROW_UPDATES[columns] = statement
+    return statement
+
+
+def _write_changes(connection: Connection, changes: list[tuple[Account, Account]]) -> int:
+    """Writes each account's new state over its stored one (compare-and-set on the stored
+    version), only the columns that changed, in one statement per set of columns; the rows
+    written, or -1 where the driver cannot count them."""
+    by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for stored, new in changes:
+        values = _changed_values(stored, new)
+        parameters = {f"new_{name}": value for name, value in values.items()}
+        parameters.update(old_account_id=stored.account_id, old_version=stored.version)
+        by_columns.setdefault(frozenset(values), []).append(parameters)
+    written = 0
+    for columns, rows in by_columns.items():
+        result = connection.execute(_narrow_update(columns), rows)
+        if len(rows) > 1 and not connection.dialect.supports_sane_multi_rowcount:
+            written = -1
+        elif written >= 0:
+            written += result.rowcount
+    return written
 
 
 def _due_in_shard(as_of: datetime, shard: ReviewShard) -> tuple:

@@ -184,6 +184,45 @@ def test_every_account_field_round_trips(store, account):
         raise Rollback  # leaves the database empty for the next example
 
 
+def test_a_change_of_any_risk_field_has_its_column():
+    from services.limits import store as limits_store
+
+    assert set(limits_store._RISK_FIELDS) == {f.name for f in fields(RiskState)}
+    assert set(limits_store._RISK_FIELDS.values()) == set(limits_store._risk_values(RiskState()))
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    stored=st.builds(Account, **ACCOUNT_FIELDS),
+    new=st.builds(Account, **ACCOUNT_FIELDS),
+    many=st.booleans(),
+)
+def test_a_save_over_any_stored_account_reads_back_as_saved(store, stored, new, many):
+    """A save writes only the columns that changed since the read: whatever changed, the row
+    reads back as the new state."""
+    stored = replace(stored, version=stored.version % 2**40)  # room for the next version
+    new = replace(
+        new,
+        account_id=stored.account_id,
+        customer_id=stored.customer_id,
+        currency_code=stored.currency_code,
+        opened_at=stored.opened_at,
+        version=stored.version,
+    )
+    with pytest.raises(Rollback), store.unit_of_work() as uow:
+        uow.insert_account(stored)
+        read = uow.get_account(stored.account_id, lock=True)
+        if many:
+            (saved,) = uow.save_accounts([(read, new)])
+        else:
+            saved = uow.save_account(new)
+        assert saved == replace(new, version=stored.version + 1)
+        assert uow.get_account(stored.account_id) == saved
+        raise Rollback
+
+
 def test_a_committed_account_reads_back_equal(store):
     account = make_account(
         tier="T2",
