@@ -13,9 +13,11 @@ fetches from each of the partitions it is given, one task each. A message is a s
 What becomes of each message (`settle`, no NATS in it):
 - applied, or a duplicate (its event id was applied before: a redelivery after a crash between
   the commit and the acknowledgement, or a producer's retry): acknowledged;
-- ahead of its account's sequence: delivered again after a delay, since the missing event may
-  still come (after a crash, messages never delivered can overtake the unacknowledged ones until
-  these are redelivered); still missing after `max_deliveries` deliveries, it is dead-lettered;
+- ahead of its account's sequence, or past the first of an account not yet opened: delivered
+  again after a delay, since the missing event may still come (after a crash, messages never
+  delivered can overtake the unacknowledged ones until these are redelivered; replicas sharing
+  a consumer commit an account's events in batches of their own); still missing after
+  `max_deliveries` deliveries, it is dead-lettered;
 - never applicable (not a RepaymentEvent, an invalid field, an account never opened, a sequence
   the account has passed): published to the dead-letter subject with the reason in its headers,
   then terminated in the source stream, so the events behind it flow on.
@@ -133,6 +135,10 @@ def _settlement(sequence: int, outcome: Outcome, expected: int, last_try: bool) 
     if outcome in (Outcome.applied, Outcome.duplicate):
         return Settlement(Verdict.ack, outcome.value)
     if outcome is Outcome.unknown_account:
+        # Past the first sequence, its account_opened may still come: committing on another
+        # replica fetching from the same consumer, or overtaken after a crash.
+        if sequence > 1 and not last_try:
+            return RETRY
         return _dead(DeadReason.unknown_account, "no account_opened event came before it")
     if sequence < expected:
         return _dead(
