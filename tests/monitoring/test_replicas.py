@@ -121,6 +121,53 @@ def test_two_replicas_each_on_their_own_partitions_apply_each_event_once(
     assert jetstream.dead_letters() == []
 
 
+def test_two_replicas_with_overlapping_partitions_still_apply_each_event_once(
+    start_monitoring, jetstream: TestStream, database_url
+):
+    """A configuration mistake, or replicas rolling over to a new assignment: partitions 1 and
+    2 are pulled by both replicas. Their accounts' events may reach either replica, ahead of
+    one uncommitted on the other; the database decides, as with one shared consumer."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("replicas in separate processes share PostgreSQL, not a SQLite file")
+    replicas = [
+        start_monitoring(
+            QUICK_HEARTBEATS,
+            **jetstream.settings(
+                jetstream_batch_size=5,
+                jetstream_partitions=4,
+                jetstream_consume_partitions=consume,
+            ),
+        )
+        for consume in ("0-2", "1-3")
+    ]
+    for replica in replicas:
+        _consuming(replica)
+    customers = [Customer(f"acct-overlap-{i}") for i in range(16)]
+    events = _lives(customers)
+    applied = _messages("applied")
+    jetstream.publish(*events, partitions=4)
+
+    for customer in customers:
+        eventually(
+            lambda c=customer: _at_sequence(replicas[1], c.account_id, 5),
+            f"{customer.account_id} complete",
+            timeout=120,
+        )
+        risk = _risk(replicas[0], customer.account_id)
+        assert risk is not None and round(risk.profile["utilisation"] * 5_000) == 2_000
+    eventually(lambda: _messages("applied") - applied >= len(events), "every event counted")
+    assert _messages("applied") - applied == len(events)
+    for p in range(4):
+        eventually(
+            lambda p=p: (
+                (i := jetstream.consumer_info(p)).num_ack_pending == 0 and i.num_pending == 0
+            ),
+            f"partition {p} acknowledged",
+        )
+    _alerts_numbered_with_no_gap(replicas, customers)
+    assert jetstream.dead_letters() == []
+
+
 def _lives(customers: list[Customer]) -> list[pb.RepaymentEvent]:
     """Five events each, interleaved across accounts, in order within each."""
     lives = [
