@@ -7,8 +7,8 @@ keeps them in the account's order (the key is the account id, or a digest of it 
 not a valid subject token; the consumer reads the account from the event itself). With
 partitions they are `<subject>.<partition>.<account key>` (`services.monitoring.partitions`),
 each partition with a durable consumer of its own, `<consumer>-<partition>`, and a replica
-fetches from each of the partitions it is given, one task each. A message is a serialized
-`creditline.monitoring.v1.RepaymentEvent`.
+fetches from each of the partitions it is given, one task each, taking turns. A message is a
+serialized `creditline.monitoring.v1.RepaymentEvent`.
 
 What becomes of each message (`settle`, no NATS in it):
 - applied, or a duplicate (its event id was applied before: a redelivery after a crash between
@@ -292,8 +292,13 @@ class JetStreamConsumer:
                 consumers=[lane.consumer for lane in self.lanes],
                 subjects=[lane.filter_subject for lane in self.lanes],
             )
+            # One batch in hand at a time: the partitions take turns. Batches applied side by
+            # side in one process share its GIL and take as long together as one after
+            # another, but each one's acknowledgement wait runs from its fetch: under load they
+            # outlived it and came again.
+            turn = asyncio.Semaphore(1)
             await _first_failure(
-                self._consume(nc, js, lane, subscription)
+                self._consume(nc, js, lane, subscription, turn)
                 for lane, subscription in zip(self.lanes, subscriptions, strict=True)
             )
         finally:
@@ -361,27 +366,32 @@ class JetStreamConsumer:
         js: JetStreamContext,
         lane: Lane,
         subscription: JetStreamContext.PullSubscription,
+        turn: asyncio.Semaphore,
     ) -> None:
         assert self._stopping is not None
+        # An empty partition gives its turn back soon: a round of them all waits about as long
+        # as one unpartitioned fetch.
+        wait = max(FETCH_SECONDS / len(self.lanes), 0.1)
         while not self._stopping.is_set():
-            try:
-                # Bounded from outside as well: a fetch that never returns must not stall
-                # the consumer for good (the connection is then made again).
-                messages = await asyncio.wait_for(
-                    subscription.fetch(self.settings.jetstream_batch_size, timeout=FETCH_SECONDS),
-                    FETCH_SECONDS + STALL_SECONDS,
-                )
-            except nats.errors.TimeoutError:
-                messages = []
-            if not messages:
-                self._set_pending(lane, 0)  # nothing was waiting to be delivered
-                continue
-            # The lag comes with every message: how many were still undelivered behind it.
-            # It costs no request (consumer-info requests every 2 s went with fetches that
-            # stalled, on the NATS 2.9 server these tests run against).
-            self._set_pending(lane, messages[-1].metadata.num_pending)
-            await self._settle(js, messages)
-            await nc.flush(timeout=STALL_SECONDS)
+            async with turn:
+                try:
+                    # Bounded from outside as well: a fetch that never returns must not stall
+                    # the consumer for good (the connection is then made again).
+                    messages = await asyncio.wait_for(
+                        subscription.fetch(self.settings.jetstream_batch_size, timeout=wait),
+                        wait + STALL_SECONDS,
+                    )
+                except nats.errors.TimeoutError:
+                    messages = []
+                if not messages:
+                    self._set_pending(lane, 0)  # nothing was waiting to be delivered
+                    continue
+                # The lag comes with every message: how many were still undelivered behind it.
+                # It costs no request (consumer-info requests every 2 s went with fetches that
+                # stalled, on the NATS 2.9 server these tests run against).
+                self._set_pending(lane, messages[-1].metadata.num_pending)
+                await self._settle(js, messages)
+                await nc.flush(timeout=STALL_SECONDS)
 
     async def _settle(self, js: JetStreamContext, messages: list[Msg]) -> None:
         deliveries = [Delivery(m.data, m.metadata.num_delivered) for m in messages]

