@@ -369,9 +369,11 @@ class JetStreamConsumer:
         turn: asyncio.Semaphore,
     ) -> None:
         assert self._stopping is not None
-        # An empty partition gives its turn back soon: a round of them all waits about as long
-        # as one unpartitioned fetch.
-        wait = max(FETCH_SECONDS / len(self.lanes), 0.1)
+        # The full wait, though an empty partition then holds the turn that long: a fetch
+        # that times out while its batch still streams in leaves the rest for a later turn,
+        # and a message taken off nats-py's queue just as its wait ends can be lost (asyncio's
+        # wait_for before Python 3.12), to come again only after the acknowledgement wait.
+        wait = FETCH_SECONDS
         while not self._stopping.is_set():
             async with turn:
                 try:
