@@ -180,16 +180,17 @@ class Drained:
 def jetstream_rate(
     url: str, book: Book, replicas: int = 1, partitions: int = 0, own: bool = True
 ) -> Drained | str:
-    """Events per second `replicas` monitoring processes apply from a stream already holding
-    JETSTREAM_EVENTS ordinary events, in batches of 1,000, and the deliveries that took.
-    Unpartitioned they share one durable consumer; with `partitions`, each consumes its own
+    """Events per second `replicas` monitoring processes apply of JETSTREAM_EVENTS ordinary
+    events, in batches of 1,000, from the first publish (once every replica is bound to its
+    consumers) to the last acknowledgement, and the deliveries that took. Unpartitioned they
+    share one durable consumer; with `partitions`, each consumes its own
     (replica i of n: every partition p with p mod n = i), or all of them (`own` false: every
     partition's consumer pulled by every replica). Why not, when no NATS server answers."""
     token = uuid.uuid4().hex[:12]
     stream, subject = f"BENCH_REPAYMENTS_{token}", f"bench.{token}.repayments"
     events = list(itertools.islice(book.ordinary(), JETSTREAM_EVENTS))
     try:
-        asyncio.run(_fill_stream(stream, subject, events, partitions))
+        asyncio.run(_create_stream(stream, subject, partitions))
     except (OSError, TimeoutError, nats.errors.Error) as error:
         return f"skipped: NATS JetStream not reachable at {NATS_URL} ({type(error).__name__})"
     settings = {
@@ -221,24 +222,49 @@ def jetstream_rate(
                         {**settings, "JETSTREAM_CONSUME_PARTITIONS": consume},
                     )
                 )
-            return asyncio.run(_drain_rate(stream, consumers))
+            return asyncio.run(_drain_rate(stream, subject, events, partitions, consumers))
     finally:
         asyncio.run(_delete_streams(stream, f"{stream}_DEAD"))
 
 
-async def _fill_stream(
-    stream: str, subject: str, events: list[pb.RepaymentEvent], partitions: int
-) -> None:
+async def _create_stream(stream: str, subject: str, partitions: int) -> None:
     nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
     try:
-        js = nc.jetstream()
-        await js.add_stream(
+        await nc.jetstream().add_stream(
             name=stream,
             subjects=[f"{subject}.*.*" if partitions else f"{subject}.*"],
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
         )
-        # Core publishes on one connection keep their order; the stream's count says when
-        # all are stored.
+    finally:
+        await nc.close()
+
+
+async def _drain_rate(
+    stream: str,
+    subject: str,
+    events: list[pb.RepaymentEvent],
+    partitions: int,
+    consumers: list[str],
+) -> Drained | str:
+    """Once `consumers` all exist (the replicas create them, then bind), publishes `events` and
+    times them from the first publish to every one acknowledged on all of the consumers. A
+    replica started earlier than another gets no head start."""
+    nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
+    try:
+        js = nc.jetstream()
+        deadline = time.perf_counter() + DRAIN_DEADLINE_SECONDS
+        while True:
+            try:
+                for consumer in consumers:
+                    await js.consumer_info(stream, consumer)
+                break
+            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+                if time.perf_counter() > deadline:
+                    return "the consumers were never created"
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # bound, and fetching
+        started = time.perf_counter()
+        # Core publishes on one connection keep their order.
         for event in events:
             await nc.publish(
                 subject_of(subject, event.account_id, partitions),
@@ -246,32 +272,21 @@ async def _fill_stream(
                 headers={"Nats-Msg-Id": event.event_id},
             )
         await nc.flush()
-        while (await js.stream_info(stream)).state.messages < len(events):
-            await asyncio.sleep(0.05)
-    finally:
-        await nc.close()
-
-
-async def _drain_rate(stream: str, consumers: list[str]) -> Drained | str:
-    """From the first delivery on any of `consumers` to every message of the stream acknowledged
-    on all of them."""
-    nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
-    try:
-        js = nc.jetstream()
-        events = (await js.stream_info(stream)).state.messages
-        started, deadline = None, time.perf_counter() + DRAIN_DEADLINE_SECONDS
         while time.perf_counter() < deadline:
             try:
                 infos = [await js.consumer_info(stream, consumer) for consumer in consumers]
-            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+            except nats.errors.TimeoutError:
                 infos = []
-            now = time.perf_counter()
-            if infos and any(i.delivered and i.delivered.stream_seq > 0 for i in infos):
-                started = started or now
-                if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
-                    deliveries = sum(i.delivered.consumer_seq for i in infos)
-                    return Drained(events / (now - started), deliveries / events)
-            await asyncio.sleep(0.25)
+            # Nothing pending once every event is stored: all delivered and acknowledged.
+            if (
+                infos
+                and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
+                and (await js.stream_info(stream)).state.messages >= len(events)
+            ):
+                deliveries = sum(i.delivered.consumer_seq for i in infos)
+                now = time.perf_counter()
+                return Drained(len(events) / (now - started), deliveries / len(events))
+            await asyncio.sleep(0.1)
         return f"not drained within {DRAIN_DEADLINE_SECONDS} s"
     finally:
         await nc.close()
