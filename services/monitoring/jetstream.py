@@ -295,7 +295,7 @@ class JetStreamConsumer:
             # One batch in hand at a time: the partitions take turns. Batches applied side by
             # side in one process share its GIL and take as long together as one after
             # another, but each one's acknowledgement wait runs from its fetch: under load they
-            # outlived it and came again.
+            # could outlive it and come again.
             turn = asyncio.Semaphore(1)
             await _first_failure(
                 self._consume(nc, js, lane, subscription, turn)
