@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -76,11 +77,14 @@ def free_port() -> int:
 @contextmanager
 def server_process(args: list[str], port: int, env: dict | None = None):
     """Runs a server in its own process (its own GIL) until the block ends."""
+    # Its log to a file, not to a pipe nobody reads: past the pipe's 64 KiB the server would
+    # block on its next log line.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the block ends
     process = subprocess.Popen(
         [sys.executable, *args],
         env={**ENV, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -93,6 +97,7 @@ def server_process(args: list[str], port: int, env: dict | None = None):
     finally:
         process.terminate()
         process.wait(30)
+        log.close()
 
 
 def sequential(call: Callable[[], object], calls: int, warmup: int = 200) -> Latency:

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -32,6 +33,7 @@ from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from creditline.monitoring.v1 import monitoring_service_pb2_grpc
 from creditline.type.v1.money_pb2 import Money
 from services.monitoring.jetstream import DUPLICATE_WINDOW_SECONDS
+from services.monitoring.partitions import subject_of
 
 ACCOUNTS = 10_000
 RATE_TARGET = 20_000  # events per second with batches of 1,000
@@ -40,6 +42,7 @@ LATENCY_TARGET_MS = 100.0
 NATS_URL = "nats://127.0.0.1:4222"
 JETSTREAM_EVENTS = 20_000  # waiting in the stream before the consumer starts
 DRAIN_DEADLINE_SECONDS = 300
+PARTITIONS = 8  # of the stream's subjects, in the partitioned JetStream rows
 START = 1_767_600_000  # 2026-01-05, in epoch seconds
 
 
@@ -189,15 +192,26 @@ def alert_latency(stub, book: Book, seconds: float) -> tuple[float, float]:
     return float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99))
 
 
-def jetstream_rate(url: str, book: Book, replicas: int = 1) -> float | str:
-    """Events per second `replicas` monitoring processes on one durable consumer apply from a
-    stream already holding JETSTREAM_EVENTS ordinary events, in batches of 1,000: from the
-    first delivery to the last acknowledgement. Why not, when no NATS server answers."""
+@dataclass(frozen=True)
+class Drained:
+    rate: float  # events per second, from the first delivery to the last acknowledgement
+    deliveries: float  # deliveries per event: above 1, events came ahead of their account
+
+
+def jetstream_rate(
+    url: str, book: Book, replicas: int = 1, partitions: int = 0, own: bool = True
+) -> Drained | str:
+    """Events per second `replicas` monitoring processes apply of JETSTREAM_EVENTS ordinary
+    events, in batches of 1,000, from the first publish (once every replica is bound to its
+    consumers) to the last acknowledgement, and the deliveries that took. Unpartitioned they
+    share one durable consumer; with `partitions`, each consumes its own
+    (replica i of n: every partition p with p mod n = i), or all of them (`own` false: every
+    partition's consumer pulled by every replica). Why not, when no NATS server answers."""
     token = uuid.uuid4().hex[:12]
     stream, subject = f"BENCH_REPAYMENTS_{token}", f"bench.{token}.repayments"
     events = list(itertools.islice(book.ordinary(), JETSTREAM_EVENTS))
     try:
-        asyncio.run(_fill_stream(stream, subject, events))
+        asyncio.run(_create_stream(stream, subject, partitions))
     except (OSError, TimeoutError, nats.errors.Error) as error:
         return f"skipped: NATS JetStream not reachable at {NATS_URL} ({type(error).__name__})"
     settings = {
@@ -213,58 +227,87 @@ def jetstream_rate(url: str, book: Book, replicas: int = 1) -> float | str:
         "JETSTREAM_DEAD_LETTER_STREAM": f"{stream}_DEAD",
         "JETSTREAM_DEAD_LETTER_SUBJECT": f"bench.{token}.deadletter",
         "JETSTREAM_BATCH_SIZE": "1000",
+        "JETSTREAM_PARTITIONS": str(partitions),
     }
+    consumers = (
+        [f"bench-{token}-{p}" for p in range(partitions)] if partitions else [f"bench-{token}"]
+    )
     try:
         with contextlib.ExitStack() as processes:
-            for _ in range(replicas):
+            for index in range(replicas):
+                consume = f"{index}/{replicas}" if partitions and own else "all"
                 processes.enter_context(
                     service_stub(
-                        "monitoring", monitoring_service_pb2_grpc.MonitoringServiceStub, settings
+                        "monitoring",
+                        monitoring_service_pb2_grpc.MonitoringServiceStub,
+                        {**settings, "JETSTREAM_CONSUME_PARTITIONS": consume},
                     )
                 )
-            return asyncio.run(_drain_rate(stream, f"bench-{token}", len(events)))
+            return asyncio.run(_drain_rate(stream, subject, events, partitions, consumers))
     finally:
         asyncio.run(_delete_streams(stream, f"{stream}_DEAD"))
 
 
-async def _fill_stream(stream: str, subject: str, events: list[pb.RepaymentEvent]) -> None:
+async def _create_stream(stream: str, subject: str, partitions: int) -> None:
     nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
     try:
-        js = nc.jetstream()
-        await js.add_stream(
-            name=stream, subjects=[f"{subject}.*"], duplicate_window=DUPLICATE_WINDOW_SECONDS
+        await nc.jetstream().add_stream(
+            name=stream,
+            subjects=[f"{subject}.*.*" if partitions else f"{subject}.*"],
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
         )
-        # Core publishes on one connection keep their order; the stream's count says when
-        # all are stored.
-        for event in events:
-            await nc.publish(
-                f"{subject}.{event.account_id}",
-                event.SerializeToString(),
-                headers={"Nats-Msg-Id": event.event_id},
-            )
-        await nc.flush()
-        while (await js.stream_info(stream)).state.messages < len(events):
-            await asyncio.sleep(0.05)
     finally:
         await nc.close()
 
 
-async def _drain_rate(stream: str, consumer: str, events: int) -> float | str:
+async def _drain_rate(
+    stream: str,
+    subject: str,
+    events: list[pb.RepaymentEvent],
+    partitions: int,
+    consumers: list[str],
+) -> Drained | str:
+    """Once `consumers` all exist (the replicas create them, then bind), publishes `events` and
+    times them from the first publish to every one acknowledged on all of the consumers. A
+    replica started earlier than another gets no head start."""
     nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
     try:
         js = nc.jetstream()
-        started, deadline = None, time.perf_counter() + DRAIN_DEADLINE_SECONDS
+        deadline = time.perf_counter() + DRAIN_DEADLINE_SECONDS
+        while True:
+            try:
+                for consumer in consumers:
+                    await js.consumer_info(stream, consumer)
+                break
+            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+                if time.perf_counter() > deadline:
+                    return "the consumers were never created"
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # bound, and fetching
+        started = time.perf_counter()
+        # Core publishes on one connection keep their order.
+        for event in events:
+            await nc.publish(
+                subject_of(subject, event.account_id, partitions),
+                event.SerializeToString(),
+                headers={"Nats-Msg-Id": event.event_id},
+            )
+        await nc.flush()
         while time.perf_counter() < deadline:
             try:
-                info = await js.consumer_info(stream, consumer)
-            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
-                info = None
-            now = time.perf_counter()
-            if info is not None and info.delivered and info.delivered.stream_seq > 0:
-                started = started or now
-                if info.ack_floor and info.ack_floor.stream_seq >= events:
-                    return events / (now - started)
-            await asyncio.sleep(0.25)
+                infos = [await js.consumer_info(stream, consumer) for consumer in consumers]
+            except nats.errors.TimeoutError:
+                infos = []
+            # Nothing pending once every event is stored: all delivered and acknowledged.
+            if (
+                infos
+                and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
+                and (await js.stream_info(stream)).state.messages >= len(events)
+            ):
+                deliveries = sum(i.delivered.consumer_seq for i in infos)
+                now = time.perf_counter()
+                return Drained(len(events) / (now - started), deliveries / len(events))
+            await asyncio.sleep(0.1)
         return f"not drained within {DRAIN_DEADLINE_SECONDS} s"
     finally:
         await nc.close()
@@ -326,22 +369,39 @@ def database_rows(name: str, url: str, seconds: float) -> list[tuple]:
                 f"p99 < {LATENCY_TARGET_MS:.0f} ms",
             )
         )
-    # With the gRPC server above stopped: the same database, the accounts opened. Two replicas
-    # share one durable consumer; on SQLite they would share one writer, so only PostgreSQL.
+    # With the gRPC server above stopped: the same database, each run on accounts of its own.
+    # Two replicas share one durable consumer, or each consumes its own partitions, or both
+    # consume every partition; on SQLite they would share one writer, so only PostgreSQL.
     one_replica: float | None = None
-    for replicas in (1, 2) if url.startswith("postgresql") else (1,):
-        rate = jetstream_rate(url, book, replicas)
-        measure = f"{name}: JetStream ingestion, {replicas} replica{'s' * (replicas > 1)}"
-        if isinstance(rate, str):
-            rows.append((measure, rate, "", "", ""))
-        elif one_replica is None:
-            one_replica = rate
-            rows.append(
-                (measure, f"{rate:,.0f} events/s", "Ingest, batches of 1,000", rate / grpc_rate, "")
-            )
+    runs = [(1, 0, True, "1 replica")]
+    if url.startswith("postgresql"):
+        runs += [
+            (2, 0, True, "2 replicas on one consumer"),
+            (2, PARTITIONS, True, f"2 replicas, {PARTITIONS} partitions, each its own half"),
+            (2, PARTITIONS, False, f"2 replicas, {PARTITIONS} partitions, each all of them"),
+        ]
+    for replicas, partitions, own, label in runs:
+        drained = jetstream_rate(url, _opened_book(url, name), replicas, partitions, own)
+        measure = f"{name}: JetStream ingestion, {label}"
+        if isinstance(drained, str):
+            rows.append((measure, drained, "", "", ""))
+            continue
+        value = f"{drained.rate:,.0f} events/s, {drained.deliveries:.2f} deliveries/event"
+        if one_replica is None:
+            one_replica = drained.rate
+            rows.append((measure, value, "Ingest, batches of 1,000", drained.rate / grpc_rate, ""))
         else:
-            rows.append((measure, f"{rate:,.0f} events/s", "1 replica", rate / one_replica, ""))
+            rows.append((measure, value, "1 replica", drained.rate / one_replica, ""))
     return rows
+
+
+def _opened_book(url: str, name: str) -> Book:
+    """A book of accounts of its own, opened over gRPC: a run whose events were dead-lettered
+    (a replica that gave up on a gap) leaves no account stuck for the next."""
+    book = Book(f"{name.lower()}-{time.time_ns()}")
+    with monitoring_server(url) as stub:
+        ingest_rate(stub, book.batches(book.opened(), 1_000, ACCOUNTS // 1_000))
+    return book
 
 
 def run(seconds: float) -> list[tuple]:

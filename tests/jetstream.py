@@ -24,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, RetentionPolicy
 from nats.js.errors import NotFoundError
 
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
+from services.monitoring.partitions import subject_of
 
 NATS_URL = "nats://127.0.0.1:4222"
 REQUIRE_NATS = os.environ.get("CREDITLINE_TEST_REQUIRE_NATS") == "1"
@@ -64,13 +65,13 @@ class TestStream:
             **overrides,
         }
 
-    def create_stream(self) -> None:
+    def create_stream(self, partitioned: bool = False) -> None:
         """The source stream, as a producer's operator would create it before monitoring."""
 
         async def create(js) -> None:
             await js.add_stream(
                 name=self.stream,
-                subjects=[f"{self.subject}.*"],
+                subjects=[f"{self.subject}.{'*.*' if partitioned else '*'}"],
                 retention=RetentionPolicy.LIMITS,
                 duplicate_window=120,
             )
@@ -94,19 +95,25 @@ class TestStream:
 
         _run(self.url, create)
 
-    def publish(self, *events: pb.RepaymentEvent | bytes, msg_ids: bool = True) -> None:
-        """Publishes each event on `<subject>.<account_id>`, in order, each stored before the
-        next is sent; raw bytes go to `<subject>.raw`. With `msg_ids`, each carries its event
-        id as Nats-Msg-Id."""
+    def publish(
+        self, *events: pb.RepaymentEvent | bytes, msg_ids: bool = True, partitions: int = 0
+    ) -> None:
+        """Publishes each event on its account's subject, `<subject>.<account_id>` or with
+        `partitions` `<subject>.<partition>.<account_id>`, in order, each stored before the next
+        is sent; raw bytes go to `<subject>.raw` (`<subject>.0.raw`). With `msg_ids`, each
+        carries its event id as Nats-Msg-Id."""
 
         async def publish(js) -> None:
             for event in events:
                 if isinstance(event, bytes):
-                    await js.publish(f"{self.subject}.raw", event)
+                    raw = f"{self.subject}.0.raw" if partitions else f"{self.subject}.raw"
+                    await js.publish(raw, event)
                     continue
                 headers = {"Nats-Msg-Id": event.event_id} if msg_ids else None
                 await js.publish(
-                    f"{self.subject}.{event.account_id}", event.SerializeToString(), headers=headers
+                    subject_of(self.subject, event.account_id, partitions),
+                    event.SerializeToString(),
+                    headers=headers,
                 )
 
         _run(self.url, publish)
@@ -129,9 +136,12 @@ class TestStream:
 
         return _run(self.url, read)
 
-    def consumer_info(self) -> ConsumerInfo:
+    def consumer_info(self, partition: int | None = None) -> ConsumerInfo:
+        """The durable consumer's state, or that of one partition's consumer."""
+        name = self.consumer if partition is None else f"{self.consumer}-{partition}"
+
         async def info(js) -> ConsumerInfo:
-            return await js.consumer_info(self.stream, self.consumer)
+            return await js.consumer_info(self.stream, name)
 
         return _run(self.url, info)
 

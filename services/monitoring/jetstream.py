@@ -4,15 +4,20 @@ its messages only once that transaction has committed.
 
 Subjects are `<subject>.<account key>`: every event of an account on one subject, so the stream
 keeps them in the account's order (the key is the account id, or a digest of it where the id is
-not a valid subject token; the consumer reads the account from the event itself). A message is a
+not a valid subject token; the consumer reads the account from the event itself). With
+partitions they are `<subject>.<partition>.<account key>` (`services.monitoring.partitions`),
+each partition with a durable consumer of its own, `<consumer>-<partition>`, and a replica
+fetches from each of the partitions it is given, one task each, taking turns. A message is a
 serialized `creditline.monitoring.v1.RepaymentEvent`.
 
 What becomes of each message (`settle`, no NATS in it):
 - applied, or a duplicate (its event id was applied before: a redelivery after a crash between
   the commit and the acknowledgement, or a producer's retry): acknowledged;
-- ahead of its account's sequence: delivered again after a delay, since the missing event may
-  still come (after a crash, messages never delivered can overtake the unacknowledged ones until
-  these are redelivered); still missing after `max_deliveries` deliveries, it is dead-lettered;
+- ahead of its account's sequence, or past the first of an account not yet opened: delivered
+  again after a delay, since the missing event may still come (after a crash, messages never
+  delivered can overtake the unacknowledged ones until these are redelivered; replicas sharing
+  a consumer commit an account's events in batches of their own); still missing after
+  `max_deliveries` deliveries, it is dead-lettered;
 - never applicable (not a RepaymentEvent, an invalid field, an account never opened, a sequence
   the account has passed): published to the dead-letter subject with the reason in its headers,
   then terminated in the source stream, so the events behind it flow on.
@@ -21,9 +26,10 @@ What becomes of each message (`settle`, no NATS in it):
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import nats
 import structlog
@@ -129,6 +135,10 @@ def _settlement(sequence: int, outcome: Outcome, expected: int, last_try: bool) 
     if outcome in (Outcome.applied, Outcome.duplicate):
         return Settlement(Verdict.ack, outcome.value)
     if outcome is Outcome.unknown_account:
+        # Past the first sequence, its account_opened may still come: committing on another
+        # replica fetching from the same consumer, or overtaken after a crash.
+        if sequence > 1 and not last_try:
+            return RETRY
         return _dead(DeadReason.unknown_account, "no account_opened event came before it")
     if sequence < expected:
         return _dead(
@@ -142,11 +152,39 @@ def _settlement(sequence: int, outcome: Outcome, expected: int, last_try: bool) 
 # -- the consumer ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One durable consumer this replica fetches from: the whole stream, or one partition."""
+
+    consumer: str
+    filter_subject: str
+    partition: int | None = None  # None: unpartitioned
+
+
+def lanes_of(settings: MonitoringSettings) -> list[Lane]:
+    """The durable consumers a replica with `settings` binds, one per partition it consumes."""
+    subject, consumer = settings.jetstream_subject, settings.jetstream_consumer
+    if settings.jetstream_partitions == 0:
+        return [Lane(consumer, f"{subject}.*")]
+    return [
+        Lane(f"{consumer}-{p}", f"{subject}.{p}.*", p)
+        for p in settings.jetstream_consumed_partitions
+    ]
+
+
+def stream_subjects(settings: MonitoringSettings) -> str:
+    """The subjects of the stream monitoring creates when it is missing."""
+    return f"{settings.jetstream_subject}.{'*.*' if settings.jetstream_partitions else '*'}"
+
+
 class JetStreamConsumer:
-    """Runs the durable pull consumer in a thread of its own (nats-py is asyncio) until stopped.
+    """Runs the durable pull consumers (one, or one per partition it is given) in a thread of
+    its own (nats-py is asyncio) until stopped.
 
     Unreachable NATS, a missing stream or consumer: logged, reported through `on_health` (and
     the `jetstream_connected` gauge), and retried with backoff; the gRPC API serves meanwhile.
+    Consuming means every one of its consumers is bound; one failing makes them all connect
+    and bind again.
     """
 
     def __init__(
@@ -160,7 +198,8 @@ class JetStreamConsumer:
         self.servers = [url.strip() for url in settings.jetstream_url.split(",") if url.strip()]
         self.ingestor = ingestor
         self.on_health = on_health
-        self.filter_subject = f"{settings.jetstream_subject}.*"
+        self.lanes = lanes_of(settings)
+        self._pending: dict[Lane, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._started = threading.Event()
@@ -244,30 +283,49 @@ class JetStreamConsumer:
             js = nc.jetstream()
             if self.settings.jetstream_create:
                 await self._create_missing(js)
-            # Binding checks nothing: a missing stream or consumer must fail here, not look
-            # like an empty stream.
-            await js.consumer_info(self.settings.jetstream_stream, self.settings.jetstream_consumer)
-            subscription = await js.pull_subscribe_bind(
-                durable=self.settings.jetstream_consumer, stream=self.settings.jetstream_stream
-            )
+            metrics.JETSTREAM_PARTITIONS.set(self.settings.jetstream_partitions)
+            subscriptions = [await self._bind(js, lane) for lane in self.lanes]
             self._set_consuming(True)
             log.info(
                 "jetstream.consuming",
                 stream=self.settings.jetstream_stream,
-                consumer=self.settings.jetstream_consumer,
-                subjects=self.filter_subject,
+                consumers=[lane.consumer for lane in self.lanes],
+                subjects=[lane.filter_subject for lane in self.lanes],
             )
-            await self._consume(nc, js, subscription)
+            # One batch in hand at a time: the partitions take turns. Batches applied side by
+            # side in one process share its GIL and take as long together as one after
+            # another, but each one's acknowledgement wait runs from its fetch: under load they
+            # could outlive it and come again.
+            turn = asyncio.Semaphore(1)
+            await _first_failure(
+                self._consume(nc, js, lane, subscription, turn)
+                for lane, subscription in zip(self.lanes, subscriptions, strict=True)
+            )
         finally:
             await nc.close()
 
+    async def _bind(self, js: JetStreamContext, lane: Lane) -> JetStreamContext.PullSubscription:
+        # Binding checks nothing: a missing stream or consumer must fail here, not look like
+        # an empty stream.
+        info = await js.consumer_info(self.settings.jetstream_stream, lane.consumer)
+        self._set_pending(lane, info.num_pending or 0)
+        return await js.pull_subscribe_bind(
+            durable=lane.consumer, stream=self.settings.jetstream_stream
+        )
+
+    def _set_pending(self, lane: Lane, pending: int) -> None:
+        self._pending[lane] = pending
+        if lane.partition is not None:
+            metrics.JETSTREAM_PARTITION_PENDING.labels(str(lane.partition)).set(pending)
+        metrics.JETSTREAM_PENDING.set(sum(self._pending.values()))
+
     async def _create_missing(self, js: JetStreamContext) -> None:
-        """The two streams and the durable consumer, each created only when missing: an
+        """The two streams and the durable consumers, each created only when missing: an
         existing one is used as it is (the operator's configuration wins)."""
         s = self.settings
         max_age = s.jetstream_max_age_days * 86400
         for name, subjects in (
-            (s.jetstream_stream, [self.filter_subject]),
+            (s.jetstream_stream, [stream_subjects(s)]),
             (s.jetstream_dead_letter_stream, [s.jetstream_dead_letter_subject]),
         ):
             try:
@@ -284,46 +342,58 @@ class JetStreamConsumer:
                     duplicate_window=DUPLICATE_WINDOW_SECONDS,
                 )
                 log.info("jetstream.stream_created", stream=name, max_age_days=max_age / 86400)
-        try:
-            await js.consumer_info(s.jetstream_stream, s.jetstream_consumer)
-        except NotFoundError:
-            await js.add_consumer(
-                s.jetstream_stream,
-                ConsumerConfig(
-                    durable_name=s.jetstream_consumer,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=s.jetstream_ack_wait_seconds,
-                    filter_subject=self.filter_subject,
-                    # Redelivery is ours to bound (`settle`): JetStream would drop silently.
-                    max_deliver=-1,
-                ),
-            )
-            log.info("jetstream.consumer_created", consumer=s.jetstream_consumer)
+        for lane in self.lanes:
+            try:
+                await js.consumer_info(s.jetstream_stream, lane.consumer)
+            except NotFoundError:
+                await js.add_consumer(
+                    s.jetstream_stream,
+                    ConsumerConfig(
+                        durable_name=lane.consumer,
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        ack_wait=s.jetstream_ack_wait_seconds,
+                        filter_subject=lane.filter_subject,
+                        # Redelivery is ours to bound (`settle`): JetStream would drop silently.
+                        max_deliver=-1,
+                    ),
+                )
+                log.info("jetstream.consumer_created", consumer=lane.consumer)
 
     async def _consume(
-        self, nc: nats.NATS, js: JetStreamContext, subscription: JetStreamContext.PullSubscription
+        self,
+        nc: nats.NATS,
+        js: JetStreamContext,
+        lane: Lane,
+        subscription: JetStreamContext.PullSubscription,
+        turn: asyncio.Semaphore,
     ) -> None:
         assert self._stopping is not None
+        # The full wait, though an empty partition then holds the turn that long: a fetch
+        # that times out while its batch still streams in leaves the rest for a later turn,
+        # and a message taken off nats-py's queue just as its wait ends can be lost (asyncio's
+        # wait_for before Python 3.12), to come again only after the acknowledgement wait.
+        wait = FETCH_SECONDS
         while not self._stopping.is_set():
-            try:
-                # Bounded from outside as well: a fetch that never returns must not stall
-                # the consumer for good (the connection is then made again).
-                messages = await asyncio.wait_for(
-                    subscription.fetch(self.settings.jetstream_batch_size, timeout=FETCH_SECONDS),
-                    FETCH_SECONDS + STALL_SECONDS,
-                )
-            except nats.errors.TimeoutError:
-                messages = []
-            if not messages:
-                metrics.JETSTREAM_PENDING.set(0)  # nothing was waiting to be delivered
-                continue
-            # The lag comes with every message: how many were still undelivered behind it.
-            # It costs no request (consumer-info requests every 2 s went with fetches that
-            # stalled, on the NATS 2.9 server these tests run against).
-            metrics.JETSTREAM_PENDING.set(messages[-1].metadata.num_pending)
-            await self._settle(js, messages)
-            await nc.flush(timeout=STALL_SECONDS)
+            async with turn:
+                try:
+                    # Bounded from outside as well: a fetch that never returns must not stall
+                    # the consumer for good (the connection is then made again).
+                    messages = await asyncio.wait_for(
+                        subscription.fetch(self.settings.jetstream_batch_size, timeout=wait),
+                        wait + STALL_SECONDS,
+                    )
+                except nats.errors.TimeoutError:
+                    messages = []
+                if not messages:
+                    self._set_pending(lane, 0)  # nothing was waiting to be delivered
+                    continue
+                # The lag comes with every message: how many were still undelivered behind it.
+                # It costs no request (consumer-info requests every 2 s went with fetches that
+                # stalled, on the NATS 2.9 server these tests run against).
+                self._set_pending(lane, messages[-1].metadata.num_pending)
+                await self._settle(js, messages)
+                await nc.flush(timeout=STALL_SECONDS)
 
     async def _settle(self, js: JetStreamContext, messages: list[Msg]) -> None:
         deliveries = [Delivery(m.data, m.metadata.num_delivered) for m in messages]
@@ -389,3 +459,18 @@ class JetStreamConsumer:
             deliveries=message.metadata.num_delivered,
         )
         return True
+
+
+async def _first_failure(work: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Runs `work` concurrently until all of it returns or one raises: the rest is then
+    cancelled (and awaited), and that error raised."""
+    tasks = [asyncio.create_task(w) for w in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if (error := task.exception()) is not None:
+                raise error
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

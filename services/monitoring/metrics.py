@@ -75,8 +75,19 @@ JETSTREAM_DEAD_LETTERS = Counter(
 )
 JETSTREAM_PENDING = Gauge(
     "creditline_monitoring_jetstream_pending_messages",
-    "Consumer lag: messages in the stream not yet delivered to monitoring's durable consumer, "
-    "as of the last fetch.",
+    "Consumer lag: messages in the stream not yet delivered to monitoring's durable consumer "
+    "(with partitions, the sum over this replica's), as of the last fetch.",
+)
+JETSTREAM_PARTITION_PENDING = Gauge(
+    "creditline_monitoring_jetstream_partition_pending_messages",
+    "Consumer lag of each partition this replica consumes, as of its last fetch (the "
+    "unlabelled gauge above is their sum). A partition no replica consumes has no series.",
+    ["partition"],
+)
+JETSTREAM_PARTITIONS = Gauge(
+    "creditline_monitoring_jetstream_partitions",
+    "Partitions of the stream's subjects (0: unpartitioned): count by partition of the series "
+    "above below this means a partition no replica consumes.",
 )
 JETSTREAM_CONNECTED = Gauge(
     "creditline_monitoring_jetstream_connected",

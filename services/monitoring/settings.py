@@ -3,10 +3,11 @@
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.monitoring.partitions import MAX_PARTITIONS, parse_partitions
 from services.monitoring.rules import DEFAULT_RULES
 
 # NATS names: streams and consumers, and dot-separated subjects without wildcards.
@@ -68,7 +69,21 @@ class MonitoringSettings(ServiceSettings):
     jetstream_subject: str = Field(
         "creditline.repayments",
         pattern=SUBJECT,
-        description="Events are published on <subject>.<account key>, one subject per account.",
+        description="Events are published on <subject>.<account key>, one subject per account "
+        "(<subject>.<partition>.<account key> with partitions).",
+    )
+    jetstream_partitions: int = Field(
+        0,
+        ge=0,
+        le=MAX_PARTITIONS,
+        description="Partitions of the subjects, each with a durable consumer <consumer>-<p> "
+        "(services.monitoring.partitions says which partition an account is in); 0: "
+        "unpartitioned, one consumer.",
+    )
+    jetstream_consume_partitions: str = Field(
+        "all",
+        description="The partitions this replica consumes: all, indices and ranges (0-7,12), "
+        "or i/n for every partition p with p mod n = i (replica i of n).",
     )
     jetstream_consumer: str = Field(
         "creditline-monitoring", pattern=NAME, description="The durable pull consumer's name."
@@ -116,6 +131,28 @@ class MonitoringSettings(ServiceSettings):
         if self.max_streams >= self.max_workers:
             raise ValueError("max_streams must be below max_workers, to leave threads for calls")
         return self
+
+    @property
+    def jetstream_consumed_partitions(self) -> tuple[int, ...]:
+        """The partitions this replica consumes; empty when unpartitioned."""
+        return parse_partitions(self.jetstream_consume_partitions, self.jetstream_partitions)
+
+    @field_validator("jetstream_consume_partitions")
+    @classmethod
+    def _partitions_within_the_count(cls, spec: str, info: ValidationInfo) -> str:
+        partitions = info.data.get("jetstream_partitions")
+        if partitions is None:  # itself invalid, and reported
+            return spec
+        if partitions == 0:
+            if spec.strip() != "all":
+                raise ValueError(
+                    "needs CREDITLINE_MONITORING_JETSTREAM_PARTITIONS above 0 (unpartitioned, "
+                    "the one consumer takes every subject)"
+                )
+            return spec
+        if not parse_partitions(spec, partitions):  # raises saying what is wrong
+            raise ValueError(f"{spec!r} names no partition")
+        return spec
 
     @model_validator(mode="after")
     def _jetstream_consistent(self) -> Self:

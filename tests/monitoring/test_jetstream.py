@@ -1,6 +1,7 @@
 """Repayment events from a real NATS JetStream stream into real monitoring servers, on SQLite and
-PostgreSQL: applied once each in each account's order, nothing lost or doubled by a SIGKILL,
-poison events dead-lettered while the rest flow, and the consumer's lag as a metric.
+PostgreSQL: applied once each in each account's order, on one subject per account or in
+partitions, nothing lost or doubled by a SIGKILL, poison events dead-lettered while the rest
+flow, and the consumer's lag as a metric.
 """
 
 import signal
@@ -21,6 +22,7 @@ from services.monitoring.jetstream import (
     SOURCE_SEQUENCE_HEADER,
     SOURCE_SUBJECT_HEADER,
 )
+from services.monitoring.partitions import partition_of
 from tests.jetstream import TestStream
 from tests.monitoring.events import Customer, publish
 from tests.servers import eventually, service_process
@@ -99,6 +101,60 @@ def test_published_events_apply_once_each_in_each_accounts_order(
         assert round(risk.profile["utilisation"] * 5_000) == 2_000  # drawn once, repaid once
         types = _alert_types(monitoring, customer.account_id)
         assert types.index("days_past_due_1") < types.index("days_past_due_30")
+    assert jetstream.dead_letters() == []
+
+
+def test_events_on_partitioned_subjects_apply_once_each_in_each_accounts_order(
+    start_monitoring, jetstream: TestStream
+):
+    monitoring = start_monitoring(
+        **jetstream.settings(jetstream_batch_size=7, jetstream_partitions=4), metrics_port=0
+    )
+    customers = [Customer(f"acct-js-part-{i}") for i in range(8)]
+    lives = [
+        [
+            c.opened(line=5_000),
+            c.advance(days=1).drawn(3_000),
+            c.advance(days=30).missed(days=1),
+            c.advance(days=29).past_due(30),
+            c.advance(days=1).repaid(1_000, timing="LATE", dpd_after=0),
+        ]
+        for c in customers
+    ]
+    events = [event for step in zip(*lives, strict=True) for event in step]
+    partitions = {partition_of(c.account_id, 4) for c in customers}
+    assert len(partitions) > 1, "the accounts all fell in one partition"
+    before = {r: _messages(r) for r in ("applied", "duplicate", "retried")}
+    _consuming(monitoring)
+    jetstream.publish(*events, partitions=4)
+    jetstream.publish(*events, msg_ids=False, partitions=4)
+
+    eventually(
+        lambda: _messages("duplicate") - before["duplicate"] == len(events),
+        "every event seen twice",
+    )
+    assert _messages("applied") - before["applied"] == len(events)
+    assert _messages("retried") == before["retried"]
+    for customer in customers:
+        risk = _risk(monitoring, customer.account_id)
+        assert risk is not None and risk.last_sequence == 5
+        assert round(risk.profile["utilisation"] * 5_000) == 2_000
+        types = _alert_types(monitoring, customer.account_id)
+        assert types.index("days_past_due_1") < types.index("days_past_due_30")
+    # One consumer per partition, each delivering its partition's events (twice).
+    for p in range(4):
+        info = eventually(
+            lambda p=p: (i := jetstream.consumer_info(p)).num_ack_pending == 0 and i,
+            f"partition {p} acknowledged",
+        )
+        assert info.config.filter_subject == f"{jetstream.subject}.{p}.*"
+        mine = sum(1 for e in events if partition_of(e.account_id, 4) == p)
+        # Each message once at least (again only where an acknowledgement wait ran out).
+        assert info.delivered.consumer_seq >= 2 * mine and info.num_pending == 0
+    port = monitoring.server.metrics_port
+    lag = _metric_samples(port, "creditline_monitoring_jetstream_partition_pending_messages")
+    assert {f'{{partition="{p}"}}' for p in range(4)} <= set(lag)
+    assert _metric(port, "creditline_monitoring_jetstream_partitions") == 4.0
     assert jetstream.dead_letters() == []
 
 
@@ -184,6 +240,17 @@ def test_poison_events_are_dead_lettered_with_the_reason_and_the_rest_flow(
         lambda: (i := jetstream.consumer_info()).num_ack_pending == 0 and i.num_pending == 0 and i
     )
     assert info.num_pending == 0
+
+
+def _metric_samples(port: int, name: str) -> dict[str, float]:
+    """The samples of metric `name`, by their labels as written (`{partition="0"}`)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return {
+        line[len(name) :].split()[0]: float(line.split()[-1])
+        for line in lines
+        if line.startswith(name + "{")
+    }
 
 
 def _metric(port: int, name: str) -> float | None:

@@ -67,3 +67,19 @@ def test_an_event_ahead_of_its_account_is_retried_until_its_last_delivery(ingest
         assert found == [(Verdict.retry, None)]
     found = verdicts(ingestor, delivered(ahead, deliveries=MAX_DELIVERIES))
     assert found == [(Verdict.dead, DeadReason.sequence_gap)]
+
+
+def test_a_later_event_of_an_account_not_yet_opened_waits_for_its_opening(ingestor):
+    """Replicas sharing a consumer: the account's second event can reach one replica before its
+    account_opened commits on the other."""
+    customer = Customer("acct-opening-in-flight")
+    opened, drawn = customer.opened(), customer.drawn(1)
+    for deliveries in range(1, MAX_DELIVERIES):
+        assert verdicts(ingestor, delivered(drawn, deliveries=deliveries)) == [
+            (Verdict.retry, None)
+        ]
+    assert verdicts(ingestor, delivered(opened, drawn, deliveries=2)) == [(Verdict.ack, None)] * 2
+    never = Customer("acct-never-opened-either")
+    never.opened()
+    found = verdicts(ingestor, delivered(never.drawn(1), deliveries=MAX_DELIVERIES))
+    assert found == [(Verdict.dead, DeadReason.unknown_account)]
