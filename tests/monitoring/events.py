@@ -102,3 +102,20 @@ def batch(*events: pb.RepaymentEvent, batch_id: str = "") -> pb.EventBatch:
 
 def publish(stub, *events: pb.RepaymentEvent) -> pb.BatchAck:
     return stub.PublishEvents(pb.PublishEventsRequest(batch=batch(*events)), timeout=30).ack
+
+
+def delinquent_lives(customers: list[Customer]) -> list[pb.RepaymentEvent]:
+    """Five events each (opened, a draw, a missed payment, 30 days past due, a late
+    repayment), interleaved across accounts and in order within each, as loan servicing
+    would publish them."""
+    lives = [
+        [
+            c.opened(line=5_000),
+            c.advance(days=1).drawn(3_000),
+            c.advance(days=30).missed(days=1),
+            c.advance(days=29).past_due(30),
+            c.advance(days=1).repaid(1_000, timing="LATE", dpd_after=0),
+        ]
+        for c in customers
+    ]
+    return [event for step in zip(*lives, strict=True) for event in step]

@@ -24,7 +24,7 @@ from services.monitoring.jetstream import (
 )
 from services.monitoring.partitions import partition_of
 from tests.jetstream import TestStream
-from tests.monitoring.events import Customer, publish
+from tests.monitoring.events import Customer, delinquent_lives, publish
 from tests.servers import eventually, service_process
 
 
@@ -71,18 +71,7 @@ def test_published_events_apply_once_each_in_each_accounts_order(
 ):
     monitoring = start_monitoring(**jetstream.settings(jetstream_batch_size=7))
     customers = [Customer(f"acct-js-{i}") for i in range(6)]
-    lives = [
-        [
-            c.opened(line=5_000),
-            c.advance(days=1).drawn(3_000),
-            c.advance(days=30).missed(days=1),
-            c.advance(days=29).past_due(30),
-            c.advance(days=1).repaid(1_000, timing="LATE", dpd_after=0),
-        ]
-        for c in customers
-    ]
-    # Interleaved across accounts, in order within each, as loan servicing would publish.
-    events = [event for step in zip(*lives, strict=True) for event in step]
+    events = delinquent_lives(customers)
     before = {r: _messages(r) for r in ("applied", "duplicate", "retried")}
     _consuming(monitoring)
     jetstream.publish(*events)
@@ -111,17 +100,7 @@ def test_events_on_partitioned_subjects_apply_once_each_in_each_accounts_order(
         **jetstream.settings(jetstream_batch_size=7, jetstream_partitions=4), metrics_port=0
     )
     customers = [Customer(f"acct-js-part-{i}") for i in range(8)]
-    lives = [
-        [
-            c.opened(line=5_000),
-            c.advance(days=1).drawn(3_000),
-            c.advance(days=30).missed(days=1),
-            c.advance(days=29).past_due(30),
-            c.advance(days=1).repaid(1_000, timing="LATE", dpd_after=0),
-        ]
-        for c in customers
-    ]
-    events = [event for step in zip(*lives, strict=True) for event in step]
+    events = delinquent_lives(customers)
     partitions = {partition_of(c.account_id, 4) for c in customers}
     assert len(partitions) > 1, "the accounts all fell in one partition"
     before = {r: _messages(r) for r in ("applied", "duplicate", "retried")}

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from services.monitoring.partitions import partition_of
 from tests.jetstream import TestStream
-from tests.monitoring.events import Customer, publish
+from tests.monitoring.events import Customer, delinquent_lives, publish
 from tests.monitoring.test_jetstream import _at_sequence, _consuming, _messages, _risk
 from tests.servers import eventually
 
@@ -48,7 +48,7 @@ def test_two_replicas_share_one_stream_applying_each_event_once(
     for replica in replicas:
         _consuming(replica)
     customers = [Customer(f"acct-two-{i}") for i in range(16)]
-    events = _lives(customers)
+    events = delinquent_lives(customers)
     applied = _messages("applied")
     jetstream.publish(*events)
 
@@ -91,7 +91,7 @@ def test_two_replicas_each_on_their_own_partitions_apply_each_event_once(
     for replica in replicas:
         _consuming(replica)
     customers = [Customer(f"acct-part-{i}") for i in range(16)]
-    events = _lives(customers)
+    events = delinquent_lives(customers)
     by_partition = Counter(partition_of(e.account_id, 4) for e in events)
     assert {p % 2 for p in by_partition} == {0, 1}, "one replica would have no account"
     applied, retried = _messages("applied"), _messages("retried")
@@ -144,7 +144,7 @@ def test_two_replicas_with_overlapping_partitions_still_apply_each_event_once(
     for replica in replicas:
         _consuming(replica)
     customers = [Customer(f"acct-overlap-{i}") for i in range(16)]
-    events = _lives(customers)
+    events = delinquent_lives(customers)
     applied = _messages("applied")
     jetstream.publish(*events, partitions=4)
 
@@ -167,21 +167,6 @@ def test_two_replicas_with_overlapping_partitions_still_apply_each_event_once(
         )
     _alerts_numbered_with_no_gap(replicas, customers)
     assert jetstream.dead_letters() == []
-
-
-def _lives(customers: list[Customer]) -> list[pb.RepaymentEvent]:
-    """Five events each, interleaved across accounts, in order within each."""
-    lives = [
-        [
-            c.opened(line=5_000),
-            c.advance(days=1).drawn(3_000),
-            c.advance(days=30).missed(days=1),
-            c.advance(days=29).past_due(30),
-            c.advance(days=1).repaid(1_000, timing="LATE", dpd_after=0),
-        ]
-        for c in customers
-    ]
-    return [event for step in zip(*lives, strict=True) for event in step]
 
 
 def _alerts_numbered_with_no_gap(replicas, customers: list[Customer]) -> None:
