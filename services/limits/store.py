@@ -1274,60 +1274,25 @@ def _update_parameters(old: Account, new: Account) -> dict[str, Any]:
     }
 
 
-# The columns an account's fields are stored in, beyond the line's and the risk state's: each
-# named as its field (checked below), so a change is written to the columns of what changed.
-_LINE_COLUMNS = frozenset({"credit_line", "drawn", "status", "customer_cap", "in_hardship"})
-_RISK_FIELDS = {  # RiskState's fields and their columns (as `_risk_values` stores them)
-    "profile": "behaviour_profile",
-    "profile_at": "profile_at",
-    "days_past_due": "days_past_due",
-    "loans_past_due": "loans_past_due",
-    "past_due_since": "past_due_since",
-    "behaviour_band": "behaviour_band",
-    "behaviour_scored_at": "behaviour_scored_at",
-    "last_warning_at": "last_warning_at",
-    "anomaly_since": "anomaly_since",
-}
-_RISK_COLUMNS = frozenset(_RISK_FIELDS.values())
-_JSON_RISK = frozenset({"behaviour_profile", "loans_past_due"})  # None when empty
-_PLAIN_COLUMNS = tuple(
-    column.name
-    for column in accounts.columns
-    if column.name not in _FIXED_AT_OPENING | _LINE_COLUMNS | _RISK_COLUMNS
-    and column.name not in ("hardship", "version")
-)
-assert all(name in Account.__dataclass_fields__ for name in _PLAIN_COLUMNS), _PLAIN_COLUMNS
 _NARROW_UPDATES: dict[frozenset[str], Any] = {}
 
 
 def _changed_values(stored: Account, new: Account) -> dict[str, Any]:
-    """The columns that differ between the account as stored and its new state, by value, with
-    the new version: what an UPDATE of the stored row needs to write, and no more (SQLite
-    rewrites the index entries of every column written, whatever its value)."""
-    values: dict[str, Any] = {"version": new.version}
-    if new.line != stored.line:
-        line = new.line
-        values.update(
-            credit_line=line.credit_line,
-            drawn=line.drawn,
-            status=AccountStatus(line.status).value,
-            customer_cap=line.customer_cap,
-            in_hardship=line.in_hardship,
-        )
-    if new.risk != stored.risk:  # field by field, the JSON of what changed only
-        for name, column in _RISK_FIELDS.items():
-            value = getattr(new.risk, name)
-            if value != getattr(stored.risk, name):
-                if column in _JSON_RISK:
-                    value = _dumps(value) if value else None
-                values[column] = value
-    if new.hardship != stored.hardship:
-        hardship = new.hardship
-        values["hardship"] = None if hardship is None else _dumps(_hardship_json(hardship))
-    for name in _PLAIN_COLUMNS:
-        value = getattr(new, name)
-        if value != getattr(stored, name):
-            values[name] = value
+    """The columns whose stored values differ between the account as stored and its new state,
+    with the new version: what an UPDATE of the stored row needs to write, and no more (SQLite
+    rewrites the index entries of every column written, whatever its value). Both are encoded
+    by `_account_values`, the one encoding of an account; the risk state's only when it changed,
+    its JSON being the costly part."""
+    before, after = _row_values(stored), _row_values(new)
+    if new.risk != stored.risk:
+        before |= _risk_values(stored.risk)
+        after |= _risk_values(new.risk)
+    values = {
+        name: value
+        for name, value in after.items()
+        if name not in _FIXED_AT_OPENING and value != before[name]
+    }
+    values["version"] = new.version
     return values
 
 
@@ -1394,6 +1359,11 @@ def _due_for_review(as_of: datetime | None, after_account_id: str) -> tuple:
 
 
 def _account_values(account: Account) -> dict[str, Any]:
+    return {**_row_values(account), **_risk_values(account.risk)}
+
+
+def _row_values(account: Account) -> dict[str, Any]:
+    """Every column of an account but its risk state's (`_risk_values`)."""
     line = account.line
     return {
         "account_id": account.account_id,
@@ -1421,7 +1391,6 @@ def _account_values(account: Account) -> dict[str, Any]:
         "declared_monthly_income": account.declared_monthly_income,
         "declared_monthly_debt_payments": account.declared_monthly_debt_payments,
         "time_zone": account.time_zone,
-        **_risk_values(account.risk),
     }
 
 

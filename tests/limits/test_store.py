@@ -184,13 +184,6 @@ def test_every_account_field_round_trips(store, account):
         raise Rollback  # leaves the database empty for the next example
 
 
-def test_a_change_of_any_risk_field_has_its_column():
-    from services.limits import store as limits_store
-
-    assert set(limits_store._RISK_FIELDS) == {f.name for f in fields(RiskState)}
-    assert set(limits_store._RISK_FIELDS.values()) == set(limits_store._risk_values(RiskState()))
-
-
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
