@@ -104,18 +104,8 @@ def top_reasons(reason_points: Sequence[float], max_reasons: int) -> list[int]:
 
 
 def top_reasons_by_row(reason_points: np.ndarray, max_reasons: int) -> list[list[int]]:
-    """`top_reasons` for every row of a [rows, features] matrix, ranked in one sort.
-
-    Rows share few distinct reason lists: each distinct list is built once and shared by the
-    rows that have it (treat them as read-only).
-    """
+    """`top_reasons` for every row of a [rows, features] matrix, ranked in one sort."""
     ranked = np.argsort(-reason_points, axis=1, kind="stable")[:, :max_reasons]
-    # Ranked largest first, so the features that cost points are a prefix of each row: mark
-    # the rest with one past the last feature, then find each row's list by its marked ranks.
-    n_features = reason_points.shape[1]
-    ranked[np.take_along_axis(reason_points, ranked, axis=1) <= 0] = n_features
-    # One integer a row, its marked ranks as digits in base n_features + 1.
-    digits = (n_features + 1) ** np.arange(ranked.shape[1], dtype=np.int64)
-    _, first_row, row_list = np.unique(ranked @ digits, return_index=True, return_inverse=True)
-    distinct = [[f for f in ranks if f < n_features] for ranks in ranked[first_row].tolist()]
-    return [distinct[i] for i in row_list.tolist()]
+    # Ranked largest first, so the features that cost points are a prefix of each row.
+    costly = np.count_nonzero(np.take_along_axis(reason_points, ranked, axis=1) > 0, axis=1)
+    return [row[:count] for row, count in zip(ranked.tolist(), costly.tolist(), strict=True)]
