@@ -52,17 +52,7 @@ def test_two_replicas_share_one_stream_applying_each_event_once(
     applied = _messages("applied")
     jetstream.publish(*events)
 
-    for customer in customers:
-        eventually(
-            lambda c=customer: _at_sequence(replicas[0], c.account_id, 5),
-            f"{customer.account_id} complete",
-            timeout=120,
-        )
-        risk = _risk(replicas[1], customer.account_id)
-        assert risk is not None and round(risk.profile["utilisation"] * 5_000) == 2_000
-    # Both replicas together; counted after the acknowledgement, so after the commit seen above.
-    eventually(lambda: _messages("applied") - applied >= len(events), "every event counted")
-    assert _messages("applied") - applied == len(events)
+    _applied_once_each(replicas[0], replicas[1], customers, applied, len(events))
     eventually(
         lambda: (i := jetstream.consumer_info()).num_pending == 0 and i.num_ack_pending == 0,
         "every message acknowledged",
@@ -97,17 +87,7 @@ def test_two_replicas_each_on_their_own_partitions_apply_each_event_once(
     applied, retried = _messages("applied"), _messages("retried")
     jetstream.publish(*events, partitions=4)
 
-    for customer in customers:
-        eventually(
-            lambda c=customer: _at_sequence(replicas[0], c.account_id, 5),
-            f"{customer.account_id} complete",
-            timeout=120,
-        )
-        risk = _risk(replicas[1], customer.account_id)
-        assert risk is not None and round(risk.profile["utilisation"] * 5_000) == 2_000
-    # Both replicas together; counted after the acknowledgement, so after the commit seen above.
-    eventually(lambda: _messages("applied") - applied >= len(events), "every event counted")
-    assert _messages("applied") - applied == len(events)
+    _applied_once_each(replicas[0], replicas[1], customers, applied, len(events))
     # An account's events all go to one replica, so none ever waits for another's commit.
     assert _messages("retried") == retried
     for p in range(4):
@@ -148,16 +128,7 @@ def test_two_replicas_with_overlapping_partitions_still_apply_each_event_once(
     applied = _messages("applied")
     jetstream.publish(*events, partitions=4)
 
-    for customer in customers:
-        eventually(
-            lambda c=customer: _at_sequence(replicas[1], c.account_id, 5),
-            f"{customer.account_id} complete",
-            timeout=120,
-        )
-        risk = _risk(replicas[0], customer.account_id)
-        assert risk is not None and round(risk.profile["utilisation"] * 5_000) == 2_000
-    eventually(lambda: _messages("applied") - applied >= len(events), "every event counted")
-    assert _messages("applied") - applied == len(events)
+    _applied_once_each(replicas[1], replicas[0], customers, applied, len(events))
     for p in range(4):
         eventually(
             lambda p=p: (
@@ -167,6 +138,22 @@ def test_two_replicas_with_overlapping_partitions_still_apply_each_event_once(
         )
     _alerts_numbered_with_no_gap(replicas, customers)
     assert jetstream.dead_letters() == []
+
+
+def _applied_once_each(reader, other, customers: list[Customer], applied: float, events: int):
+    """Waits until `reader` has every account's five events (`delinquent_lives`), which `other`
+    then reads the same (drawn once, repaid once), and until the replicas together counted each
+    event applied once (counted after the acknowledgement, so after the commit seen)."""
+    for customer in customers:
+        eventually(
+            lambda c=customer: _at_sequence(reader, c.account_id, 5),
+            f"{customer.account_id} complete",
+            timeout=120,
+        )
+        risk = _risk(other, customer.account_id)
+        assert risk is not None and round(risk.profile["utilisation"] * 5_000) == 2_000
+    eventually(lambda: _messages("applied") - applied >= events, "every event counted")
+    assert _messages("applied") - applied == events
 
 
 def _alerts_numbered_with_no_gap(replicas, customers: list[Customer]) -> None:
