@@ -373,15 +373,16 @@ class JetStreamConsumer:
         # that times out while its batch still streams in leaves the rest for a later turn,
         # and a message taken off nats-py's queue just as its wait ends can be lost (asyncio's
         # wait_for before Python 3.12), to come again only after the acknowledgement wait.
-        wait = FETCH_SECONDS
         while not self._stopping.is_set():
             async with turn:
                 try:
                     # Bounded from outside as well: a fetch that never returns must not stall
                     # the consumer for good (the connection is then made again).
                     messages = await asyncio.wait_for(
-                        subscription.fetch(self.settings.jetstream_batch_size, timeout=wait),
-                        wait + STALL_SECONDS,
+                        subscription.fetch(
+                            self.settings.jetstream_batch_size, timeout=FETCH_SECONDS
+                        ),
+                        FETCH_SECONDS + STALL_SECONDS,
                     )
                 except nats.errors.TimeoutError:
                     messages = []
