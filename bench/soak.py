@@ -245,14 +245,14 @@ def callers(suite: Suite, lines: Lines, traffic: Traffic) -> dict[str, Callable[
             lambda: suite.monitoring.WatchAlerts(
                 monitoring_pb.WatchAlertsRequest(), timeout=STREAM_SECONDS
             ),
-        ),  # fmt: skip
+        ),
         "WatchNotices": lambda: _watch(
             traffic,
             "WatchNotices",
             lambda: suite.limits.WatchNotices(
                 limits_pb.WatchNoticesRequest(), timeout=STREAM_SECONDS
             ),
-        ),  # fmt: skip
+        ),
         "RunReview": lambda: call(
             "RunReview",
             lambda: [

@@ -67,19 +67,7 @@ def test_two_replicas_each_on_their_own_partitions_apply_each_event_once(
     if not database_url.startswith("postgresql"):
         pytest.skip("replicas in separate processes share PostgreSQL, not a SQLite file")
     # Replica 0 consumes partitions 0 and 2, replica 1 partitions 1 and 3.
-    replicas = [
-        start_monitoring(
-            QUICK_HEARTBEATS,
-            **jetstream.settings(
-                jetstream_batch_size=5,
-                jetstream_partitions=4,
-                jetstream_consume_partitions=f"{index}/2",
-            ),
-        )
-        for index in range(2)
-    ]
-    for replica in replicas:
-        _consuming(replica)
+    replicas = _partitioned_replicas(start_monitoring, jetstream, "0/2", "1/2")
     customers = [Customer(f"acct-part-{i}") for i in range(16)]
     events = delinquent_lives(customers)
     by_partition = Counter(partition_of(e.account_id, 4) for e in events)
@@ -110,19 +98,7 @@ def test_two_replicas_with_overlapping_partitions_still_apply_each_event_once(
     one uncommitted on the other; the database decides, as with one shared consumer."""
     if not database_url.startswith("postgresql"):
         pytest.skip("replicas in separate processes share PostgreSQL, not a SQLite file")
-    replicas = [
-        start_monitoring(
-            QUICK_HEARTBEATS,
-            **jetstream.settings(
-                jetstream_batch_size=5,
-                jetstream_partitions=4,
-                jetstream_consume_partitions=consume,
-            ),
-        )
-        for consume in ("0-2", "1-3")
-    ]
-    for replica in replicas:
-        _consuming(replica)
+    replicas = _partitioned_replicas(start_monitoring, jetstream, "0-2", "1-3")
     customers = [Customer(f"acct-overlap-{i}") for i in range(16)]
     events = delinquent_lives(customers)
     applied = _messages("applied")
@@ -138,6 +114,23 @@ def test_two_replicas_with_overlapping_partitions_still_apply_each_event_once(
         )
     _alerts_numbered_with_no_gap(replicas, customers)
     assert jetstream.dead_letters() == []
+
+
+def _partitioned_replicas(start_monitoring, jetstream: TestStream, *consumed: str) -> list:
+    """A replica for each of `consumed` (its JETSTREAM_CONSUME_PARTITIONS) of a stream of four
+    partitions, each consuming."""
+    replicas = [
+        start_monitoring(
+            QUICK_HEARTBEATS,
+            **jetstream.settings(
+                jetstream_batch_size=5, jetstream_partitions=4, jetstream_consume_partitions=spec
+            ),
+        )
+        for spec in consumed
+    ]
+    for replica in replicas:
+        _consuming(replica)
+    return replicas
 
 
 def _applied_once_each(reader, other, customers: list[Customer], applied: float, events: int):
