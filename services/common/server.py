@@ -11,6 +11,7 @@ tokens checked against the tokens file, and, for probes, an optional plaintext p
 serves nothing but health.
 """
 
+import gc
 import signal
 import threading
 import time
@@ -42,6 +43,13 @@ KEEPALIVE_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 
+
+# Python collects its youngest generation after every 700 new container objects by default:
+# several times a call for a batch (a BatchScore response, an Ingest batch), each collection a
+# walk over what the call still holds. Measured on these machines, collection took about 7% of
+# a BatchScore's server CPU and 11% of an Ingest batch's; with this threshold and the start-up
+# objects frozen, close to none. Garbage without cycles is freed at once either way.
+YOUNG_GENERATION_THRESHOLD = 10_000
 
 ServicerT = TypeVar("ServicerT")
 
@@ -221,7 +229,9 @@ class GrpcServer:
 
     def serve_until(self, shutdown: ShutdownSignal) -> None:
         """Serves until a shutdown signal arrives (see `catch_shutdown_signals`), then stops
-        gracefully."""
+        gracefully. Only a service's own process serves this way: it settles the garbage
+        collector for good first (`settle_garbage_collector`)."""
+        settle_garbage_collector()
         log.info("server.signal", signal=shutdown.wait())
         self.stop()
 
@@ -229,6 +239,18 @@ class GrpcServer:
         self.health.set("", status)
         for binding in self.bindings:
             self.health.set(binding.full_name, status)
+
+
+def settle_garbage_collector() -> None:
+    """Once loaded: what start-up built (modules, models, policies) is moved out of the
+    collector's sight, so that no full collection walks it again, and young collections run
+    less often (`YOUNG_GENERATION_THRESHOLD`). A frozen object is never collected: one left in
+    a cycle by a later reload stays, once, which is bounded by what start-up built."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, oldest)
+    log.info("server.collector_settled", frozen_objects=gc.get_freeze_count())
 
 
 def _health_only_server(
