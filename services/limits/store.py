@@ -455,15 +455,9 @@ class UnitOfWork:
         stored before requests had scopes."""
         if self._held is not None and (scope, request_id) in self._held.answers:
             return self._held.answers[scope, request_id]
-        row = self._one(
-            select(idempotency_records)
-            .where(
-                idempotency_records.c.scope.in_([scope, LEGACY_SCOPE]),
-                idempotency_records.c.request_id == request_id,
-            )
-            .order_by(idempotency_records.c.scope.desc())
-            .limit(1)
-        )
+        row = self._connection.execute(
+            _ANSWER, {"scopes": [scope, LEGACY_SCOPE], "request_id": request_id}
+        ).one_or_none()
         return None if row is None else _idempotency_from_row(row)
 
     def save_idempotent(
@@ -496,8 +490,8 @@ class UnitOfWork:
         """The account, or None; `lock` takes its row lock until the transaction ends."""
         if self._held is not None and account_id in self._held.accounts:
             return self._held.accounts[account_id]  # read ahead, its lock taken
-        query = select(accounts).where(accounts.c.account_id == account_id)
-        row = self._one(query.with_for_update() if lock else query)
+        query = _ACCOUNT_LOCKED if lock else _ACCOUNT
+        row = self._connection.execute(query, {"account_id": account_id}).one_or_none()
         if row is None:
             return None
         account = self._stored[account_id] = _account_from_row(row)
@@ -1155,14 +1149,33 @@ class UnitOfWork:
 
     def _insert_new(self, table: Table, values: dict[str, Any]) -> bool:
         """Inserts a row unless its key exists (then False), without failing the transaction."""
-        statement = (
-            _insert_statement(self._connection, table)
-            .values(values)
-            .on_conflict_do_nothing()
-            # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
-            .execution_options(preserve_rowcount=True)
-        )
-        return self._connection.execute(statement).rowcount == 1
+        dialect = self._connection.dialect.name
+        statement = _INSERTS_NEW.get((dialect, table.name))
+        if statement is None:
+            statement = _INSERTS_NEW[dialect, table.name] = (
+                _insert_statement(self._connection, table)
+                .on_conflict_do_nothing()
+                # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
+                .execution_options(preserve_rowcount=True)
+            )
+        return self._connection.execute(statement, values).rowcount == 1
+
+
+# Statements run on every call, built once: building one (and its cache key) costs SQLAlchemy
+# more than running it (measured 72 against 21 us for the account's SELECT on SQLite).
+_ACCOUNT = select(accounts).where(accounts.c.account_id == bindparam("account_id"))
+_ACCOUNT_LOCKED = _ACCOUNT.with_for_update()
+_ANSWER = (
+    select(idempotency_records)
+    .where(
+        idempotency_records.c.scope.in_(bindparam("scopes", expanding=True)),
+        idempotency_records.c.request_id == bindparam("request_id"),
+    )
+    .order_by(idempotency_records.c.scope.desc())
+    .limit(1)
+)
+# (dialect, table) -> its INSERT ... ON CONFLICT DO NOTHING, values given as parameters.
+_INSERTS_NEW: dict[tuple[str, str], Any] = {}
 
 
 def _insert_statement(connection: Connection, table: Table):
