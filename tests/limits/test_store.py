@@ -39,6 +39,7 @@ from services.limits.store import (
     LimitsStore,
     ReviewRun,
     ReviewShard,
+    idempotency_records,
     metadata,
     review_bucket,
 )
@@ -489,6 +490,38 @@ def test_idempotency_records_keep_the_first_answer(store):
     assert aborted.value.reason == "CONCURRENT_MODIFICATION"
     with store.read() as uow:
         assert uow.find_idempotent("acct-1", "req-1") == record
+
+
+def test_answers_held_for_a_group_are_written_together_or_refused_together(store):
+    keys = [("acct-1", f"req-{i}") for i in range(3)]
+    with store.unit_of_work() as uow:
+        uow.read_ahead(["acct-1"], keys)
+        for scope, request_id in keys:
+            uow.save_idempotent(scope, request_id, "Draw", "fp", request_id.encode())
+        uow.write_held()
+    with store.read() as uow:
+        assert [uow.find_idempotent(*key).response for key in keys] == [
+            b"req-0",
+            b"req-1",
+            b"req-2",
+        ]
+
+    # An answer stored after the group read ahead (by then only a concurrent call could):
+    # the group's write is refused whole, not short by one.
+    more = [("acct-1", f"req-{i}") for i in range(3, 6)]
+    with pytest.raises(Aborted) as aborted, store.unit_of_work() as uow:
+        uow.read_ahead(["acct-1"], more)
+        for scope, request_id in more:
+            uow.save_idempotent(scope, request_id, "Draw", "fp", b"group")
+        stored_meanwhile = {"scope": "acct-1", "request_id": "req-4", "method": "Draw"}
+        uow._connection.execute(  # what the concurrent call's own transaction would have done
+            sa.insert(idempotency_records),
+            {**stored_meanwhile, "fingerprint": "fp", "response": b"other", "created_at": T0},
+        )
+        uow.write_held()
+    assert aborted.value.reason == "CONCURRENT_MODIFICATION"
+    with store.read() as uow:
+        assert [uow.find_idempotent(*key) for key in more] == [None, None, None]
 
 
 def test_signals_are_recorded_once(store):
