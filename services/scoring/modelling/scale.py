@@ -106,6 +106,10 @@ def top_reasons(reason_points: Sequence[float], max_reasons: int) -> list[int]:
 def top_reasons_by_row(reason_points: np.ndarray, max_reasons: int) -> list[list[int]]:
     """`top_reasons` for every row of a [rows, features] matrix, ranked in one sort."""
     ranked = np.argsort(-reason_points, axis=1, kind="stable")[:, :max_reasons]
-    # Ranked largest first, so the features that cost points are a prefix of each row.
-    costly = np.count_nonzero(np.take_along_axis(reason_points, ranked, axis=1) > 0, axis=1)
-    return [row[:count] for row, count in zip(ranked.tolist(), costly.tolist(), strict=True)]
+    # Ranked largest first, so the features that cost points are a prefix of each row. (A sum
+    # of booleans by row is several times faster than count_nonzero along an axis.)
+    costly = (np.take_along_axis(reason_points, ranked, axis=1) > 0).sum(axis=1)
+    return [
+        row if count == max_reasons else row[:count]
+        for row, count in zip(ranked.tolist(), costly.tolist(), strict=True)
+    ]
