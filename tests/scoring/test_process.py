@@ -21,7 +21,9 @@ from tests.scoring.helpers import batch_request, card, score_request, valid_feat
 MARKER_AMOUNT = 7373.0
 
 
-def test_process_logs_json_serves_metrics_and_stops_on_sigterm():
+def scoring_process(**popen) -> tuple[subprocess.Popen, int, int]:
+    """`python -m services.scoring` on free ports, its log lines on a pipe; and its gRPC and
+    metrics ports."""
     port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -33,9 +35,14 @@ def test_process_logs_json_serves_metrics_and_stops_on_sigterm():
         [sys.executable, "-m", "services.scoring"],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
         text=True,
+        **popen,
     )
+    return process, port, metrics_port
+
+
+def test_process_logs_json_serves_metrics_and_stops_on_sigterm():
+    process, port, metrics_port = scoring_process(stderr=subprocess.STDOUT)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
@@ -90,16 +97,7 @@ def test_a_serving_process_collects_garbage_rarely_under_batches():
     """Each 1,000-row BatchScore builds thousands of objects: at Python's default threshold
     that is a collection every few hundred, and the process settles its collector once
     serving, so a run of batches triggers only a few."""
-    port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "CREDITLINE_SCORING_PORT": str(port),
-        "CREDITLINE_SCORING_METRICS_PORT": str(metrics_port),
-        "CREDITLINE_SCORING_RELOAD_INTERVAL_SECONDS": "0",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.scoring"], env=env, stdout=subprocess.PIPE, text=True
-    )
+    process, port, metrics_port = scoring_process()
     rows = [valid_features(card("application"), pick) for pick in range(1_000)]
     request = batch_request("application", rows)
     try:
