@@ -884,10 +884,9 @@ def _with_line(account: Account, new_line: int, **changes) -> Account:
     if tier is not None:
         changes["tier"] = tier.name
         changes["annual_rate_bp"] = tier.annual_rate_bp
-    changed = replace(account, line=ledger.change_line(account.line, new_line), **changes)
-    if changed.line.credit_line != account.line.credit_line:
-        changed = replace(changed, on_time_streak=0)
-    return changed
+    if new_line != account.line.credit_line:
+        changes["on_time_streak"] = 0  # a line change starts the streak again
+    return replace(account, line=ledger.change_line(account.line, new_line), **changes)
 
 
 def _suspend(account: Account, status: AccountStatus, now: datetime) -> Account:
