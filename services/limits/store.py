@@ -1723,8 +1723,12 @@ def _hardship_from_json(value: dict[str, Any]) -> Hardship:
     )
 
 
+# One encoder for every value: json.dumps with these options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return _ENCODER.encode(value)
 
 
 def _now() -> datetime:
