@@ -858,19 +858,21 @@ class UnitOfWork:
 
     # Notices: the outbox.
 
-    def add_notices(self, found: list[CustomerNotice]) -> list[CustomerNotice]:
-        """Stores the notices, numbered in order; returns them with their numbers.
+    def add_notices(self, found: list[CustomerNotice]) -> int | None:
+        """Stores the notices, numbered in order; returns the last one's number (None if there
+        were none).
 
         Call it last in the transaction: it holds the notice counter's row until the commit,
         so notices become visible in the order of their numbers and a stream that has seen
         notice n has seen every one before it (services.common.feeds).
         """
         if not found:
-            return []
+            return None
         first = self._take_numbers(NOTICE_COUNTER, len(found))
-        numbered = [replace(n, number=first + i) for i, n in enumerate(found)]
-        self._connection.execute(insert(notices), [_notice_values(n) for n in numbered])
-        return numbered
+        # Each row is given its number as it is written: no copy of the notice is kept.
+        rows = [_notice_values(notice, first + i) for i, notice in enumerate(found)]
+        self._connection.execute(insert(notices), rows)
+        return first + len(found) - 1
 
     def last_notice_number(self) -> int:
         return self._counter(NOTICE_COUNTER)
@@ -1600,11 +1602,12 @@ def _idempotency_from_row(row: Row) -> IdempotencyRecord:
 # Nested values <-> JSON.
 
 
-def _notice_values(notice: CustomerNotice) -> dict[str, Any]:
+def _notice_values(notice: CustomerNotice, number: int) -> dict[str, Any]:
+    """The row of a notice stored as the outbox's `number`."""
     return {
         "account_id": notice.account_id,
         "notice_id": notice.notice_id,
-        "number": notice.number,
+        "number": number,
         "type": NoticeType(notice.type).value,
         "event_id": notice.event_id,
         "appeal_id": notice.appeal_id,
