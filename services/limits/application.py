@@ -1132,11 +1132,11 @@ class LimitsApplication:
         with self.store.unit_of_work() as uow:
             yield uow
             # Last, because numbering them holds the outboxes' counters until the commit.
-            stored = uow.add_notices(self._notices(uow, policy or self.policies.policy))
+            last_notice = uow.add_notices(self._notices(uow, policy or self.policies.policy))
             uow.treatment = uow.add_treatment_steps(uow.treatment)
         metrics.count_decisions(uow.appended)
-        if stored:
-            self.notice_feed.publish(stored[-1].number)
+        if last_notice is not None:
+            self.notice_feed.publish(last_notice)
         if uow.treatment:
             self.treatment_feed.publish(uow.treatment[-1].number)
 

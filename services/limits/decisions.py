@@ -15,6 +15,7 @@ import calendar
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from services.limits import ledger
@@ -325,7 +326,14 @@ def request_increase(
             improvements=tuple(improvement(r) for r in event.reasons),
             next_eligible_at=next_eligible_at,
         )
-    raised = _with_line(account, target, tier=tier, risk_band=score.risk_band)
+    assert tier is not None  # without a managed tier a reason above declined the request
+    raised = _with_line(
+        account,
+        target,
+        tier=tier.name,
+        annual_rate_bp=tier.annual_rate_bp,
+        risk_band=score.risk_band,
+    )
     reasons = [policy_reason("POLICY_CUSTOMER_REQUEST"), *score.reasons]
     event = _event(ctx, account, raised, EventType.increased, reasons, score, declaration)
     return Decision(raised, event)
@@ -347,18 +355,20 @@ def review(ctx: Context, account: Account, score: Score | None) -> Decision:
     tier = policy.managed_tier(band) if score else policy.tier_named(account.tier)
     line = account.line.credit_line
     largest_change = math.floor(line * policy.review.max_change_fraction)
-    scheduled = replace(
-        account,
-        risk_band=band,
-        tier=tier.name if tier else account.tier,
-        annual_rate_bp=tier.annual_rate_bp if tier else account.annual_rate_bp,
-        next_review_at=ctx.now + timedelta(days=policy.review.cadence_days),
-    )
+    # What every outcome changes besides the line: applied with the line's change, if any,
+    # so that the account is copied once.
+    schedule: dict[str, Any] = {
+        "risk_band": band,
+        "tier": tier.name if tier else account.tier,
+        "annual_rate_bp": tier.annual_rate_bp if tier else account.annual_rate_bp,
+        "next_review_at": ctx.now + timedelta(days=policy.review.cadence_days),
+    }
     reasons = [policy_reason("POLICY_SCHEDULED_REVIEW")]
     if tier is None or line > tier.max_line:
         floor = 0 if tier is None else tier.max_line
-        reduced = _with_line(scheduled, max(floor, line - largest_change))
-        if reduced.line.credit_line < line:
+        reduced_line = max(floor, line - largest_change)
+        if reduced_line < line:
+            reduced = _with_line(account, reduced_line, **schedule)
             adverse = [
                 policy_reason("POLICY_RISK_BAND_WORSENED"),
                 *(score.reasons if score else ()),
@@ -375,13 +385,14 @@ def review(ctx: Context, account: Account, score: Score | None) -> Decision:
         target = min(line + max(1, min(tier.increase_step, largest_change)), tier.max_line)
         target = _affordable_raise(policy, account, target, tier)
         if target > line:
-            raised = _with_line(scheduled, target)
+            raised = _with_line(account, target, **schedule)
             reasons.append(policy_reason("POLICY_GOOD_REPAYMENT"))
             event = _event(ctx, account, raised, EventType.increased, reasons, score)
             return Decision(raised, event)
         reasons.append(policy_reason("POLICY_ABILITY_TO_PAY"))  # what kept the line
     if score is None:
         reasons.append(policy_reason("POLICY_NO_RECENT_HISTORY"))
+    scheduled = replace(account, **schedule)
     event = _event(ctx, account, scheduled, EventType.reviewed_unchanged, reasons, score)
     return Decision(scheduled, event)
 
@@ -880,14 +891,10 @@ def not_yet(reason: str, why: str, eligible_at: datetime) -> FailedPrecondition:
 
 
 def _with_line(account: Account, new_line: int, **changes) -> Account:
-    tier = changes.pop("tier", None)
-    if tier is not None:
-        changes["tier"] = tier.name
-        changes["annual_rate_bp"] = tier.annual_rate_bp
-    changed = replace(account, line=ledger.change_line(account.line, new_line), **changes)
-    if changed.line.credit_line != account.line.credit_line:
-        changed = replace(changed, on_time_streak=0)
-    return changed
+    """The account with its line changed to `new_line`, and the other `changes` made."""
+    if new_line != account.line.credit_line:
+        changes["on_time_streak"] = 0  # a line change starts the streak again
+    return replace(account, line=ledger.change_line(account.line, new_line), **changes)
 
 
 def _suspend(account: Account, status: AccountStatus, now: datetime) -> Account:
