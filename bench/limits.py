@@ -24,7 +24,14 @@ import numpy as np
 import sqlalchemy
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, insert, make_url
 
-from bench.harness import fill_features, free_port, server_process, service_stub
+from bench.harness import (
+    child_pid,
+    cpu_seconds,
+    fill_features,
+    free_port,
+    server_process,
+    service_stub,
+)
 from creditline.limits.v1 import limits_service_pb2 as pb
 from creditline.limits.v1 import limits_service_pb2_grpc
 from creditline.type.v1 import money_pb2
@@ -60,6 +67,7 @@ class Run:
     rate: float  # calls per second, all clients together
     p50_ms: float
     p99_ms: float
+    calls: int = 0  # made in all, the warm-up included
 
 
 def clients_run(calls: list[Callable[[], object]], seconds: float, warmup: int = 20) -> Run:
@@ -90,7 +98,10 @@ def clients_run(calls: list[Callable[[], object]], seconds: float, warmup: int =
     elapsed = time.perf_counter() - started
     every = np.concatenate([np.asarray(t) for t in timings]) * 1000
     return Run(
-        len(every) / elapsed, float(np.percentile(every, 50)), float(np.percentile(every, 99))
+        len(every) / elapsed,
+        float(np.percentile(every, 50)),
+        float(np.percentile(every, 99)),
+        len(every) + warmup * len(calls),
     )
 
 
@@ -170,23 +181,27 @@ def limits_server(url: str, scoring_port: int):
     return service_stub("limits", limits_service_pb2_grpc.LimitsServiceStub, settings)
 
 
-def draws(url: str, scoring_port: int, seconds: float) -> tuple[Run, Run]:
-    """Draw with one client, then with IN_FLIGHT clients on accounts of their own."""
+def draws(url: str, scoring_port: int, seconds: float) -> tuple[Run, Run, float | None]:
+    """Draw with one client, then with IN_FLIGHT clients on accounts of their own; and the
+    limits process's CPU seconds per draw of the second run (None where /proc does not tell)."""
     with limits_server(url, scoring_port) as stub:
         accounts = [
             stub.OpenAccount(open_request(i), timeout=10).account.account_id
             for i in range(IN_FLIGHT)
         ]
         one = clients_run([drawer(stub, accounts[0])], seconds)
+        pid = child_pid("services.limits")
+        cpu_before = cpu_seconds(pid) if pid else 0.0
         many = clients_run([drawer(stub, a) for a in accounts], seconds)
-    return one, many
+        cpu_per_draw = (cpu_seconds(pid) - cpu_before) / many.calls if pid else None
+    return one, many, cpu_per_draw
 
 
 def database_rows(name: str, url: str, scoring_port: int, seconds: float) -> list[tuple]:
     raw_one = raw_commits(url, 1, seconds)
     raw_many = raw_commits(url, IN_FLIGHT, seconds)
-    one, many = draws(url, scoring_port, seconds)
-    return [
+    one, many, cpu_per_draw = draws(url, scoring_port, seconds)
+    rows = [
         (f"{name}: raw one-row commits, 1 writer", f"{raw_one.rate:,.0f} /s", "", "", ""),
         (
             f"{name}: raw one-row commits, {IN_FLIGHT} writers",
@@ -224,6 +239,19 @@ def database_rows(name: str, url: str, scoring_port: int, seconds: float) -> lis
             "",
         ),
     ]
+    if cpu_per_draw is not None:
+        # What one draw costs the limits process itself (the database's own work is apart):
+        # 0.5x of the raw commits needs at most this much, one process being one core.
+        rows.append(
+            (
+                f"{name}: Draw, {IN_FLIGHT} in flight, server process CPU per call",
+                f"{cpu_per_draw * 1e6:,.0f} µs",
+                "",
+                "",
+                f"<= {1e6 / (0.5 * raw_many.rate):,.0f} µs for 0.5x",
+            )
+        )
+    return rows
 
 
 BEHAVIOUR_PROFILE = {  # a clean account, band A

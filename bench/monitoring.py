@@ -11,7 +11,6 @@ is ingestion itself (rules, profiles, alerts and outbox rows, all committed befo
 import asyncio
 import contextlib
 import itertools
-import os
 import random
 import tempfile
 import threading
@@ -27,7 +26,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import make_url
 
-from bench.harness import service_stub
+from bench.harness import child_pid, cpu_seconds, service_stub
 from bench.limits import POSTGRES_URL, postgres_schema, raw_commits
 from creditline.monitoring.v1 import monitoring_service_pb2 as pb
 from creditline.monitoring.v1 import monitoring_service_pb2_grpc
@@ -118,26 +117,6 @@ def monitoring_server(url: str):
         "LOG_LEVEL": "warning",
     }
     return service_stub("monitoring", monitoring_service_pb2_grpc.MonitoringServiceStub, settings)
-
-
-def server_pid() -> int | None:
-    """The monitoring server process this bench started (None where /proc does not tell)."""
-    me = str(os.getpid())
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = stat.read_text().rsplit(")", 1)[1].split()[1]
-            command = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if parent == me and b"services.monitoring" in command:
-            return int(stat.parent.name)
-    return None
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU a process has used (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ingest_rate(stub, requests: list[pb.IngestRequest]) -> float:
@@ -329,7 +308,7 @@ def database_rows(name: str, url: str, seconds: float) -> list[tuple]:
     rows = [(f"{name}: raw one-row commits, 1 writer", f"{raw.rate:,.0f} /s", "", "", "")]
     book = Book(f"{name.lower()}-{time.time_ns()}")
     with monitoring_server(url) as stub:
-        pid = server_pid()
+        pid = child_pid("services.monitoring")
         opened = book.opened()
         ingest_rate(stub, book.batches(opened, 1_000, ACCOUNTS // 1_000))
         ordinary = book.ordinary()

@@ -18,6 +18,7 @@ from bench.harness import (
     ENV,
     Latency,
     concurrent_rate,
+    cpu_seconds,
     fill_features,
     free_port,
     sequential,
@@ -98,12 +99,12 @@ def run(seconds: float, calls: int) -> list[tuple]:
     env = {"CREDITLINE_SCORING_RELOAD_INTERVAL_SECONDS": "0"}
     payload = request.SerializeToString()
     with (
-        server_process(["-m", "bench.echo_server", str(echo_port)], echo_port),
+        server_process(["-m", "bench.echo_server", str(echo_port)], echo_port) as echo_server,
         server_process(
             ["-m", "services.scoring"],
             scoring_port,
             {**env, "CREDITLINE_SCORING_PORT": str(scoring_port)},
-        ),
+        ) as scoring_server,
         shared_port_servers(PROCESSES, env) as shared_port,
         grpc.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
         grpc.insecure_channel(f"127.0.0.1:{scoring_port}") as scoring_channel,
@@ -123,19 +124,28 @@ def run(seconds: float, calls: int) -> list[tuple]:
             "score": lambda: stub.Score(request, timeout=5),
             "processes": lambda: next_shared_stub().Score(request, timeout=5),
         }
+        pids = {"echo": echo_server.pid, "score": scoring_server.pid}
         latency: dict[str, list[Latency]] = {"echo": [], "score": []}
+        # Server process CPU seconds per sequential call, and per batch.
+        cpu: dict[str, list[float]] = {"echo": [], "score": [], "batch": []}
         rate: dict[str, list[float]] = {"echo": [], "score": [], "processes": []}
         batch_rates = []
         turn = seconds / ROUNDS
+        warmup = 100
         for round_ in range(ROUNDS):
             order = ("echo", "score") if round_ % 2 == 0 else ("score", "echo")
             for name in order:
-                latency[name].append(sequential(calls_of[name], calls // ROUNDS, warmup=100))
+                before = cpu_seconds(pids[name])
+                latency[name].append(sequential(calls_of[name], calls // ROUNDS, warmup))
+                cpu[name].append((cpu_seconds(pids[name]) - before) / (calls // ROUNDS + warmup))
             for name in (*order, "processes"):
                 rate[name].append(concurrent_rate(calls_of[name], IN_FLIGHT, turn))
-            batch_rates.append(
-                batch_rate(lambda: stub.BatchScore(batch_message, timeout=30), BATCH_ROWS, turn)
+            before = cpu_seconds(scoring_server.pid)
+            rows_per_second, batches = batch_rate(
+                lambda: stub.BatchScore(batch_message, timeout=30), BATCH_ROWS, turn
             )
+            batch_rates.append(rows_per_second)
+            cpu["batch"].append((cpu_seconds(scoring_server.pid) - before) / batches)
 
     def ratio(numerators: list[float], denominators: list[float]) -> float:
         return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
@@ -173,6 +183,28 @@ def run(seconds: float, calls: int) -> list[tuple]:
             statistics.median(batch_rates) / raw_batch_rate,
             ">= 200,000 rows/s",
         ),
+        # What the server process itself spends, which load moves far less than latency.
+        (
+            "echo, server process CPU per sequential call",
+            rounds([c * 1e6 for c in cpu["echo"]], "µs"),
+            "",
+            "",
+            "",
+        ),
+        (
+            "Score, server process CPU per sequential call",
+            rounds([c * 1e6 for c in cpu["score"]], "µs"),
+            "echo",
+            ratio(cpu["score"], cpu["echo"]),
+            "",
+        ),
+        (
+            "BatchScore, server process CPU per 1,000-row batch",
+            rounds([c * 1e3 for c in cpu["batch"]], "ms"),
+            "",
+            "",
+            f"<= {1e3 * BATCH_ROWS / 200_000:.0f} ms for 200,000 rows/s",
+        ),
     ]
 
 
@@ -184,15 +216,16 @@ def rounds(values: list[float], unit: str) -> str:
     return f"{statistics.median(values):,.0f} {unit} [{min(values):,.0f}-{max(values):,.0f}]"
 
 
-def batch_rate(call: Callable[[], object], rows: int, seconds: float) -> float:
-    """Rows per second of back-to-back batches, one in flight."""
+def batch_rate(call: Callable[[], object], rows: int, seconds: float) -> tuple[float, int]:
+    """Rows per second of back-to-back batches, one in flight; and the batches made, the
+    warm-up included."""
     call()
     started = time.perf_counter()
     batches = 0
     while time.perf_counter() - started < seconds:
         call()
         batches += 1
-    return batches * rows / (time.perf_counter() - started)
+    return batches * rows / (time.perf_counter() - started), batches + 1
 
 
 @contextmanager
