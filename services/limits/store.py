@@ -1121,11 +1121,8 @@ class UnitOfWork:
 
     def add_review_exceptions(self, run_id: str, undecided: list[tuple[str, str]]) -> None:
         """Records accounts the run could not decide, with why (once per run and account)."""
-        statement = _insert_statement(
-            self._connection, review_run_exceptions
-        ).on_conflict_do_nothing()
         self._connection.execute(
-            statement,
+            _insert_if_new(self._connection, review_run_exceptions),
             [{"run_id": run_id, "account_id": a, "reason": reason} for a, reason in undecided],
         )
 
