@@ -78,7 +78,8 @@ def batch_response(
     locale: str,
     evaluation_id: str,
 ) -> pb.BatchScoreResponse:
-    codes = [f.reason_code for f in model.features]
+    reason_table = model.reasons_in(locale)  # per feature: code, name, text
+    codes = [code for code, _, _ in reason_table]
     response = pb.BatchScoreResponse(
         model=model.name, model_version=model.version, evaluation_id=evaluation_id
     )
@@ -131,7 +132,7 @@ def batch_response(
                 clamped_features=batch.clamped.get(row, ()),
             )
     used = sorted({f for reasons in codes_of for f in reasons})
-    response.reason_texts.update({codes[f]: model.reason_text(f, locale) for f in used})
+    response.reason_texts.update({codes[f]: reason_table[f][2] for f in used})
     return response
 
 

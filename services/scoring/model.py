@@ -387,9 +387,6 @@ class ServedModel:
             reason_points=[reason_points],
         )
 
-    def reason_text(self, feature_index: int, locale: str) -> str:
-        return self.features[feature_index].reason_texts[locale]
-
     def reasons_in(self, locale: str) -> list[tuple[str, str, str]]:
         """Per feature, its reason code, name and reason text in `locale`."""
         return self._reasons[locale]
