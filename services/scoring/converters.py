@@ -1,5 +1,6 @@
 """Conversions between the scoring protos and the transport-free model results."""
 
+import itertools
 import math
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -77,12 +78,25 @@ def batch_response(
     scored: ScoredRows | None,
     locale: str,
     evaluation_id: str,
+    layout: "pb.ResultLayout.ValueType" = pb.RESULT_LAYOUT_ROWS,
 ) -> pb.BatchScoreResponse:
     reason_table = model.reasons_in(locale)  # per feature: code, name, text
     codes = [code for code, _, _ in reason_table]
     response = pb.BatchScoreResponse(
         model=model.name, model_version=model.version, evaluation_id=evaluation_id
     )
+    if layout == pb.RESULT_LAYOUT_COLUMNS:
+        used = _fill_columns(response.columns, batch, scored, codes)
+    else:
+        used = _add_results(response.results, batch, scored, codes)
+    response.reason_texts.update({codes[f]: reason_table[f][2] for f in sorted(used)})
+    return response
+
+
+def _add_results(
+    results, batch: EncodedBatch, scored: ScoredRows | None, codes: list[str]
+) -> set[int]:
+    """A ScoreResult per row (RESULT_LAYOUT_ROWS); returns the features whose reasons it used."""
     # Rows share few distinct reason lists: look each one's codes up once.
     codes_of: dict[tuple[int, ...], list[str]] = {}
 
@@ -93,8 +107,8 @@ def batch_response(
             found = codes_of[key] = [codes[f] for f in reasons]
         return found
 
-    add_result = response.results.add  # measured fastest way to build a thousand results
-    results = (
+    add_result = results.add  # measured fastest way to build a thousand results
+    scored_rows = (
         zip(
             scored.probability_of_default,
             scored.score,
@@ -106,7 +120,7 @@ def batch_response(
         else iter(())
     )
     if not batch.refused and not batch.clamped:  # the usual batch: every row as it came
-        for pd, score, band, reasons in results:
+        for pd, score, band, reasons in scored_rows:
             add_result(
                 probability_of_default=pd,
                 score=score,
@@ -116,14 +130,9 @@ def batch_response(
     else:
         for row in range(batch.size):
             if row in batch.refused:
-                add_result(
-                    problems=[
-                        pb.ValueProblem(field=field, description=description)
-                        for field, description in batch.refused[row]
-                    ]
-                )
+                add_result(problems=_problems(batch.refused[row]))
                 continue
-            pd, score, band, reasons = next(results)
+            pd, score, band, reasons = next(scored_rows)
             add_result(
                 probability_of_default=pd,
                 score=score,
@@ -131,9 +140,48 @@ def batch_response(
                 reason_codes=reason_codes(reasons),
                 clamped_features=batch.clamped.get(row, ()),
             )
-    used = sorted({f for reasons in codes_of for f in reasons})
-    response.reason_texts.update({codes[f]: reason_table[f][2] for f in used})
-    return response
+    return {f for reasons in codes_of for f in reasons}
+
+
+def _fill_columns(
+    columns: pb.ScoreColumns, batch: EncodedBatch, scored: ScoredRows | None, codes: list[str]
+) -> set[int]:
+    """Every row's values in columns (RESULT_LAYOUT_COLUMNS): an extend per column, not a
+    message per row. A refused row holds NaN, 0, an unspecified band and no reasons. A reason
+    is its feature's position, and reason_codes lists the model's codes in feature order.
+    Returns the features whose reasons it used."""
+    if scored is None:  # every row refused
+        pds, scores, bands, reasons = [], [], [], []
+    else:
+        pds, scores, reasons = scored.probability_of_default, scored.score, scored.reason_features
+        bands = [RISK_BANDS[band] for band in scored.band]
+    if batch.refused:  # a placeholder at each refused row's place
+        kept = iter(range(len(pds)))
+        order = [None if row in batch.refused else next(kept) for row in range(batch.size)]
+        pds = [math.nan if i is None else pds[i] for i in order]
+        scores = [0 if i is None else scores[i] for i in order]
+        bands = [risk_pb2.RISK_BAND_UNSPECIFIED if i is None else bands[i] for i in order]
+        reasons = [[] if i is None else reasons[i] for i in order]
+    columns.probabilities_of_default.extend(pds)
+    columns.scores.extend(scores)
+    columns.risk_bands.extend(bands)
+    columns.reason_counts.extend(map(len, reasons))
+    columns.reason_indices.extend(itertools.chain.from_iterable(reasons))
+    columns.reason_codes.extend(codes)
+    add_flagged = columns.flagged_rows.add
+    for row in sorted(batch.refused.keys() | batch.clamped.keys()):
+        add_flagged(
+            row=row,
+            clamped_features=batch.clamped.get(row, ()),
+            problems=_problems(batch.refused.get(row, ())),
+        )
+    return set(columns.reason_indices)
+
+
+def _problems(problems) -> list[pb.ValueProblem]:
+    return [
+        pb.ValueProblem(field=field, description=description) for field, description in problems
+    ]
 
 
 def model_message(pair: ModelPair) -> pb.Model:

@@ -8,6 +8,8 @@ from services.scoring import converters
 from services.scoring.model import normalise_locale
 from services.scoring.registry import ModelPair, ModelRegistry
 
+RESULT_LAYOUTS = frozenset(pb.ResultLayout.values())
+
 
 class ScoringServicer(scoring_service_pb2_grpc.ScoringServiceServicer):
     def __init__(self, registry: ModelRegistry, *, max_batch_rows: int) -> None:
@@ -24,6 +26,12 @@ class ScoringServicer(scoring_service_pb2_grpc.ScoringServiceServicer):
         return converters.score_response(model, scored, locale, evaluation_id)
 
     def BatchScore(self, request: pb.BatchScoreRequest, context) -> pb.BatchScoreResponse:
+        if request.result_layout not in RESULT_LAYOUTS:
+            violations = Violations()
+            violations.add(
+                "result_layout", "unknown; use RESULT_LAYOUT_ROWS or RESULT_LAYOUT_COLUMNS"
+            )
+            violations.raise_if_any()
         pair, locale = self._resolve(request.model, request.locale, "model")
         model = pair.champion
         batch = model.encode_columns(
@@ -34,7 +42,9 @@ class ScoringServicer(scoring_service_pb2_grpc.ScoringServiceServicer):
         if len(batch.rows):  # none when every row was refused
             scored = model.score(batch.rows)
             self.registry.shadow.submit(pair, batch.rows, scored, evaluation_id)
-        return converters.batch_response(model, batch, scored, locale, evaluation_id)
+        return converters.batch_response(
+            model, batch, scored, locale, evaluation_id, request.result_layout
+        )
 
     def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
         pair, _ = self._resolve(request.name, "", "name")
