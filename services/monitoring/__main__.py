@@ -74,7 +74,7 @@ def build_server(
         on_stop=on_stop,
     ).start()
     # Health answers NOT_SERVING while the schema is migrated.
-    store = MonitoringStore.open(settings.database_url)
+    store = MonitoringStore.open(settings.database_url, settings.cached_states)
     servicer.attach_store(store)
     delivery = SignalDelivery(
         store,

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import ServiceSettings
 from services.monitoring.partitions import MAX_PARTITIONS, parse_partitions
 from services.monitoring.rules import DEFAULT_RULES
+from services.monitoring.store import CACHED_STATES
 
 # NATS names: streams and consumers, and dot-separated subjects without wildcards.
 NAME = r"^[A-Za-z0-9_-]{1,64}$"
@@ -53,6 +54,11 @@ class MonitoringSettings(ServiceSettings):
     )
     delivery_batch_size: int = Field(
         100, ge=1, le=1000, description="Signals sent to limits in one ReportSignals call."
+    )
+    cached_states: int = Field(
+        CACHED_STATES,
+        ge=0,
+        description="Account states kept parsed between batches, at most (about 10 KB each).",
     )
     # Repayment events from NATS JetStream (services.monitoring.jetstream): off unless a URL.
     jetstream_url: str | None = Field(

@@ -9,6 +9,7 @@ from services.monitoring.ingestion import Outcome, ingest
 from services.monitoring.profile import AccountState, Event, EventKind, Timing
 from services.monitoring.rules import load_rules
 from services.monitoring.store import MonitoringStore, StateCache
+from tests.monitoring.events import Customer, publish
 
 RULES = load_rules()
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -98,6 +99,18 @@ def test_the_cache_keeps_at_most_its_capacity_newest_first():
     cache.put([("c", 3, states["c"])])
     cache.put([("c", 2, AccountState(account_id="c", opened_at=T0))])  # put back late
     assert cache.take("c", 3) is states["c"]
+
+
+def test_a_server_keeps_as_many_states_as_its_setting_allows(start_monitoring):
+    """CREDITLINE_MONITORING_CACHED_STATES bounds the cache of a serving process: each state
+    takes memory (about 10 KB for a busy account), and a pod has a memory limit."""
+    monitoring = start_monitoring(cached_states=2)
+    for number in range(12):
+        customer = Customer(f"cached-{number}")
+        publish(monitoring, customer.opened(), customer.advance(days=1).drawn(100))
+    (binding,) = monitoring.server.bindings
+    # At most: the rescorer takes a state out while it works on its account.
+    assert len(binding.servicer.store.states) <= 2
 
 
 def test_the_rescoring_flag_is_stored_whenever_it_changes(database_url):

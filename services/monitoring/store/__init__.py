@@ -45,8 +45,9 @@ __all__ = [
 ]
 
 MIGRATIONS = Path(__file__).parent.with_name("migrations")
-# Account states a process keeps parsed (a few kB each).
-CACHED_STATES = 50_000
+# Account states a process keeps parsed, at most: a busy account's takes about 10 KB of memory
+# (its histories are capped), so about 200 MiB when full. CREDITLINE_MONITORING_CACHED_STATES.
+CACHED_STATES = 20_000
 # Alerts numbered per transaction (see `alerts`).
 NUMBERED_AT_ONCE = 10_000
 # WAL pages (4 KiB) after which a commit checkpoints them into the SQLite database.
