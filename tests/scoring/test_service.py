@@ -287,8 +287,9 @@ def rows_of(columns: pb.ScoreColumns) -> list[tuple]:
 
 
 def as_row(result: pb.ScoreResult) -> tuple:
+    """A ScoreResult's fields in the order of `rows_of`; a refused row's probability is NaN."""
     return (
-        result.probability_of_default if not result.problems else math.nan,
+        math.nan if result.problems else result.probability_of_default,
         result.score,
         result.risk_band,
         list(result.reason_codes),
@@ -320,9 +321,10 @@ def test_columns_carry_what_rows_carry(scoring_stub, model):
     for row, (result, from_columns) in enumerate(zip(by_rows.results, by_column_rows, strict=True)):
         expected = as_row(result)
         assert from_columns[1:] == expected[1:], row
-        assert from_columns[0] == expected[0] or math.isnan(from_columns[0]) == bool(
-            result.problems
-        )
+        if result.problems:
+            assert math.isnan(from_columns[0]), row
+        else:
+            assert from_columns[0] == expected[0], row
     assert len(by_column_rows[9][5]) == 2 and by_column_rows[9][3] == []
     assert by_column_rows[7][4] == [numeric[0]["name"], numeric[1]["name"]]
     assert dict(by_columns.reason_texts) == dict(by_rows.reason_texts)
