@@ -132,9 +132,9 @@ def run(seconds: float, calls: int) -> list[tuple]:
         pids = {"echo": echo_server.pid, "score": scoring_server.pid}
         latency: dict[str, list[Latency]] = {"echo": [], "score": []}
         # Server process CPU seconds per sequential call, and per batch.
-        cpu: dict[str, list[float]] = {"echo": [], "score": [], "rows": [], "columns": []}
+        cpu: dict[str, list[float]] = {name: [] for name in ("echo", "score", *LAYOUTS)}
         rate: dict[str, list[float]] = {"echo": [], "score": [], "processes": []}
-        batch_rates: dict[str, list[float]] = {"rows": [], "columns": []}
+        batch_rates: dict[str, list[float]] = {name: [] for name in LAYOUTS}
         turn = seconds / ROUNDS
         warmup = 100
         for round_ in range(ROUNDS):

@@ -166,7 +166,8 @@ def _fill_columns(
     columns.scores.extend(scores)
     columns.risk_bands.extend(bands)
     columns.reason_counts.extend(map(len, reasons))
-    columns.reason_indices.extend(itertools.chain.from_iterable(reasons))
+    reason_indices = list(itertools.chain.from_iterable(reasons))
+    columns.reason_indices.extend(reason_indices)
     columns.reason_codes.extend(codes)
     add_flagged = columns.flagged_rows.add
     for row in sorted(batch.refused.keys() | batch.clamped.keys()):
@@ -175,7 +176,7 @@ def _fill_columns(
             clamped_features=batch.clamped.get(row, ()),
             problems=_problems(batch.refused.get(row, ())),
         )
-    return set(columns.reason_indices)
+    return set(reason_indices)
 
 
 def _problems(problems) -> list[pb.ValueProblem]:
